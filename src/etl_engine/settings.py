@@ -1,0 +1,199 @@
+"""One typed settings object, read from ``ETL_*`` environment variables.
+
+Every field here is documented in ``.env.template`` (a test checks both lists agree).
+Invalid values fail at start with an error that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ETL_"
+
+
+class ConfigError(Exception):
+    """Raised when the environment does not describe a valid configuration."""
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=False
+    )
+
+    # --- broker -----------------------------------------------------------------------
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    exchange: str = "health_data_exchange"
+    queue: str = "health_data_processing"
+    dlq: str = ""  # empty: "{queue}.dlq"
+    retry_delays_ms: str = "1000,5000,30000"
+    delivery_limit: int = Field(5, ge=1, le=100)
+    max_attempts: int = Field(4, ge=1, le=50)
+    concurrency: int = Field(8, ge=1, le=1024)
+    prefetch: int = Field(0, ge=0, le=4096)  # 0: same as concurrency
+    amqp_heartbeat_s: int = Field(15, ge=0, le=600)
+
+    # --- object storage ---------------------------------------------------------------
+    s3_endpoint_url: str = ""  # empty: AWS default endpoint
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr = SecretStr("")
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_connect_timeout_s: float = Field(5.0, gt=0)
+    s3_read_timeout_s: float = Field(30.0, gt=0)
+    bucket: str = "health-data"
+    allowed_buckets: str = ""  # empty: only ETL_BUCKET
+    raw_prefix: str = "raw/"
+    training_prefix: str = "training/"
+    quarantine_prefix: str = "quarantine/"
+
+    # --- dedup ------------------------------------------------------------------------
+    dedup_url: str = "redis://127.0.0.1:6379/0"
+    dedup_prefix: str = "etl"
+    lease_ttl_s: float = Field(0, ge=0)  # 0: message_timeout_s + 30
+    done_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
+    # --- limits -----------------------------------------------------------------------
+    max_object_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_records: int = Field(2_000_000, ge=1)
+    max_decompressed_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    message_timeout_s: float = Field(300.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    decode_processes: int = Field(1, ge=0, le=64)  # 0: decode in the worker process
+    decode_memory_limit_mb: int = Field(1536, ge=64)
+
+    # --- domain -----------------------------------------------------------------------
+    quality_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    max_future_skew_s: int = Field(300, ge=0)
+    origin_priority: str = ""  # comma-separated package names; empty: best coverage wins
+
+    # --- process / observability ------------------------------------------------------
+    worker_id: str = ""  # empty: "{hostname}-{pid}"
+    sidecar_host: str = "0.0.0.0"
+    sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: disabled
+    admin_token: SecretStr = SecretStr("")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    otlp_endpoint: str = ""  # empty: tracing disabled
+    user_id_hash_key: SecretStr = SecretStr("")
+    fault_point: str = ""  # tests only: "<point>" makes the worker SIGKILL itself there
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("raw_prefix", "training_prefix", "quarantine_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value:
+            raise ValueError("must be a relative prefix such as 'raw/'")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("dedup_url")
+    @classmethod
+    def _dedup_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
+            raise ValueError("must start with redis://, rediss://, unix:// or sqlite:///")
+        return value
+
+    @field_validator("retry_delays_ms")
+    @classmethod
+    def _delays(cls, value: str) -> str:
+        try:
+            delays = [int(v) for v in _csv(value)]
+        except ValueError as exc:
+            raise ValueError("must be comma-separated integers (milliseconds)") from exc
+        if not delays or any(d <= 0 for d in delays):
+            raise ValueError("needs at least one positive delay")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.lease_ttl_s and self.lease_ttl_s <= self.message_timeout_s:
+            raise ValueError("ETL_LEASE_TTL_S must exceed ETL_MESSAGE_TIMEOUT_S")
+        return self
+
+    # --- derived ----------------------------------------------------------------------
+    @cached_property
+    def dlq_name(self) -> str:
+        return self.dlq or f"{self.queue}.dlq"
+
+    @cached_property
+    def dlx_name(self) -> str:
+        return f"{self.exchange}.dlx"
+
+    @cached_property
+    def retry_delays(self) -> list[int]:
+        return [int(v) for v in _csv(self.retry_delays_ms)]
+
+    def retry_queue_name(self, tier: int) -> str:
+        return f"{self.queue}.retry.{self.retry_delays[tier]}ms"
+
+    @cached_property
+    def allowed_bucket_set(self) -> frozenset[str]:
+        return frozenset(_csv(self.allowed_buckets)) or frozenset({self.bucket})
+
+    @cached_property
+    def effective_prefetch(self) -> int:
+        return self.prefetch or self.concurrency
+
+    @cached_property
+    def effective_lease_ttl_s(self) -> float:
+        return self.lease_ttl_s or self.message_timeout_s + 30.0
+
+    @cached_property
+    def effective_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @cached_property
+    def origin_priority_list(self) -> list[str]:
+        return _csv(self.origin_priority)
+
+    def masked(self) -> dict[str, str]:
+        """Effective settings for display, secrets masked (``config check``)."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = "********" if value.get_secret_value() else ""
+                if name == "amqp_url":
+                    shown = _mask_url(value.get_secret_value())
+                out[ENV_PREFIX + name.upper()] = shown
+            else:
+                out[ENV_PREFIX + name.upper()] = str(value)
+        return out
+
+
+def _mask_url(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:********@{host}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; raise ConfigError naming each bad ``ETL_`` variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = err.get("loc") or ()
+            var = ENV_PREFIX + str(loc[0]).upper() if loc else "(settings)"
+            problems.append(f"{var}: {err.get('msg')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def setting_names() -> list[str]:
+    return sorted(ENV_PREFIX + name.upper() for name in Settings.model_fields)

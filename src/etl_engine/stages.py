@@ -1,0 +1,81 @@
+"""Typed inputs and outputs of the pipeline stages.
+
+The pipeline (``pipeline.py``) runs: parse message -> dedup -> download -> verify ->
+decode -> validate -> transform -> write -> mark done. The pure stages (decode, validate,
+transform) exchange the values below, so each can be tested without a broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Where a result came from; copied into the training record's metadata."""
+
+    bucket: str
+    key: str
+    message_id: str
+    correlation_id: str
+    record_type: str
+    idempotency_key: str
+    upload_timestamp_utc: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainConfig:
+    """The settings the pure domain stages need (no I/O, no environment)."""
+
+    quality_threshold: float = 0.7
+    max_future_skew_ms: int = 300_000
+    origin_priority: tuple[str, ...] = ()
+    processor_version: str = "0.1.0"
+
+
+@dataclass(slots=True)
+class DecodedFile:
+    record_type: str
+    records: list[Record]
+    codec: str
+    writer_schema_name: str
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class ValidationReport:
+    """Outcome of validation. ``issue_counts`` holds reason codes and counts, never values."""
+
+    record_type: str
+    total_records: int
+    valid_records: list[Record]
+    quality_score: float
+    components: dict[str, float] = field(default_factory=dict)
+    issue_counts: dict[str, int] = field(default_factory=dict)
+    passed: bool = True
+    quarantine_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_type": self.record_type,
+            "total_records": self.total_records,
+            "valid_records": len(self.valid_records),
+            "quality_score": round(self.quality_score, 4),
+            "components": {k: round(v, 4) for k, v in sorted(self.components.items())},
+            "issue_counts": dict(sorted(self.issue_counts.items())),
+            "passed": self.passed,
+            "quarantine_reason": self.quarantine_reason,
+        }
+
+
+@dataclass(slots=True)
+class TrainingOutput:
+    """One JSONL training record and where it belongs."""
+
+    category: str
+    period_date: date
+    record: dict[str, Any]
