@@ -58,10 +58,11 @@ class Settings(BaseSettings):
     # --- dedup ------------------------------------------------------------------------
     dedup_url: str = "redis://127.0.0.1:6379/0"
     dedup_prefix: str = "etl"
-    lease_ttl_s: float = Field(0, ge=0)  # 0: message_timeout_s + 30
+    lease_ttl_s: float = Field(30.0, ge=1)  # renewed every third of it while in flight
     done_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
     # --- limits -----------------------------------------------------------------------
+    max_message_bytes: int = Field(256 * 1024, ge=1024)
     max_object_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_records: int = Field(2_000_000, ge=1)
     max_decompressed_bytes: int = Field(512 * 1024 * 1024, ge=1024)
@@ -118,8 +119,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        if self.lease_ttl_s and self.lease_ttl_s <= self.message_timeout_s:
-            raise ValueError("ETL_LEASE_TTL_S must exceed ETL_MESSAGE_TIMEOUT_S")
+        if self.message_timeout_s >= 1800:
+            raise ValueError("ETL_MESSAGE_TIMEOUT_S must stay under RabbitMQ's 30 min timeout")
         return self
 
     # --- derived ----------------------------------------------------------------------
@@ -145,10 +146,6 @@ class Settings(BaseSettings):
     @cached_property
     def effective_prefetch(self) -> int:
         return self.prefetch or self.concurrency
-
-    @cached_property
-    def effective_lease_ttl_s(self) -> float:
-        return self.lease_ttl_s or self.message_timeout_s + 30.0
 
     @cached_property
     def effective_worker_id(self) -> str:

@@ -1,0 +1,206 @@
+"""Decode an Avro container file with our reader schema, safely.
+
+fastavro does the decoding (it is the fast part). Before it runs, a cheap pre-scan walks
+the container structure — header, writer schema, every block's record count, size and
+sync marker — and enforces limits, so a hostile file (decompression bomb, a block that
+claims 2^31 records, a truncated block, a schema 10,000 levels deep) is refused with a
+reason code instead of eating the worker's memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from typing import Any
+
+import fastavro
+from fastavro.read import SchemaResolutionError
+
+from etl_engine.errors import PermanentError
+from etl_engine.stages import DecodedFile
+
+MAGIC = b"Obj\x01"
+SYNC_SIZE = 16
+MAX_SCHEMA_BYTES = 256 * 1024
+MAX_SCHEMA_DEPTH = 32
+SUPPORTED_CODECS = {"null", "deflate"}
+try:  # optional codecs, only when their library is installed
+    import cramjam
+
+    SUPPORTED_CODECS |= {"snappy", "zstandard"}
+except ImportError:  # pragma: no cover - depends on the environment
+    cramjam = None
+
+
+def _fail(reason: str, detail: str = "") -> PermanentError:
+    return PermanentError(reason, detail, stage="decode")
+
+
+class _Cursor:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def long(self) -> int:
+        shift = 0
+        acc = 0
+        buf = self.buf
+        while True:
+            if self.pos >= len(buf):
+                raise _fail("truncated_file")
+            b = buf[self.pos]
+            self.pos += 1
+            acc |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise _fail("corrupt_avro", "varint")
+        return (acc >> 1) ^ -(acc & 1)
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise _fail("truncated_file")
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def _read_header(cur: _Cursor) -> tuple[dict[str, bytes], bytes]:
+    if cur.take(4) != MAGIC:
+        raise _fail("not_avro")
+    meta: dict[str, bytes] = {}
+    while True:
+        count = cur.long()
+        if count == 0:
+            break
+        if count < 0:
+            count = -count
+            cur.long()  # block size in bytes, unused
+        if count > 1024:
+            raise _fail("corrupt_avro", "header")
+        for _ in range(count):
+            klen = cur.long()
+            if klen > 1024:
+                raise _fail("corrupt_avro", "header")
+            k = cur.take(klen).decode("utf-8", "replace")
+            vlen = cur.long()
+            if vlen > MAX_SCHEMA_BYTES:
+                raise _fail("schema_too_large")
+            meta[k] = cur.take(vlen)
+    return meta, cur.take(SYNC_SIZE)
+
+
+def _depth(node: Any, level: int = 0) -> int:
+    if level > MAX_SCHEMA_DEPTH:
+        return level
+    if isinstance(node, dict):
+        return max((_depth(v, level + 1) for v in node.values()), default=level)
+    if isinstance(node, list):
+        return max((_depth(v, level + 1) for v in node), default=level)
+    return level
+
+
+def _inflate_size(data: bytes, cap: int) -> int:
+    """Decompressed size of a raw-deflate block, refusing to go past ``cap``."""
+    d = zlib.decompressobj(-15)
+    total = 0
+    chunk = data
+    try:
+        while chunk:
+            out = d.decompress(chunk, 1 << 20)
+            total += len(out)
+            if total > cap:
+                raise _fail("decompression_limit_exceeded")
+            chunk = d.unconsumed_tail
+        total += len(d.flush())
+    except zlib.error:
+        raise _fail("corrupt_block", "deflate") from None
+    return total
+
+
+def prescan(data: bytes, *, max_records: int, max_decompressed_bytes: int) -> tuple[dict, str]:
+    """Check structure and limits; return (writer schema, codec)."""
+    if not data:
+        raise _fail("empty_file")
+    cur = _Cursor(data)
+    meta, sync = _read_header(cur)
+    codec = meta.get("avro.codec", b"null").decode("utf-8", "replace") or "null"
+    if codec not in SUPPORTED_CODECS:
+        raise _fail("unsupported_codec")
+    raw_schema = meta.get("avro.schema")
+    if raw_schema is None:
+        raise _fail("corrupt_avro", "no schema")
+    try:
+        writer = json.loads(raw_schema)
+    except (ValueError, RecursionError):
+        raise _fail("invalid_writer_schema") from None
+    if _depth(writer) > MAX_SCHEMA_DEPTH:
+        raise _fail("writer_schema_too_deep")
+    records = 0
+    decompressed = 0
+    while cur.pos < len(data):
+        count = cur.long()
+        size = cur.long()
+        if count < 0 or size < 0:
+            raise _fail("corrupt_block")
+        records += count
+        if records > max_records:
+            raise _fail("too_many_records")
+        block = cur.take(size)
+        if cur.take(SYNC_SIZE) != sync:
+            raise _fail("bad_sync_marker")
+        if codec == "deflate":
+            decompressed += _inflate_size(block, max_decompressed_bytes - decompressed)
+        else:
+            decompressed += size
+        if decompressed > max_decompressed_bytes:
+            raise _fail("decompression_limit_exceeded")
+    return writer, codec
+
+
+def _writer_name(schema: Any) -> str:
+    if isinstance(schema, dict):
+        name = str(schema.get("name", ""))
+        ns = schema.get("namespace")
+        return name if "." in name or not ns else f"{ns}.{name}"
+    return ""
+
+
+def decode(
+    data: bytes,
+    record_type: str,
+    reader_schema: dict,
+    *,
+    max_records: int,
+    max_decompressed_bytes: int,
+) -> DecodedFile:
+    """Bytes of an Avro container to records resolved against our reader schema."""
+    writer, codec = prescan(
+        data, max_records=max_records, max_decompressed_bytes=max_decompressed_bytes
+    )
+    writer_name = _writer_name(writer)
+    expected = str(reader_schema.get("name", ""))
+    if writer_name.rsplit(".", 1)[-1] != expected.rsplit(".", 1)[-1]:
+        raise _fail("schema_mismatch", "writer record name differs from record_type")
+    try:
+        reader = fastavro.reader(io.BytesIO(data), reader_schema=reader_schema)
+        records = list(reader)
+    except SchemaResolutionError:
+        raise _fail("schema_mismatch") from None
+    except UnicodeDecodeError:
+        raise _fail("invalid_utf8") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # fastavro raises a zoo of types on hostile input
+        raise _fail("corrupt_avro", type(exc).__name__) from None
+    return DecodedFile(
+        record_type=record_type,
+        records=records,
+        codec=codec,
+        writer_schema_name=writer_name,
+        size_bytes=len(data),
+    )

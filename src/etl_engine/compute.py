@@ -1,0 +1,142 @@
+"""The CPU stages — decode, validate, transform — and where they run.
+
+They run in a small process pool by default: a hostile file that exhausts memory or
+crashes the decoder takes down a disposable child with a memory limit, not the worker,
+and the fleet gets more than one core per worker. ``ETL_DECODE_PROCESSES=0`` runs them
+on a thread in the worker process instead (cheapest per message; used by benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from etl_engine import avro, validation
+from etl_engine.errors import PermanentError, TransientError
+from etl_engine.processors import transform
+from etl_engine.record_types import reader_schema
+from etl_engine.stages import DomainConfig, Lineage, TrainingOutput
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_records: int
+    max_decompressed_bytes: int
+
+
+@dataclass(slots=True)
+class CpuResult:
+    """What the CPU stages hand back to the worker (small: no records)."""
+
+    records: int
+    report: dict
+    output: TrainingOutput | None
+    quarantine_reason: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_cpu_stages(
+    data: bytes,
+    lineage: Lineage,
+    limits: Limits,
+    config: DomainConfig,
+    processed_at: datetime,
+) -> CpuResult:
+    """decode -> validate -> transform, pure apart from the clock used for timings."""
+    t0 = time.perf_counter()
+    decoded = avro.decode(
+        data,
+        lineage.record_type,
+        reader_schema(lineage.record_type),
+        max_records=limits.max_records,
+        max_decompressed_bytes=limits.max_decompressed_bytes,
+    )
+    t1 = time.perf_counter()
+    now_ms = int(processed_at.timestamp() * 1000)
+    report = validation.validate(decoded, now_ms=now_ms, config=config)
+    t2 = time.perf_counter()
+    timings = {"decode": t1 - t0, "validate": t2 - t1}
+    count = len(decoded.records)
+    del decoded
+    if not report.passed:
+        return CpuResult(count, report.to_dict(), None, report.quarantine_reason, timings)
+    output = transform(report, lineage, config=config, processed_at=processed_at)
+    timings["transform"] = time.perf_counter() - t2
+    return CpuResult(count, report.to_dict(), output, None, timings)
+
+
+def _child_init(memory_limit_bytes: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    except (ValueError, OSError):  # pragma: no cover - platform without RLIMIT_AS
+        pass
+
+
+class ComputePool:
+    """Runs ``run_cpu_stages`` in a thread or in child processes, with a time limit."""
+
+    def __init__(self, processes: int, memory_limit_mb: int, timeout_s: float) -> None:
+        self._processes = processes
+        self._memory_limit = memory_limit_mb * 1024 * 1024
+        self._timeout = timeout_s
+        self._executor: Executor = self._new()
+
+    def _new(self) -> Executor:
+        if self._processes == 0:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["etl_engine.compute"])
+        return ProcessPoolExecutor(
+            max_workers=self._processes,
+            mp_context=ctx,
+            initializer=_child_init,
+            initargs=(self._memory_limit,),
+        )
+
+    def child_pids(self) -> list[int]:
+        procs = getattr(self._executor, "_processes", None) or {}
+        return list(procs)
+
+    async def run(
+        self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
+        processed_at: datetime,
+    ) -> CpuResult:
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        fut = loop.run_in_executor(
+            executor, run_cpu_stages, data, lineage, limits, config, processed_at
+        )
+        try:
+            return await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError:
+            self._restart(executor)
+            raise PermanentError("processing_timeout", stage="decode") from None
+        except BrokenProcessPool:
+            self._restart(executor)
+            # Could be this file or a neighbour's: retry; the attempt limit ends a repeat.
+            raise TransientError("decoder_crashed", stage="decode") from None
+        except MemoryError:
+            raise PermanentError("resource_limit_exceeded", stage="decode") from None
+
+    def _restart(self, broken: Executor) -> None:
+        if broken is not self._executor:
+            return  # someone already replaced it
+        for pid in self.child_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,86 @@
+"""Prometheus metrics. Labels are bounded sets: outcome, record type, stage, reason code.
+
+Never a user id, object key or message id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from etl_engine import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+OUTCOMES = ("processed", "duplicate", "quarantined", "retried", "dead_lettered", "rejected")
+STAGES = ("download", "decode", "validate", "transform", "write")
+
+MESSAGES = Counter(
+    "etl_messages_total", "Messages settled, by outcome and record type.",
+    ["outcome", "record_type"], registry=REGISTRY,
+)
+RECORDS = Counter(
+    "etl_records_decoded_total", "Avro records decoded.", ["record_type"], registry=REGISTRY
+)
+BYTES_DOWNLOADED = Counter(
+    "etl_downloaded_bytes_total", "Bytes downloaded from object storage.", registry=REGISTRY
+)
+BYTES_UPLOADED = Counter(
+    "etl_uploaded_bytes_total", "Bytes of results written to object storage.",
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "etl_stage_duration_seconds", "Time spent per pipeline stage.", ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+PROCESSING_SECONDS = Histogram(
+    "etl_processing_duration_seconds", "End-to-end handling time of one message.",
+    ["record_type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge("etl_messages_in_flight", "Messages being handled now.", registry=REGISTRY)
+QUALITY = Histogram(
+    "etl_quality_score", "Quality score of validated files.", ["record_type"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0), registry=REGISTRY,
+)
+QUARANTINED = Counter(
+    "etl_quarantined_total", "Files quarantined, by reason code.", ["reason"],
+    registry=REGISTRY,
+)
+DEAD_LETTERED = Counter(
+    "etl_dead_lettered_total", "Messages dead-lettered, by reason code.", ["reason"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "etl_retries_total", "Delayed retries scheduled, by reason code.", ["reason"],
+    registry=REGISTRY,
+)
+DEPENDENCY_UP = Gauge(
+    "etl_dependency_up", "1 when the dependency answered its last check.", ["dependency"],
+    registry=REGISTRY,
+)
+LEASE_CONTENTION = Counter(
+    "etl_lease_contention_total", "Deliveries that found another worker holding the lease.",
+    registry=REGISTRY,
+)
+DEDUP_ERRORS = Counter(
+    "etl_dedup_errors_total", "Dedup store calls that failed (work continued without it).",
+    registry=REGISTRY,
+)
+RECONNECTS = Counter(
+    "etl_broker_reconnects_total", "Broker connections re-established.", registry=REGISTRY
+)
+BUILD = Info("etl_build", "Build information.", registry=REGISTRY)
+BUILD.info({"version": __version__})
+
+_REASON_MAX = 48
+
+
+def reason_label(reason: str | None) -> str:
+    """Reason codes are ours, but clip anything odd to keep label cardinality bounded."""
+    if not reason:
+        return "unknown"
+    code = reason.split(":", 1)[0] if not reason.startswith("attempts_exhausted") else (
+        "attempts_exhausted")
+    return code[:_REASON_MAX]

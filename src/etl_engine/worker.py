@@ -1,0 +1,404 @@
+"""The worker loop: connect, consume, hand each delivery to the pipeline, settle it.
+
+Settling is the only place that talks back to the broker:
+    processed | duplicate | quarantined -> ack
+    retry        -> publish to a delay tier with attempt+1, then ack
+    lease_busy   -> publish to the first delay tier (attempt unchanged), then ack
+    dead_letter  -> publish to the DLQ with the reason, then ack
+A publish is confirmed before the ack, so a crash in between duplicates, never loses.
+Connection loss: in-flight deliveries are abandoned (the broker redelivers them) and the
+loop reconnects with backoff, declaring the topology and consuming afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from etl_engine import metrics as m
+from etl_engine.compute import ComputePool
+from etl_engine.dedup import DedupStore, open_store
+from etl_engine.logs import error_class, get_logger
+from etl_engine.pipeline import Delivery, Outcome, Pipeline
+from etl_engine.settings import Settings
+from etl_engine.storage import AsyncStorage, Storage, make_client
+from etl_engine.topology import (
+    ATTEMPT_HEADER,
+    LEASE_WAIT_HEADER,
+    REASON_HEADER,
+    STAGE_HEADER,
+    Topology,
+    declare,
+)
+
+log = get_logger("etl.worker")
+MAX_LEASE_WAITS = 200
+OUTCOME_TTL_S = 24 * 3600
+
+
+@dataclass
+class WorkerState:
+    """What the sidecar reports. Written by the worker, read by probes."""
+
+    worker_id: str
+    started_at: float = field(default_factory=time.time)
+    heartbeat: float = field(default_factory=time.monotonic)
+    broker_connected: bool = False
+    consuming: bool = False
+    draining: bool = False
+    redis_ok: bool = False
+    s3_ok: bool = False
+    in_flight: int = 0
+    last_error_class: str | None = None
+    processed: int = 0
+
+    def components(self) -> dict[str, bool]:
+        return {
+            "rabbitmq": self.broker_connected,
+            "consumer": self.consuming and not self.draining,
+            "redis": self.redis_ok,
+            "s3": self.s3_ok,
+        }
+
+
+def _attempt(headers: dict[str, Any]) -> int:
+    try:
+        return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, dedup: DedupStore | None = None) -> None:
+        self.s = settings
+        self.state = WorkerState(worker_id=settings.effective_worker_id)
+        self.storage = AsyncStorage(Storage(make_client(settings)), threads=settings.concurrency)
+        self.dedup = dedup or open_store(settings.dedup_url, settings.dedup_prefix)
+        self.compute = ComputePool(
+            settings.decode_processes, settings.decode_memory_limit_mb, settings.message_timeout_s
+        )
+        self.owner = f"{self.state.worker_id}:{time.time_ns()}"
+        self.pipeline = Pipeline(
+            settings, self.storage, self.dedup, self.compute,
+            owner=self.owner, on_dedup_error=self._dedup_error,
+        )
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._topology: Topology | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumer = ""
+        self.consumed = asyncio.Event()  # set once consuming (tests wait on it)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown_requested", in_flight=len(self._tasks))
+            self.state.draining = True
+            self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        background = [
+            asyncio.create_task(self._renew_leases(), name="lease-renewal"),
+            asyncio.create_task(self._check_dependencies(), name="dependency-checks"),
+            asyncio.create_task(self._beat(), name="heartbeat"),
+        ]
+        try:
+            await self._connection_loop()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self.compute.close()
+            self.storage.close()
+            with contextlib.suppress(Exception):
+                await self.dedup.close()
+            log.info("worker_stopped")
+
+    async def _connection_loop(self) -> None:
+        backoff = 0.2
+        first = True
+        while not self._stop.is_set():
+            try:
+                closed = await self._connect_and_consume()
+                if not first:
+                    m.RECONNECTS.inc()
+                first = False
+                backoff = 0.2
+                stop_wait = asyncio.create_task(self._stop.wait())
+                done, _ = await asyncio.wait(
+                    {stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED
+                )
+                stop_wait.cancel()
+                if self._stop.is_set():
+                    await self._drain()
+                    return
+                log.warning("broker_connection_lost", in_flight=len(self._tasks))
+            except Exception as exc:
+                self.state.last_error_class = error_class(exc)
+                log.warning("broker_connect_failed", error=error_class(exc), retry_in=backoff)
+            self._mark_disconnected()
+            await self._abandon_in_flight()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _connect_and_consume(self) -> asyncio.Future[Any]:
+        connection = await aio_pika.connect(
+            self.s.amqp_url.get_secret_value(),
+            heartbeat=self.s.amqp_heartbeat_s,
+            timeout=10,
+            client_properties={"connection_name": f"etl-worker {self.state.worker_id}"},
+        )
+        self._connection = connection  # type: ignore[assignment]
+        closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def _on_close(*_: Any) -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        connection.close_callbacks.add(_on_close)
+        channel = await connection.channel(publisher_confirms=True)
+        channel.close_callbacks.add(_on_close)
+        await channel.set_qos(prefetch_count=self.s.effective_prefetch)
+        self._topology = await declare(channel, self.s)
+        self._channel = channel
+        self._consumer = await self._topology.work.consume(
+            self._on_message, consumer_tag=self._consumer_tag()
+        )
+        self.state.broker_connected = True
+        self.state.consuming = True
+        self.consumed.set()
+        log.info("consuming", queue=self.s.queue, prefetch=self.s.effective_prefetch)
+        return closed
+
+    def _consumer_tag(self) -> str:
+        return f"etl-{self.state.worker_id}-{time.time_ns()}"
+
+    def _mark_disconnected(self) -> None:
+        self.state.broker_connected = False
+        self.state.consuming = False
+        self._channel = None
+        self._topology = None
+        if self._connection is not None:
+            conn, self._connection = self._connection, None
+            asyncio.ensure_future(_quiet_close(conn))
+
+    async def _abandon_in_flight(self) -> None:
+        # Their delivery tags died with the channel; the broker redelivers them.
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """Stop consuming, let in-flight messages finish within the grace, then close."""
+        topo, channel = self._topology, self._channel
+        if topo is not None and channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await topo.work.cancel(self._consumer, timeout=5)
+        self.state.consuming = False
+        if self._tasks:
+            log.info("draining", in_flight=len(self._tasks), grace_s=self.s.shutdown_grace_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.s.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                log.warning("drain_grace_expired", returned_to_queue=len(pending))
+        if self._connection is not None:
+            await _quiet_close(self._connection)
+        self.state.broker_connected = False
+
+    # --- per message -----------------------------------------------------------------------
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stop.is_set():
+            return  # not acked: returns to the queue when we close
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        headers = dict(message.headers or {})
+        delivery = Delivery(
+            body=message.body,
+            message_id=message.message_id,
+            headers=headers,
+            routing_key=message.routing_key or "",
+            attempt=_attempt(headers),
+        )
+        self.state.in_flight += 1
+        m.IN_FLIGHT.inc()
+        try:
+            try:
+                outcome = await asyncio.wait_for(
+                    self.pipeline.run(delivery), self.s.message_timeout_s
+                )
+            except TimeoutError:
+                outcome = Outcome("retry", reason="message_timeout")
+                if delivery.attempt >= self.s.max_attempts:
+                    outcome = Outcome("dead_letter", reason="attempts_exhausted:message_timeout")
+            await self._settle(message, delivery, outcome)
+            self._observe(outcome, time.perf_counter() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Settling failed (channel gone): leave it unacked, the broker redelivers.
+            self.state.last_error_class = error_class(exc)
+            log.warning("settle_failed", error=error_class(exc))
+        finally:
+            self.state.in_flight -= 1
+            m.IN_FLIGHT.dec()
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        headers = dict(delivery.headers)
+        if outcome.kind == "retry":
+            tier = min(delivery.attempt - 1, len(self.s.retry_delays) - 1)
+            headers[ATTEMPT_HEADER] = delivery.attempt + 1
+            headers[REASON_HEADER] = outcome.reason or ""
+            await self._republish(message, self.s.retry_queue_name(tier), headers)
+        elif outcome.kind == "lease_busy":
+            waits = int(headers.get(LEASE_WAIT_HEADER, 0) or 0) + 1
+            if waits > MAX_LEASE_WAITS:
+                outcome.kind, outcome.reason = "dead_letter", "lease_wait_exceeded"
+            else:
+                headers[LEASE_WAIT_HEADER] = waits
+                await self._republish(message, self.s.retry_queue_name(0), headers)
+        if outcome.kind == "dead_letter":
+            headers[REASON_HEADER] = outcome.reason or "unknown"
+            headers[STAGE_HEADER] = outcome.stage or ""
+            headers["x-etl-worker"] = self.state.worker_id
+            headers["x-etl-original-routing-key"] = delivery.routing_key
+            headers["x-etl-dead-lettered-at"] = int(time.time())
+            await self._republish(message, self.s.dlq_name, headers)
+        self.pipeline.faults.hit("before_ack", _key(outcome))
+        await message.ack()
+        if outcome.message is not None and outcome.message.message_id:
+            with contextlib.suppress(Exception):
+                await self.dedup.record_outcomes(
+                    {outcome.message.message_id: outcome.kind}, OUTCOME_TTL_S
+                )
+        elif message.message_id and outcome.kind == "dead_letter":
+            with contextlib.suppress(Exception):
+                await self.dedup.record_outcomes({message.message_id: outcome.kind},
+                                                 OUTCOME_TTL_S)
+
+    async def _republish(
+        self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]
+    ) -> None:
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise ConnectionError("channel closed")
+        out = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type or "application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            priority=message.priority,
+        )
+        await channel.default_exchange.publish(out, routing_key=routing_key, mandatory=True)
+
+    def _observe(self, outcome: Outcome, seconds: float) -> None:
+        rt = outcome.message.record_type if outcome.message else "unknown"
+        label = {
+            "retry": "retried", "dead_letter": "dead_lettered", "lease_busy": "retried",
+        }.get(outcome.kind, outcome.kind)
+        if outcome.kind == "dead_letter" and outcome.stage == "parse":
+            label = "rejected"
+        m.MESSAGES.labels(label, rt).inc()
+        if outcome.kind == "processed":
+            self.state.processed += 1
+            m.RECORDS.labels(rt).inc(outcome.records)
+            m.BYTES_UPLOADED.inc(outcome.bytes_out)
+            m.PROCESSING_SECONDS.labels(rt).observe(seconds)
+        if outcome.quality_score is not None:
+            m.QUALITY.labels(rt).observe(outcome.quality_score)
+        m.BYTES_DOWNLOADED.inc(outcome.bytes_in)
+        for stage, secs in outcome.timings.items():
+            m.STAGE_SECONDS.labels(stage).observe(secs)
+        if outcome.kind == "quarantined":
+            m.QUARANTINED.labels(m.reason_label(outcome.reason)).inc()
+        elif outcome.kind == "dead_letter":
+            m.DEAD_LETTERED.labels(m.reason_label(outcome.reason)).inc()
+        elif outcome.kind == "retry":
+            m.RETRIES.labels(m.reason_label(outcome.reason)).inc()
+        elif outcome.kind == "lease_busy":
+            m.LEASE_CONTENTION.inc()
+        if outcome.kind in ("retry", "dead_letter", "quarantined"):
+            self.state.last_error_class = outcome.reason
+        log.log(
+            20 if outcome.kind in ("processed", "duplicate") else 30,
+            "message_settled",
+            outcome=outcome.kind,
+            reason=outcome.reason,
+            stage=outcome.stage,
+            record_type=rt,
+            message_id=outcome.message.message_id if outcome.message else None,
+            correlation_id=outcome.message.correlation_id if outcome.message else None,
+            worker_id=self.state.worker_id,
+            duration_ms=round(seconds * 1000, 2),
+        )
+
+    # --- background ------------------------------------------------------------------------
+    def _dedup_error(self, exc: BaseException) -> None:
+        m.DEDUP_ERRORS.inc()
+        self.state.redis_ok = False
+        m.DEPENDENCY_UP.labels("redis").set(0)
+        log.warning("dedup_unavailable", error=error_class(exc))
+
+    async def _renew_leases(self) -> None:
+        interval = self.s.lease_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            keys = list(self.pipeline.in_flight)
+            if keys:
+                with contextlib.suppress(Exception):
+                    await self.dedup.renew(keys, self.owner, int(self.s.lease_ttl_s * 1000))
+
+    async def _check_dependencies(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.dedup.ping(), 2)
+                self.state.redis_ok = True
+            except Exception:
+                self.state.redis_ok = False
+            try:
+                await asyncio.wait_for(self.storage.ping(self.s.bucket), 5)
+                self.state.s3_ok = True
+            except Exception:
+                self.state.s3_ok = False
+            m.DEPENDENCY_UP.labels("redis").set(int(self.state.redis_ok))
+            m.DEPENDENCY_UP.labels("s3").set(int(self.state.s3_ok))
+            m.DEPENDENCY_UP.labels("rabbitmq").set(int(self.state.broker_connected))
+            await asyncio.sleep(5)
+
+    async def _beat(self) -> None:
+        while True:
+            self.state.heartbeat = time.monotonic()
+            await asyncio.sleep(1)
+
+
+def _key(outcome: Outcome) -> str:
+    return outcome.message.idempotency_key if outcome.message else ""
+
+
+async def _quiet_close(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.close(), 5)

@@ -1,0 +1,117 @@
+"""Shared fixtures: real RabbitMQ and Redis on localhost, a moto S3 server per session.
+
+Every test gets its own exchange, queues, bucket and Redis key prefix, so a stack running
+on the same machine is never disturbed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+AMQP_URL = os.environ.get("ETL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("ETL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _services_up() -> None:
+    missing = [name for name, port in (("RabbitMQ", 5672), ("Redis", 6379))
+               if not _reachable("127.0.0.1", port)]
+    if missing:
+        pytest.exit(f"{', '.join(missing)} not reachable on 127.0.0.1: start them "
+                    "(./scripts/manage-etl-stack.sh start) and re-run", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server in its own process, like MinIO would be."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited: {log.read_text()[-2000:]}") from None
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start in 30 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def test_env(s3_endpoint: str, run_id: str) -> dict[str, str]:
+    """ETL_* variables naming this test's own queue, exchange, bucket and key prefix."""
+    return {
+        "ETL_AMQP_URL": AMQP_URL,
+        "ETL_EXCHANGE": f"test.{run_id}.exchange",
+        "ETL_QUEUE": f"test.{run_id}.work",
+        "ETL_RETRY_DELAYS_MS": "200,500,1000",
+        "ETL_MAX_ATTEMPTS": "3",
+        "ETL_S3_ENDPOINT_URL": s3_endpoint,
+        "ETL_S3_ACCESS_KEY_ID": "test",
+        "ETL_S3_SECRET_ACCESS_KEY": "test",
+        "ETL_BUCKET": f"test-{run_id}",
+        "ETL_DEDUP_URL": REDIS_URL,
+        "ETL_DEDUP_PREFIX": f"test:{run_id}",
+        "ETL_SIDECAR_PORT": "0",
+        "ETL_DECODE_PROCESSES": "0",
+        "ETL_CONCURRENCY": "4",
+        "ETL_SHUTDOWN_GRACE_S": "10",
+        "ETL_LOG_LEVEL": "INFO",
+        "ETL_AMQP_HEARTBEAT_S": "5",
+    }
+
+
+@pytest.fixture
+def settings(test_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    for k, v in test_env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    Storage(make_client(s)).ensure_bucket(s.bucket)
+    return s
