@@ -93,9 +93,7 @@ def writer_schema(record_type: str) -> dict[str, Any]:
     return reader_schema(record_type)
 
 
-_BY_FULL_NAME: dict[str, str] = {
-    f"{AVRO_NAMESPACE}.Avro{rt}": rt for rt in SUPPORTED_RECORD_TYPES
-}
+_BY_FULL_NAME: dict[str, str] = {f"{AVRO_NAMESPACE}.Avro{rt}": rt for rt in SUPPORTED_RECORD_TYPES}
 
 
 def record_type_from_writer_name(name: str) -> str | None:
