@@ -1,0 +1,441 @@
+"""Validate decoded Health Connect records in one pass: reason codes and a quality score.
+
+Why this exists: a worker must decide, per message and in microseconds per record, which
+records are fit to feed statistics and whether the file as a whole is trustworthy enough to
+produce a training record or should be quarantined. Everything here is pure: the clock
+comes in as ``now_ms``, nothing is read or logged, and only reason *codes* and counts are
+reported (never values, which may be health data).
+
+Rules (each failure is a reason code in ``ValidationReport.issue_counts``)
+--------------------------------------------------------------------------
+Structure and metadata (record excluded)
+  ``malformed_record`` record is not a mapping; ``missing_metadata``; ``missing_record_id``;
+  ``missing_data_origin``; ``duplicate_record_id`` (second and later use of a
+  ``metadata.id`` in the file; the first occurrence is kept).
+Timestamps (record excluded)
+  ``missing_timestamp`` (absent or not an integer); ``start_after_end``;
+  ``timestamp_before_2000`` (before 2000-01-01T00:00Z); ``timestamp_in_future`` (later than
+  ``now_ms + config.max_future_skew_ms``); ``bad_zone_offset`` (not ``Z``, ``±HH``,
+  ``±HHMM``, ``±HH:MM`` or ``±HH:MM:SS`` within ±18:00).
+Values (record excluded)
+  ``missing_value`` (measurement absent or not a number); ``unknown_enum_value``;
+  ``glucose_out_of_range`` (20-600 mg/dL); ``hrv_out_of_range`` (RMSSD 1-300 ms);
+  ``steps_out_of_range`` (0-100000 per record); ``active_calories_out_of_range``
+  (0-10000 kcal per record); ``sleep_duration_out_of_range`` (session 0-24 h);
+  ``sleep_stage_outside_session``; ``sleep_stage_overlap``;
+  ``heart_rate_no_samples`` (empty series); ``heart_rate_no_valid_samples`` (every sample
+  was dropped).
+Heart-rate samples (sample dropped, counted per sample; the record is kept with the rest)
+  ``heart_rate_out_of_range`` (25-250 bpm); ``sample_outside_interval``;
+  ``missing_value`` (sample without an integer time or numeric bpm).
+Completeness (record kept, only lowers completeness)
+  ``missing_zone_offset`` (a zone offset is None: the record is read as UTC);
+  ``sleep_no_stages`` (session without stages).
+File
+  ``empty_file`` (no records at all).
+
+An excluded record is counted once, under the first rule it breaks, in the order above.
+
+Quality score
+-------------
+With N records, each record r contributes:
+
+* ``usable(r)``: 0 if excluded, 1 if kept whole, and ``kept / total`` samples for a
+  heart-rate record kept with some samples dropped;
+* ``complete(r)``: 0 if it has a completeness issue, else 1;
+* ``consistent(r)``: 0 if it contradicts itself or the file (``duplicate_record_id``,
+  ``start_after_end``, ``sleep_stage_overlap``, ``sleep_stage_outside_session``,
+  ``sample_outside_interval``), else 1.
+
+``completeness = Σ complete / N``, ``validity = Σ usable / N``,
+``consistency = Σ consistent / N`` and
+
+    score = 0.15 * completeness + 0.70 * validity + 0.15 * consistency
+
+Validity dominates because it is the share of the file that statistics will actually use;
+a file passes when ``score >= config.quality_threshold`` and at least one record is valid.
+With the default threshold 0.7, a fully complete and consistent file passes while at most
+~43 % of it is invalid. An empty file scores 0. See ``docs/quality-score.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from etl_engine.stages import DecodedFile, DomainConfig, Record, ValidationReport
+
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_OFFSET_SECONDS = 18 * 3600
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+WEIGHT_COMPLETENESS = 0.15
+WEIGHT_VALIDITY = 0.70
+WEIGHT_CONSISTENCY = 0.15
+
+GLUCOSE_RANGE = (20.0, 600.0)
+HEART_RATE_RANGE = (25, 250)
+HRV_RANGE = (1.0, 300.0)
+STEPS_RANGE = (0, 100_000)
+ACTIVE_KCAL_RANGE = (0.0, 10_000.0)
+SLEEP_MAX_MS = DAY_MS
+
+MEAL_TYPES = frozenset({"UNKNOWN", "BREAKFAST", "LUNCH", "DINNER", "SNACK"})
+RELATIONS_TO_MEAL = frozenset({"UNKNOWN", "GENERAL", "FASTING", "BEFORE_MEAL", "AFTER_MEAL"})
+SPECIMEN_SOURCES = frozenset(
+    {"INTERSTITIAL_FLUID", "CAPILLARY_BLOOD", "PLASMA", "SERUM", "TEARS", "WHOLE_BLOOD",
+     "UNKNOWN"}
+)
+SLEEP_STAGES = frozenset({"UNKNOWN", "AWAKE", "SLEEPING", "OUT_OF_BED", "LIGHT", "DEEP", "REM"})
+
+# Codes that also mark a record inconsistent (see the module docstring).
+CONSISTENCY_CODES = frozenset(
+    {"duplicate_record_id", "start_after_end", "sleep_stage_overlap",
+     "sleep_stage_outside_session", "sample_outside_interval"}
+)
+
+KNOWN_RECORD_TYPES: tuple[str, ...] = (
+    "BloodGlucoseRecord",
+    "HeartRateRecord",
+    "HeartRateVariabilityRmssdRecord",
+    "SleepSessionRecord",
+    "StepsRecord",
+    "ActiveCaloriesBurnedRecord",
+)
+INSTANT_TYPES = frozenset({"BloodGlucoseRecord", "HeartRateVariabilityRmssdRecord"})
+_BY_KEY = {name.lower(): name for name in KNOWN_RECORD_TYPES}
+
+
+# --- shared helpers (also used by the processors) ------------------------------------------
+@lru_cache(maxsize=1024)
+def canonical_record_type(name: str) -> str:
+    """Map ``BloodGlucoseRecord``, ``AvroBloodGlucoseRecord``, a namespaced Avro name or
+    ``blood_glucose`` to the canonical type name; unknown names come back unchanged."""
+    short = name.rsplit(".", 1)[-1]
+    key = short.replace("_", "").lower()
+    if key.startswith("avro"):
+        key = key[4:]
+    if not key.endswith("record"):
+        key += "record"
+    return _BY_KEY.get(key, short)
+
+
+def _offset_uncached(zone: str) -> int | None:
+    if zone == "Z":
+        return 0
+    if len(zone) < 3 or zone[0] not in "+-":
+        return None
+    body = zone[1:]
+    if not body.isascii():
+        return None
+    n = len(body)
+    if n == 2 and body.isdigit():
+        h, m, s = int(body), 0, 0
+    elif n == 4 and body.isdigit():
+        h, m, s = int(body[:2]), int(body[2:]), 0
+    elif n == 5 and body[2] == ":" and (body[:2] + body[3:]).isdigit():
+        h, m, s = int(body[:2]), int(body[3:]), 0
+    elif (n == 8 and body[2] == ":" and body[5] == ":"
+          and (body[:2] + body[3:5] + body[6:]).isdigit()):
+        h, m, s = int(body[:2]), int(body[3:5]), int(body[6:])
+    else:
+        return None
+    if m >= 60 or s >= 60:
+        return None
+    total = h * 3600 + m * 60 + s
+    if total > MAX_OFFSET_SECONDS:
+        return None
+    return -total if zone[0] == "-" else total
+
+
+_offset_cached = lru_cache(maxsize=512)(_offset_uncached)
+
+
+def zone_offset_seconds(zone: object) -> int | None:
+    """Offset in seconds for a zone id; None (=UTC) gives 0; unparseable gives None.
+
+    Cached because a file repeats the same handful of offsets millions of times.
+    """
+    if zone is None:
+        return 0
+    if type(zone) is not str:
+        return None
+    return _offset_cached(zone)
+
+
+def parse_zone_offset(zone: str | None) -> int:
+    """Offset in seconds for a zone id (None means UTC); raises ValueError if malformed."""
+    seconds = zone_offset_seconds(zone)
+    if seconds is None:
+        raise ValueError(f"bad zone offset: {zone!r}")
+    return seconds
+
+
+# --- per-type value checks --------------------------------------------------------------------
+# A value check returns (reason code or None, record to keep, usable fraction,
+# inconsistent?, per-sample drop counts or None).
+_Result = tuple[str | None, Record, float, bool, dict[str, int] | None]
+_Check = Callable[[Record, int, int], _Result]
+_OK = 1.0
+
+
+def _is_num(v: object) -> bool:
+    t = type(v)
+    return t is float or t is int
+
+
+def _check_glucose(rec: Record, s: int, e: int) -> _Result:
+    v = rec.get("levelInMilligramsPerDeciliter")
+    if not _is_num(v):
+        return "missing_value", rec, 0.0, False, None
+    if not GLUCOSE_RANGE[0] <= v <= GLUCOSE_RANGE[1]:
+        return "glucose_out_of_range", rec, 0.0, False, None
+    meal = rec.get("mealType")
+    rel = rec.get("relationToMeal")
+    src = rec.get("specimenSource")
+    if ((meal is not None and meal not in MEAL_TYPES)
+            or (rel is not None and rel not in RELATIONS_TO_MEAL)
+            or (src is not None and src not in SPECIMEN_SOURCES)):
+        return "unknown_enum_value", rec, 0.0, False, None
+    return None, rec, _OK, False, None
+
+
+def _check_hrv(rec: Record, s: int, e: int) -> _Result:
+    v = rec.get("heartRateVariabilityRmssd")
+    if not _is_num(v):
+        return "missing_value", rec, 0.0, False, None
+    if not HRV_RANGE[0] <= v <= HRV_RANGE[1]:
+        return "hrv_out_of_range", rec, 0.0, False, None
+    return None, rec, _OK, False, None
+
+
+def _check_steps(rec: Record, s: int, e: int) -> _Result:
+    v = rec.get("count")
+    if type(v) is not int:
+        return "missing_value", rec, 0.0, False, None
+    if not STEPS_RANGE[0] <= v <= STEPS_RANGE[1]:
+        return "steps_out_of_range", rec, 0.0, False, None
+    return None, rec, _OK, False, None
+
+
+def _check_calories(rec: Record, s: int, e: int) -> _Result:
+    v = rec.get("energyInKilocalories")
+    if not _is_num(v):
+        return "missing_value", rec, 0.0, False, None
+    if not ACTIVE_KCAL_RANGE[0] <= v <= ACTIVE_KCAL_RANGE[1]:
+        return "active_calories_out_of_range", rec, 0.0, False, None
+    return None, rec, _OK, False, None
+
+
+def _check_sleep(rec: Record, s: int, e: int) -> _Result:
+    if e - s > SLEEP_MAX_MS:
+        return "sleep_duration_out_of_range", rec, 0.0, False, None
+    stages = rec.get("stages")
+    if not stages:
+        return None, rec, _OK, False, None
+    if type(stages) is not list:
+        return "malformed_record", rec, 0.0, False, None
+    spans: list[tuple[int, int]] = []
+    for st in stages:
+        if type(st) is not dict:
+            return "malformed_record", rec, 0.0, False, None
+        a = st.get("startTimeEpochMillis")
+        b = st.get("endTimeEpochMillis")
+        if type(a) is not int or type(b) is not int:
+            return "missing_timestamp", rec, 0.0, False, None
+        if a > b:
+            return "start_after_end", rec, 0.0, True, None
+        if st.get("stage") not in SLEEP_STAGES:
+            return "unknown_enum_value", rec, 0.0, False, None
+        if a < s or b > e:
+            return "sleep_stage_outside_session", rec, 0.0, True, None
+        spans.append((a, b))
+    spans.sort()
+    prev_end = spans[0][1]
+    for a, b in spans[1:]:
+        if a < prev_end:
+            return "sleep_stage_overlap", rec, 0.0, True, None
+        prev_end = b
+    return None, rec, _OK, False, None
+
+
+def _check_heart_rate(rec: Record, s: int, e: int) -> _Result:
+    samples = rec.get("samples")
+    if not samples or type(samples) is not list:
+        return "heart_rate_no_samples", rec, 0.0, False, None
+    lo, hi = HEART_RATE_RANGE
+    try:  # fast path: every sample well-formed and plausible, nothing copied
+        for smp in samples:
+            if not (s <= smp["timeEpochMillis"] <= e and lo <= smp["beatsPerMinute"] <= hi):
+                raise ValueError
+        return None, rec, _OK, False, None
+    except (KeyError, TypeError, ValueError):
+        pass
+    return _filter_samples(rec, samples, s, e)
+
+
+def _filter_samples(
+    rec: Record, samples: list[Any], s: int, e: int
+) -> _Result:
+    """Slow path: drop bad samples and count each one under its reason code."""
+    lo, hi = HEART_RATE_RANGE
+    kept: list[Any] = []
+    drops: dict[str, int] = {}
+    for smp in samples:
+        t = smp.get("timeEpochMillis") if type(smp) is dict else None
+        b = smp.get("beatsPerMinute") if type(smp) is dict else None
+        if type(t) is not int or not _is_num(b):
+            code = "missing_value"
+        elif not s <= t <= e:
+            code = "sample_outside_interval"
+        elif not lo <= b <= hi:
+            code = "heart_rate_out_of_range"
+        else:
+            kept.append(smp)
+            continue
+        drops[code] = drops.get(code, 0) + 1
+    inconsistent = "sample_outside_interval" in drops
+    if not kept:
+        return "heart_rate_no_valid_samples", rec, 0.0, inconsistent, drops
+    out = dict(rec)  # shallow copy: only the samples list differs
+    out["samples"] = kept
+    return None, out, len(kept) / len(samples), inconsistent, drops
+
+
+def _check_none(rec: Record, s: int, e: int) -> _Result:
+    return None, rec, _OK, False, None
+
+
+_VALUE_CHECKS: dict[str, _Check] = {
+    "BloodGlucoseRecord": _check_glucose,
+    "HeartRateRecord": _check_heart_rate,
+    "HeartRateVariabilityRmssdRecord": _check_hrv,
+    "SleepSessionRecord": _check_sleep,
+    "StepsRecord": _check_steps,
+    "ActiveCaloriesBurnedRecord": _check_calories,
+}
+
+
+# --- the pass -------------------------------------------------------------------------------
+def validate(decoded: DecodedFile, *, now_ms: int, config: DomainConfig) -> ValidationReport:
+    """Check every record once; keep the usable ones; score the file (see module doc)."""
+    rtype = canonical_record_type(decoded.record_type)
+    records = decoded.records
+    total = len(records)
+    if total == 0:
+        return ValidationReport(
+            record_type=rtype, total_records=0, valid_records=[], quality_score=0.0,
+            components={"completeness": 0.0, "validity": 0.0, "consistency": 0.0},
+            issue_counts={"empty_file": 1}, passed=False, quarantine_reason="empty_file",
+        )
+
+    check = _VALUE_CHECKS.get(rtype, _check_none)
+    known_instant: bool | None = (
+        True if rtype in INSTANT_TYPES else False if rtype in _VALUE_CHECKS else None
+    )
+    max_ms = now_ms + config.max_future_skew_ms
+    min_ms = MIN_TIMESTAMP_MS
+    offset = zone_offset_seconds
+    issues: dict[str, int] = {}
+    valid: list[Record] = []
+    append = valid.append
+    seen: set[str] = set()
+    usable_sum = 0.0
+    incomplete = 0
+    inconsistent = 0
+
+    for rec in records:
+        if type(rec) is not dict:
+            issues["malformed_record"] = issues.get("malformed_record", 0) + 1
+            continue
+        code: str | None = None
+        meta = rec.get("metadata")
+        if type(meta) is not dict:
+            code = "missing_metadata"
+        else:
+            rid = meta.get("id")
+            if not rid or type(rid) is not str:
+                code = "missing_record_id"
+            elif rid in seen:
+                code = "duplicate_record_id"
+            else:
+                seen.add(rid)
+                origin = meta.get("dataOriginPackageName")
+                if not origin or type(origin) is not str:
+                    code = "missing_data_origin"
+
+        instant = known_instant
+        if instant is None:
+            instant = "timeEpochMillis" in rec
+        if instant:
+            s = e = rec.get("timeEpochMillis")  # type: ignore[assignment]
+            z1 = rec.get("zoneOffsetId")
+            z2 = z1
+        else:
+            s = rec.get("startTimeEpochMillis")  # type: ignore[assignment]
+            e = rec.get("endTimeEpochMillis")  # type: ignore[assignment]
+            z1 = rec.get("startZoneOffsetId")
+            z2 = rec.get("endZoneOffsetId")
+
+        # completeness is a property of the record, counted whether or not it is kept
+        if z1 is None or z2 is None:
+            incomplete += 1
+            issues["missing_zone_offset"] = issues.get("missing_zone_offset", 0) + 1
+        elif rtype == "SleepSessionRecord" and not rec.get("stages"):
+            incomplete += 1
+            issues["sleep_no_stages"] = issues.get("sleep_no_stages", 0) + 1
+
+        if code is None:
+            if type(s) is not int or type(e) is not int:
+                code = "missing_timestamp"
+            elif s > e:
+                code = "start_after_end"
+            elif s < min_ms:
+                code = "timestamp_before_2000"
+            elif e > max_ms:
+                code = "timestamp_in_future"
+            elif offset(z1) is None or (z2 is not z1 and offset(z2) is None):
+                code = "bad_zone_offset"
+        if code is not None:
+            issues[code] = issues.get(code, 0) + 1
+            if code in CONSISTENCY_CODES:
+                inconsistent += 1
+            continue
+
+        vcode, kept, usable, bad_consistency, drops = check(rec, s, e)  # type: ignore[arg-type]
+        if drops:
+            for k, n in drops.items():
+                issues[k] = issues.get(k, 0) + n
+        if bad_consistency:
+            inconsistent += 1
+        if vcode is not None:
+            issues[vcode] = issues.get(vcode, 0) + 1
+            continue
+        usable_sum += usable
+        append(kept)
+
+    completeness = (total - incomplete) / total
+    validity = usable_sum / total
+    consistency = (total - inconsistent) / total
+    score = (WEIGHT_COMPLETENESS * completeness + WEIGHT_VALIDITY * validity
+             + WEIGHT_CONSISTENCY * consistency)
+    score = min(1.0, max(0.0, score))
+    if not valid:
+        reason: str | None = "no_valid_records"
+    elif score < config.quality_threshold:
+        reason = "quality_below_threshold"
+    else:
+        reason = None
+    return ValidationReport(
+        record_type=rtype,
+        total_records=total,
+        valid_records=valid,
+        quality_score=score,
+        components={"completeness": completeness, "validity": validity,
+                    "consistency": consistency},
+        issue_counts=dict(sorted(issues.items())),
+        passed=reason is None,
+        quarantine_reason=reason,
+    )
