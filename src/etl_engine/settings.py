@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # --- process / observability ------------------------------------------------------
     worker_id: str = ""  # empty: "{hostname}-{pid}"
     sidecar_host: str = "0.0.0.0"
-    sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: disabled
+    sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: any free port (logged)
     admin_token: SecretStr = SecretStr("")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

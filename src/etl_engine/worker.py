@@ -28,6 +28,7 @@ from etl_engine.dedup import DedupStore, open_store
 from etl_engine.logs import error_class, get_logger
 from etl_engine.pipeline import Delivery, Outcome, Pipeline
 from etl_engine.settings import Settings
+from etl_engine.sidecar import Sidecar
 from etl_engine.storage import AsyncStorage, Storage, make_client
 from etl_engine.topology import (
     ATTEMPT_HEADER,
@@ -58,6 +59,7 @@ class WorkerState:
     in_flight: int = 0
     last_error_class: str | None = None
     processed: int = 0
+    sidecar_port: int = 0
 
     def components(self) -> dict[str, bool]:
         return {
@@ -109,6 +111,14 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        sidecar = Sidecar(
+            self.state, host=self.s.sidecar_host, port=self.s.sidecar_port,
+            admin_token=self.s.admin_token.get_secret_value(),
+            admin_routes={"/admin/drain": self._admin_drain},
+        )
+        self.state.sidecar_port = await sidecar.start()
+        log.info("sidecar_listening", host=self.s.sidecar_host, port=self.state.sidecar_port,
+                 worker_id=self.state.worker_id)
         background = [
             asyncio.create_task(self._renew_leases(), name="lease-renewal"),
             asyncio.create_task(self._check_dependencies(), name="dependency-checks"),
@@ -120,11 +130,16 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await sidecar.stop()
             self.compute.close()
             self.storage.close()
             with contextlib.suppress(Exception):
                 await self.dedup.close()
             log.info("worker_stopped")
+
+    async def _admin_drain(self) -> tuple[int, str, bytes]:
+        self.request_stop()
+        return 200, "application/json", b'{"draining": true}'
 
     async def _connection_loop(self) -> None:
         backoff = 0.2

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up a development environment: .venv with the project and its dev extras, a .env
+# from .env.template, the local services, the bucket; then run the tests.
+#   scripts/setup-etl-dev.sh            full set-up, ends by running the tests
+#   scripts/setup-etl-dev.sh --no-test  set-up only (used by manage-etl-stack.sh)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+RUN_TESTS=1
+[[ "${1:-}" == "--no-test" ]] && RUN_TESTS=0
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+PYTHON="${PYTHON:-}"
+if [[ -z "$PYTHON" ]]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+      PYTHON="$candidate"; break
+    fi
+  done
+fi
+[[ -n "$PYTHON" ]] || die "Python 3.11+ is required (apt-get install python3 python3-venv)"
+
+if [[ ! -x .venv/bin/python ]]; then
+  say "creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv || die "could not create .venv (apt-get install python3-venv)"
+fi
+say "installing the project and its dev extras"
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+CONSTRAINTS=()
+[[ -f requirements-dev.lock ]] && CONSTRAINTS=(-c requirements-dev.lock)
+.venv/bin/python -m pip install --quiet "${CONSTRAINTS[@]}" -e '.[dev,codecs]' 2>&1 \
+  | grep -v '^WARNING: Location' || true
+.venv/bin/python -c 'import etl_engine, aio_pika, fastavro, moto' \
+  || die "the install did not complete; see the pip output above"
+
+if [[ ! -f .env ]]; then
+  say "writing .env from .env.template"
+  cp .env.template .env
+fi
+
+if [[ $RUN_TESTS == 1 ]]; then
+  say "starting the local services"
+  "$ROOT/scripts/manage-etl-stack.sh" --native services
+  say "running the tests"
+  exec "$ROOT/scripts/manage-etl-stack.sh" test
+fi
+say "development environment ready"

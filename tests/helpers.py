@@ -1,0 +1,186 @@
+"""Test helpers: run workers (in-process or as processes), publish, inspect results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+
+from etl_engine.publisher import Publisher, Upload, upload_file
+from etl_engine.settings import Settings
+from etl_engine.storage import Storage, make_client
+from etl_engine.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def storage_for(settings: Settings) -> Storage:
+    return Storage(make_client(settings))
+
+
+def sample_files() -> list[tuple[str, Path]]:
+    from etl_engine.samples import iter_sample_files
+
+    return iter_sample_files(SAMPLES)
+
+
+def upload(settings: Settings, record_type: str, path: Path, run: str = "") -> Upload:
+    return upload_file(storage_for(settings), settings, record_type, path, run_id=run)
+
+
+def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes) -> Upload:
+    import hashlib
+    import uuid
+
+    key = f"{settings.raw_prefix}{record_type}/2026/11/01/{name}"
+    storage_for(settings).client.put_object(Bucket=settings.bucket, Key=key, Body=data)
+    return Upload(record_type, settings.bucket, key, len(data), hashlib.sha256(data).hexdigest(),
+                  f"ik-{uuid.uuid4().hex}", str(uuid.uuid4()))
+
+
+async def publish(settings: Settings, *bodies: dict[str, Any] | bytes, **kw: Any) -> None:
+    async with Publisher(settings) as pub:
+        for body in bodies:
+            await pub.publish(body, **kw)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.consumed.wait(), 15)
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+def keys(settings: Settings, prefix: str) -> list[str]:
+    return sorted(storage_for(settings).list_keys(settings.bucket, prefix))
+
+
+def results(settings: Settings) -> list[str]:
+    return keys(settings, settings.training_prefix)
+
+
+async def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def wait_outcomes(settings: Settings, message_ids: list[str], timeout: float = 30.0
+                        ) -> dict[str, str]:
+    from etl_engine.publisher import wait_for_outcomes
+
+    seen, _ = await wait_for_outcomes(settings, message_ids, timeout_s=timeout)
+    assert len(seen) == len(message_ids), f"settled {len(seen)}/{len(message_ids)}: {seen}"
+    return seen
+
+
+async def drain_dlq(settings: Settings) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    out = []
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(settings.dlq_name, passive=True)
+        while (msg := await q.get(fail=False, no_ack=True)) is not None:
+            out.append(msg)
+    return out
+
+
+async def queue_counts(settings: Settings, name: str) -> tuple[int, int]:
+    """(ready messages, consumers) of a queue."""
+    conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(name, passive=True)
+        return q.declaration_result.message_count, q.declaration_result.consumer_count
+
+
+async def delete_topology(settings: Settings) -> None:
+    from etl_engine.topology import delete_all
+
+    with contextlib.suppress(Exception):
+        conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
+        async with conn:
+            await delete_all(await conn.channel(), settings)
+
+
+class WorkerProcess:
+    """``etl-engine worker`` as a real process (for signals), ready when /ready says so."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, **overrides: str) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        full = {**os.environ, **env, **overrides, "ETL_SIDECAR_PORT": str(self.port),
+                "ETL_SIDECAR_HOST": "127.0.0.1"}
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "etl_engine.cli", "worker"], env=full,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if self.get("/ready")[0] == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+
+    async def wait_exit(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("worker did not exit")
+            await asyncio.sleep(0.05)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.wait(10)
+        self._log.close()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                out.append(orjson.loads(line))
+        return out

@@ -1,0 +1,150 @@
+"""The safe Avro decoder: good files decode; hostile ones are refused with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zlib
+
+import fastavro
+import pytest
+
+from etl_engine.avro import decode, prescan
+from etl_engine.errors import PermanentError
+from etl_engine.record_types import reader_schema, writer_schema
+
+LIMITS = {"max_records": 100_000, "max_decompressed_bytes": 8 * 1024 * 1024}
+
+
+def steps(n: int = 3) -> list[dict]:
+    return [
+        {
+            "metadata": {"id": f"id-{i}", "dataOriginPackageName": "com.example",
+                         "lastModifiedTimeEpochMillis": 1_700_000_000_000,
+                         "clientRecordId": None, "clientRecordVersion": 0, "device": None},
+            "startTimeEpochMillis": 1_762_000_000_000 + i * 3_600_000,
+            "endTimeEpochMillis": 1_762_000_000_000 + i * 3_600_000 + 600_000,
+            "startZoneOffsetId": "-05:00", "endZoneOffsetId": "-05:00",
+            "count": 100 + i,
+            "appRecordFetchTimeEpochMillis": 1_762_100_000_000,
+        }
+        for i in range(n)
+    ]
+
+
+def container(records: list[dict], codec: str = "null", schema: dict | None = None,
+              block: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    fastavro.writer(buf, schema or writer_schema("StepsRecord"), records, codec=codec,
+                    sync_interval=block)
+    return buf.getvalue()
+
+
+def reason(data: bytes, record_type: str = "StepsRecord", **limits: int) -> str:
+    with pytest.raises(PermanentError) as info:
+        decode(data, record_type, reader_schema(record_type), **{**LIMITS, **limits})
+    return info.value.reason
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate", "snappy", "zstandard"])
+def test_good_file_decodes_with_each_codec(codec: str) -> None:
+    out = decode(container(steps(), codec), "StepsRecord", reader_schema("StepsRecord"),
+                 **LIMITS)
+    assert [r["count"] for r in out.records] == [100, 101, 102]
+    assert out.codec == codec
+
+
+def test_empty_random_and_truncated_files() -> None:
+    assert reason(b"") == "empty_file"
+    assert reason(os.urandom(2000)) == "not_avro"
+    data = container(steps(200), block=500)
+    sync = data[-16:]
+    # A cut right after a sync marker is a shorter *valid* file: the message's size and
+    # hash catch that case (see the integrity tests), not the decoder.
+    boundaries = {i + 16 for i in range(len(data)) if data.startswith(sync, i)}
+    for cut in range(5, len(data) - 1, 7):
+        if cut in boundaries:
+            continue
+        assert reason(data[:cut]) in {"truncated_file", "corrupt_avro", "bad_sync_marker",
+                                      "corrupt_block"}
+
+
+def test_wrong_sync_marker() -> None:
+    data = bytearray(container(steps()))
+    data[-1] ^= 0xFF
+    assert reason(bytes(data)) == "bad_sync_marker"
+
+
+def test_unknown_codec() -> None:
+    data = container(steps())
+    data = data.replace(b"\x08null", b"\x08lzma", 1)
+    assert reason(data) == "unsupported_codec"
+
+
+def test_decompression_bomb_is_refused_without_inflating_it() -> None:
+    data = container(steps(), "deflate")
+    bomb_payload = zlib.compressobj(9, zlib.DEFLATED, -15)
+    raw = bomb_payload.compress(b"\0" * (64 * 1024 * 1024)) + bomb_payload.flush()
+    header_end = data.index(data[-16:]) + 16  # first occurrence of sync ends the header
+    sync = data[-16:]
+
+    bomb = data[:header_end] + _long(1) + _long(len(raw)) + raw + sync
+    assert reason(bomb) == "decompression_limit_exceeded"
+
+
+def test_block_claiming_two_billion_records() -> None:
+    data = container(steps())
+    sync = data[-16:]
+    header_end = data.index(sync) + 16
+    forged = data[:header_end] + b"\xfe\xff\xff\xff\x0f" + b"\x02\x00" + sync
+    assert reason(forged) == "too_many_records"
+
+
+def test_deep_writer_schema_is_refused() -> None:
+    node: dict = {"type": "record", "name": "AvroStepsRecord", "fields": []}
+    for i in range(60):
+        node = {"type": "record", "name": f"N{i}", "fields": [{"name": "x", "type": node}]}
+    meta = json.dumps(node).encode()
+    # The header by hand: a map with one entry (avro.schema), then a sync marker.
+    data = bytearray(b"Obj\x01")
+    data += _long(1) + _bytes(b"avro.schema") + _bytes(meta) + _long(0) + b"S" * 16
+    assert reason(bytes(data)) == "writer_schema_too_deep"
+
+
+def test_writer_schema_of_another_type_is_a_schema_mismatch() -> None:
+    data = container(steps())
+    assert reason(data, "BloodGlucoseRecord") == "schema_mismatch"
+
+
+def test_record_limit() -> None:
+    assert reason(container(steps(50)), max_records=10) == "too_many_records"
+
+
+def test_invalid_utf8_string() -> None:
+    data = container(steps(1))
+    bad = data.replace(b"com.example", b"com.ex\xff\xfeple", 1)
+    assert reason(bad) in {"invalid_utf8", "corrupt_avro"}
+
+
+def test_prescan_reports_codec_and_schema() -> None:
+    schema, codec = prescan(container(steps(), "deflate"), **LIMITS)
+    assert codec == "deflate"
+    assert schema["name"].endswith("AvroStepsRecord")
+
+
+def _long(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _bytes(b: bytes) -> bytes:
+    return _long(len(b)) + b

@@ -1,0 +1,251 @@
+"""The worker end to end on the real broker, Redis and the S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from helpers import (
+    WorkerProcess,
+    delete_topology,
+    drain_dlq,
+    publish,
+    queue_counts,
+    results,
+    keys,
+    running_worker,
+    sample_files,
+    storage_for,
+    upload,
+    upload_bytes,
+    wait_outcomes,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+async def _cleanup(settings):  # type: ignore[no-untyped-def]
+    yield
+    await delete_topology(settings)
+
+
+async def test_happy_path_every_file_gives_one_result(settings) -> None:  # type: ignore[no-untyped-def]
+    files = sample_files()
+    assert len({rt for rt, _ in files}) == 6, "samples cover all six record types"
+    uploads = [upload(settings, rt, p) for rt, p in files]
+    async with running_worker(settings):
+        await publish(settings, *[u.message() for u in uploads])
+        outcomes = await wait_outcomes(settings, [u.message_id for u in uploads])
+    assert Counter(outcomes.values()) == {"processed": len(uploads)}
+    found = results(settings)
+    assert len(found) == len(uploads)
+    for u in uploads:
+        mine = [k for k in found if k.endswith(f"/{u.idempotency_key}.jsonl")]
+        assert len(mine) == 1, u.key
+        record = orjson.loads(storage_for(settings).get(settings.bucket, mine[0]))
+        assert record["metadata"]["record_type"] == u.record_type
+        assert record["output"] and record["instruction"]
+
+
+async def test_same_message_twice_gives_one_result_and_a_duplicate(settings) -> None:  # type: ignore[no-untyped-def]
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    first = u.message()
+    second = {**first, "message_id": "second-" + u.message_id}
+    async with running_worker(settings):
+        await publish(settings, first)
+        await wait_outcomes(settings, [first["message_id"]])
+        await publish(settings, second)
+        outcomes = await wait_outcomes(settings, [first["message_id"], second["message_id"]])
+    assert outcomes == {first["message_id"]: "processed", second["message_id"]: "duplicate"}
+    assert len(results(settings)) == 1
+
+
+async def test_duplicate_is_caught_without_redis_state(settings) -> None:  # type: ignore[no-untyped-def]
+    """Correctness does not depend on the dedup store: flush it, the write still refuses."""
+    from etl_engine.dedup import open_store
+
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    first = u.message()
+    second = {**first, "message_id": "again-" + u.message_id}
+    async with running_worker(settings):
+        await publish(settings, first)
+        await wait_outcomes(settings, [first["message_id"]])
+        store = open_store(settings.dedup_url, settings.dedup_prefix)
+        await store.forget(u.idempotency_key)
+        await store.close()
+        await publish(settings, second)
+        outcomes = await wait_outcomes(settings, [second["message_id"]])
+    assert outcomes[second["message_id"]] == "duplicate"
+    assert len(results(settings)) == 1
+
+
+async def test_corrupt_file_is_quarantined_and_worker_keeps_consuming(settings) -> None:  # type: ignore[no-untyped-def]
+    bad = upload_bytes(settings, "StepsRecord", "garbage.avro", os.urandom(4096))
+    rt, path = sample_files()[0]
+    good = upload(settings, rt, path)
+    async with running_worker(settings):
+        await publish(settings, bad.message(), good.message())
+        outcomes = await wait_outcomes(settings, [bad.message_id, good.message_id])
+    assert outcomes == {bad.message_id: "quarantined", good.message_id: "processed"}
+    qkeys = keys(settings, settings.quarantine_prefix)
+    assert "quarantine/StepsRecord/2026/11/01/garbage.avro" in qkeys
+    reason = orjson.loads(storage_for(settings).get(
+        settings.bucket, "quarantine/StepsRecord/2026/11/01/garbage.avro.reason.json"))
+    assert reason["reason"] == "not_avro"
+    assert reason["stage"] == "decode"
+    assert reason["message_id"] == bad.message_id
+
+
+async def test_integrity_mismatch_is_quarantined(settings) -> None:  # type: ignore[no-untyped-def]
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    body = {**u.message(), "content_hash": "0" * 64}
+    async with running_worker(settings):
+        await publish(settings, body)
+        outcomes = await wait_outcomes(settings, [u.message_id])
+    assert outcomes[u.message_id] == "quarantined"
+    reason_key = [k for k in keys(settings, settings.quarantine_prefix) if k.endswith(".json")]
+    reason = orjson.loads(storage_for(settings).get(settings.bucket, reason_key[0]))
+    assert reason["reason"] == "hash_mismatch"
+    assert results(settings) == []
+
+
+async def test_malformed_messages_go_to_the_dlq_with_a_reason(settings) -> None:  # type: ignore[no-untyped-def]
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    missing = u.message()
+    del missing["user_id"]
+    missing["message_id"] = "m-missing"
+    wrong_bucket = {**u.message(), "bucket": "not-ours", "message_id": "m-bucket"}
+    traversal = {**u.message(), "key": "raw/../secrets", "message_id": "m-traversal"}
+    async with running_worker(settings) as worker:
+        await publish(settings, b"{not json", routing="health.processing.stepsrecord",
+                      message_id="m-json")
+        await publish(settings, missing, wrong_bucket, traversal)
+        await wait_outcomes(settings, ["m-json", "m-missing", "m-bucket", "m-traversal"])
+        assert worker.state.consuming
+    dead = await drain_dlq(settings)
+    reasons = {m.message_id: m.headers["x-etl-reason"] for m in dead}
+    assert reasons == {"m-json": "invalid_json", "m-missing": "missing_field",
+                       "m-bucket": "bucket_not_allowed", "m-traversal": "key_traversal"}
+    assert results(settings) == []
+
+
+async def test_upload_service_routing_and_file_hash_name_are_accepted(settings) -> None:  # type: ignore[no-untyped-def]
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    body = u.message()
+    body["file_hash"] = body.pop("content_hash")
+    body.pop("message_id")
+    body["some_future_field"] = {"x": 1}
+    async with running_worker(settings):
+        await publish(settings, body, routing=f"health.processing.{rt.lower()}",
+                      message_id="amqp-prop-id")
+        outcomes = await wait_outcomes(settings, ["amqp-prop-id"])
+    assert outcomes == {"amqp-prop-id": "processed"}
+
+
+async def test_transient_storage_failure_is_retried_then_succeeds(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from faultproxy import FaultProxy
+
+    host_port = settings.s3_endpoint_url.rsplit(":", 1)
+    proxy = FaultProxy("127.0.0.1", int(host_port[1]))
+    try:
+        proxied = settings.model_copy(update={
+            "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}", "s3_read_timeout_s": 1.0,
+            "s3_connect_timeout_s": 1.0})
+        rt, path = sample_files()[0]
+        u = upload(settings, rt, path)
+        proxy.refuse = True
+        async with running_worker(proxied):
+            await publish(settings, u.message())
+            await asyncio.sleep(1.0)
+            proxy.refuse = False
+            outcomes = await wait_outcomes(settings, [u.message_id], timeout=30)
+    finally:
+        proxy.close()
+    assert outcomes == {u.message_id: "processed"}
+    assert len(results(settings)) == 1
+
+
+async def test_sigkill_after_write_then_restart_leaves_one_result_each(
+    settings, test_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    uploads = [upload(settings, rt, p, run=f"k{i}") for i, (rt, p) in
+               enumerate(sample_files() * 2)]
+    victim = uploads[3].idempotency_key
+    first = WorkerProcess(test_env, tmp_path / "w1.log", ETL_FAULT_POINT=f"after_write@{victim}")
+    await first.wait_ready()
+    await publish(settings, *[u.message() for u in uploads])
+    assert await first.wait_exit(30) == -signal.SIGKILL
+    second = WorkerProcess(test_env, tmp_path / "w2.log")
+    try:
+        await second.wait_ready()
+        await wait_outcomes(settings, [u.message_id for u in uploads], timeout=60)
+    finally:
+        second.signal(signal.SIGTERM)
+        await second.wait_exit()
+    found = results(settings)
+    assert len(found) == len(uploads)
+    for u in uploads:
+        assert sum(k.endswith(f"/{u.idempotency_key}.jsonl") for k in found) == 1
+
+
+async def test_sigterm_drains_in_flight_and_exits_zero(settings, test_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    uploads = [upload(settings, rt, p, run=f"t{i}") for i, (rt, p) in
+               enumerate(sample_files() * 3)]
+    w = WorkerProcess(test_env, tmp_path / "w.log", ETL_CONCURRENCY="2")
+    await w.wait_ready()
+    await publish(settings, *[u.message() for u in uploads])
+    await asyncio.sleep(0.3)
+    w.signal(signal.SIGTERM)
+    assert await w.wait_exit(30) == 0
+    done_before = {line.get("message_id") for line in w.log_lines()
+                   if line.get("event") == "message_settled"}
+    w2 = WorkerProcess(test_env, tmp_path / "w2.log")
+    try:
+        await w2.wait_ready()
+        await wait_outcomes(settings, [u.message_id for u in uploads], timeout=60)
+    finally:
+        w2.signal(signal.SIGTERM)
+        assert await w2.wait_exit() == 0
+    redone = [line for line in w2.log_lines() if line.get("event") == "message_settled"
+              and line.get("message_id") in done_before]
+    assert redone == [], "nothing that was done before the drain is delivered again"
+    assert len(results(settings)) == len(uploads)
+
+
+async def test_broker_connection_loss_resumes_consuming(settings) -> None:  # type: ignore[no-untyped-def]
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy("127.0.0.1", 5672)
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        proxied = settings.model_copy(update={"amqp_url": type(settings.amqp_url)(url)})
+        files = sample_files()
+        async with running_worker(proxied) as worker:
+            a = upload(settings, *files[0], run="a")
+            await publish(settings, a.message())
+            await wait_outcomes(settings, [a.message_id])
+            proxy.refuse = True
+            proxy.reset_all()
+            await asyncio.sleep(1.0)
+            assert not worker.state.broker_connected
+            proxy.refuse = False
+            b = upload(settings, *files[1], run="b")
+            await publish(settings, b.message())
+            outcomes = await wait_outcomes(settings, [b.message_id], timeout=30)
+            _, consumers = await queue_counts(settings, settings.queue)
+            assert consumers == 1, "reconnected with its consumer, not zero consumers"
+    finally:
+        proxy.close()
+    assert outcomes == {b.message_id: "processed"}
