@@ -148,6 +148,24 @@ def _progress(label: str, done: int, total: int) -> None:
     print(f"\r{label:>10} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
+# --- compact ---------------------------------------------------------------------------
+def cmd_compact(args: argparse.Namespace) -> int:
+    from etl_engine.compact import compact_month
+    from etl_engine.storage import Storage, make_client
+
+    s = _settings()
+    try:
+        done = compact_month(Storage(make_client(s)), s, args.month)
+    except ValueError as exc:
+        print(f"etl-engine compact: {exc}", file=sys.stderr)
+        return 2
+    for r in done:
+        print(f"{r.category:<24} {r.records:>7} records  {r.bytes:>10} bytes  {r.key}")
+    if not done:
+        print(f"no training records for {args.month}")
+    return 0
+
+
 # --- config -----------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     s = _settings()
@@ -187,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--no-bad", action="store_true", help="skip the deliberately bad files")
     gen.set_defaults(fn=cmd_generate_samples)
+
+    comp = sub.add_parser("compact", help="merge a month's records into one journal per category")
+    comp.add_argument("--month", required=True, help="YYYY-MM")
+    comp.set_defaults(fn=cmd_compact)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
