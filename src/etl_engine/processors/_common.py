@@ -1,0 +1,167 @@
+"""Small pure helpers shared by the processors: local time, rounding, descriptive statistics.
+
+Why here: every processor needs the same notion of "local date" (the record's own zone
+offset, None read as UTC) and the same percentile and rounding rules, so that figures in
+different statistics blocks agree with each other and with the narratives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from etl_engine.stages import Record
+from etl_engine.validation import zone_offset_seconds
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+# --- record access -----------------------------------------------------------------------------
+def offset_ms(zone: object) -> int:
+    """Zone id to milliseconds; None or an unparseable id (validation drops those) is UTC."""
+    seconds = zone_offset_seconds(zone)
+    return (seconds or 0) * 1000
+
+
+def start_ms(rec: Record) -> int:
+    """Start of an interval record, or the time of an instant record."""
+    value = rec.get("startTimeEpochMillis")
+    return int(rec["timeEpochMillis"] if value is None else value)
+
+
+def end_ms(rec: Record) -> int:
+    """End of an interval record, or the time of an instant record."""
+    value = rec.get("endTimeEpochMillis")
+    return int(rec["timeEpochMillis"] if value is None else value)
+
+
+def start_offset_ms(rec: Record) -> int:
+    """Zone offset (ms) in force at the record's start (or its only instant)."""
+    if "startTimeEpochMillis" in rec:
+        return offset_ms(rec.get("startZoneOffsetId"))
+    return offset_ms(rec.get("zoneOffsetId"))
+
+
+def end_offset_ms(rec: Record) -> int:
+    """Zone offset (ms) in force at the record's end (or its only instant)."""
+    if "endTimeEpochMillis" in rec:
+        return offset_ms(rec.get("endZoneOffsetId"))
+    return offset_ms(rec.get("zoneOffsetId"))
+
+
+def origin(rec: Record) -> str:
+    """The app that wrote the record (validation guarantees a non-empty string)."""
+    return str(rec["metadata"]["dataOriginPackageName"])
+
+
+def record_id(rec: Record) -> str:
+    """``metadata.id``, used only to break ties deterministically."""
+    return str(rec["metadata"]["id"])
+
+
+# --- local time --------------------------------------------------------------------------------
+def local_date(epoch_ms: int, off_ms: int) -> date:
+    """Calendar date on the wall clock of a zone offset."""
+    return date.fromordinal(_EPOCH_ORDINAL + (epoch_ms + off_ms) // DAY_MS)
+
+
+def local_minute_of_day(epoch_ms: int, off_ms: int) -> int:
+    """Minutes since local midnight (0-1439)."""
+    return ((epoch_ms + off_ms) % DAY_MS) // MINUTE_MS
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """ISO-8601 UTC timestamp with milliseconds and a ``Z`` suffix."""
+    dt = _EPOCH + timedelta(milliseconds=epoch_ms)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def hhmm(minute_of_day: float) -> str:
+    """``HH:MM`` for a (possibly >24 h, wrapped) minute count."""
+    m = round(minute_of_day) % 1440
+    return f"{m // 60:02d}:{m % 60:02d}"
+
+
+# --- numbers -----------------------------------------------------------------------------------
+def rnd(value: float | None, digits: int = 1) -> float | None:
+    """Round for output; keeps None; turns -0.0 into 0.0 so JSON stays tidy."""
+    if value is None:
+        return None
+    out = round(float(value), digits)
+    return 0.0 if out == 0 else out
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean with compensated summation (long CGM/heart-rate series)."""
+    return math.fsum(values) / len(values)
+
+
+def sample_sd(values: Sequence[float], centre: float | None = None) -> float | None:
+    """Sample standard deviation (n - 1); None with fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    m = mean(values) if centre is None else centre
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Linear-interpolation percentile (Hyndman-Fan type 7, numpy's default) of sorted data."""
+    n = len(sorted_values)
+    if n == 1:
+        return float(sorted_values[0])
+    pos = (n - 1) * p / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
+
+
+def percentages(weights: Sequence[float], decimals: int = 1) -> list[float]:
+    """Shares of a total in percent, rounded so that they add up to exactly 100.
+
+    Largest-remainder rounding: narratives quote these numbers, and "31.2 % + 68.9 %" that
+    does not add to 100 reads as an error. Ties go to the earlier entry. All-zero -> zeros.
+    """
+    total = math.fsum(weights)
+    if total <= 0:
+        return [0.0] * len(weights)
+    unit = 10**decimals
+    exact = [w / total * 100 * unit for w in weights]
+    floors = [math.floor(x) for x in exact]
+    missing = 100 * unit - sum(floors)
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[:missing]:
+        floors[i] += 1
+    return [f / unit for f in floors]
+
+
+def slope_per_day(times_ms: Sequence[int], values: Sequence[float]) -> float | None:
+    """Least-squares slope of value against time, per day; None if times do not vary."""
+    n = len(values)
+    if n < 2:
+        return None
+    t0 = times_ms[0]
+    xs = [(t - t0) / DAY_MS for t in times_ms]
+    mx = math.fsum(xs) / n
+    my = math.fsum(values) / n
+    sxx = math.fsum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    sxy = math.fsum((x - mx) * (y - my) for x, y in zip(xs, values, strict=True))
+    return sxy / sxx
+
+
+def summary(values: Iterable[float], digits: int = 1) -> dict[str, Any]:
+    """count/min/max/mean of a numeric series (mean None for an empty series)."""
+    vals = list(values)
+    if not vals:
+        return {"count": 0, "min": None, "max": None, "mean": None}
+    return {"count": len(vals), "min": rnd(min(vals), digits), "max": rnd(max(vals), digits),
+            "mean": rnd(mean(vals), digits)}

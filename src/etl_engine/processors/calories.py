@@ -1,0 +1,37 @@
+"""Daily active energy (kcal) by local date.
+
+Why: like steps, active calories are additive over the day on the person's own clock; the
+same one-origin-per-day rule applies (``origins.py``), so a phone and a watch reporting the
+same workout are never added together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etl_engine.processors._common import mean, rnd
+from etl_engine.processors.origins import daily_totals
+from etl_engine.stages import DomainConfig, Record
+
+
+def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
+    """Daily totals (chosen origin), total, average per day, per-origin totals."""
+    daily = daily_totals(records, "energyInKilocalories", config.origin_priority)
+    days = {d.isoformat(): rnd(v) or 0.0 for d, v in daily.totals.items()}
+    values = list(days.values())
+    origins = {}
+    for name in sorted(daily.per_origin):
+        per_day = {d.isoformat(): rnd(v) or 0.0 for d, v in sorted(daily.per_origin[name].items())}
+        origins[name] = {"days": len(per_day), "total_kcal": rnd(sum(per_day.values())),
+                         "daily_kcal": per_day}
+    return {
+        "days": len(values),
+        "total_kcal": rnd(sum(values)),
+        "average_kcal_per_day": rnd(mean(values)),
+        "max_daily_kcal": max(values),
+        "min_daily_kcal": min(values),
+        "daily_kcal": days,
+        "origin_by_day": {d.isoformat(): o for d, o in daily.chosen.items()},
+        "days_with_multiple_origins": daily.multi_origin_days,
+        "origins": origins,
+    }

@@ -1,0 +1,188 @@
+"""Multi-origin handling: one source per period, overlaps within a source counted once.
+
+Why: Health Connect merges what several apps write. A phone and a watch can both record the
+same day's steps or the same night's sleep; adding them would double the figures. So, per
+period (a local day; a night for sleep), the processors keep every origin's own figures but
+take the headline figure from exactly one origin:
+
+1. the first origin of ``config.origin_priority`` present in the period wins;
+2. otherwise the origin with the most coverage of the period wins (covered time for interval
+   records, number of distinct readings for instant records), ties broken by the smaller
+   package name so the choice is deterministic.
+
+Within one origin, overlapping records are counted once: additive values (steps, kcal) only
+count the part of a record's interval not already covered by an earlier record of the same
+origin (pro rata, assuming an even rate over the interval); instant readings and samples
+with the same timestamp are kept once; overlapping sleep sessions keep the longest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from etl_engine.processors._common import (
+    end_ms,
+    local_date,
+    origin,
+    record_id,
+    start_ms,
+    start_offset_ms,
+)
+from etl_engine.stages import Record
+
+Coverage = Callable[[list[Record]], float]
+
+
+def choose_origin(coverage: Mapping[str, float], priority: Sequence[str] = ()) -> str:
+    """Pick the period's origin: first by priority, else most coverage, ties by name."""
+    for name in priority:
+        if name in coverage:
+            return name
+    return min(coverage, key=lambda name: (-coverage[name], name))
+
+
+def union_length(intervals: Iterable[tuple[int, int]]) -> int:
+    """Total time covered by possibly overlapping ``(start, end)`` intervals."""
+    total = 0
+    cur_s: int | None = None
+    cur_e = 0
+    for s, e in sorted(intervals):
+        if cur_s is None or s > cur_e:
+            if cur_s is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        elif e > cur_e:
+            cur_e = e
+    if cur_s is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def interval_coverage(records: list[Record]) -> float:
+    """Covered time (ms) of interval records, overlaps counted once."""
+    return float(union_length((start_ms(r), end_ms(r)) for r in records))
+
+
+def reading_coverage(records: list[Record]) -> float:
+    """Distinct timestamps of instant records: how much of the period they cover."""
+    return float(len({start_ms(r) for r in records}))
+
+
+def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
+    """Sum ``value`` over one origin's ``(start, end, value, id)`` items, overlaps once.
+
+    Items are taken in (start, longest first, id) order; each adds the share of its value
+    that falls outside the time already covered. Because every earlier item starts no later,
+    the covered part of ``[s, e)`` is exactly ``[s, max_end_so_far)``.
+    """
+    total = 0.0
+    max_end: int | None = None
+    instants: set[int] = set()
+    for s, e, value, _ in sorted(items, key=lambda it: (it[0], -it[1], it[3])):
+        if e == s:  # zero-length record: covered if inside an earlier interval or repeated
+            if (max_end is None or s >= max_end) and s not in instants:
+                instants.add(s)
+                total += value
+            continue
+        if max_end is None or s >= max_end:
+            total += value
+        elif e > max_end:
+            total += value * (e - max_end) / (e - s)
+        if max_end is None or e > max_end:
+            max_end = e
+    return total
+
+
+def group_by_day(records: Iterable[Record]) -> dict[date, dict[str, list[Record]]]:
+    """Records by local date of their start (own zone offset), then by origin."""
+    out: dict[date, dict[str, list[Record]]] = {}
+    for rec in records:
+        day = local_date(start_ms(rec), start_offset_ms(rec))
+        out.setdefault(day, {}).setdefault(origin(rec), []).append(rec)
+    return out
+
+
+@dataclass(slots=True)
+class PeriodChoice:
+    """The origin chosen for one period, its records, and every origin's coverage."""
+
+    period: date
+    origin: str
+    records: list[Record]
+    coverage: dict[str, float]
+
+
+def select_daily(
+    records: Iterable[Record], priority: Sequence[str], coverage: Coverage
+) -> list[PeriodChoice]:
+    """One origin per local day (see the module docstring), days in order."""
+    out: list[PeriodChoice] = []
+    for day, by_origin in sorted(group_by_day(records).items()):
+        cov = {name: coverage(recs) for name, recs in sorted(by_origin.items())}
+        chosen = choose_origin(cov, priority)
+        out.append(PeriodChoice(day, chosen, by_origin[chosen], cov))
+    return out
+
+
+@dataclass(slots=True)
+class DailyTotals:
+    """Per-day totals of an additive measure, with per-origin figures kept apart."""
+
+    totals: dict[date, float] = field(default_factory=dict)
+    chosen: dict[date, str] = field(default_factory=dict)
+    per_origin: dict[str, dict[date, float]] = field(default_factory=dict)
+    multi_origin_days: int = 0
+
+
+def daily_totals(records: Iterable[Record], value_key: str, priority: Sequence[str]) -> DailyTotals:
+    """Local-day totals of ``value_key``: one origin per day, overlaps within it once."""
+    result = DailyTotals()
+    for day, by_origin in sorted(group_by_day(records).items()):
+        cov: dict[str, float] = {}
+        for name, recs in sorted(by_origin.items()):
+            cov[name] = interval_coverage(recs)
+            total = additive_total(
+                (start_ms(r), end_ms(r), float(r[value_key]), record_id(r)) for r in recs
+            )
+            result.per_origin.setdefault(name, {})[day] = total
+        chosen = choose_origin(cov, priority)
+        result.chosen[day] = chosen
+        result.totals[day] = result.per_origin[chosen][day]
+        if len(by_origin) > 1:
+            result.multi_origin_days += 1
+    return result
+
+
+def clusters(records: Iterable[Record], max_gap_ms: int = 0) -> list[list[Record]]:
+    """Groups of records whose intervals overlap (or lie within ``max_gap_ms``), any origin.
+
+    A night recorded by two devices, or split by one app around a short wake, is one group.
+    """
+    ordered = sorted(records, key=lambda r: (start_ms(r), end_ms(r), origin(r), record_id(r)))
+    groups: list[list[Record]] = []
+    group_end = 0
+    for rec in ordered:
+        s, e = start_ms(rec), end_ms(rec)
+        if groups and s <= group_end + max_gap_ms:
+            groups[-1].append(rec)
+            group_end = max(group_end, e)
+        else:
+            groups.append([rec])
+            group_end = e
+    return groups
+
+
+def non_overlapping(records: Iterable[Record]) -> list[Record]:
+    """Drop records overlapping a longer one (same origin), result in time order."""
+    kept: list[Record] = []
+    spans: list[tuple[int, int]] = []
+    for rec in sorted(records, key=lambda r: (start_ms(r) - end_ms(r), start_ms(r),
+                                              record_id(r))):
+        s, e = start_ms(rec), end_ms(rec)
+        if all(e <= a or s >= b for a, b in spans):
+            kept.append(rec)
+            spans.append((s, e))
+    kept.sort(key=lambda r: (start_ms(r), record_id(r)))
+    return kept
