@@ -102,6 +102,7 @@ def test_env(s3_endpoint: str, run_id: str) -> dict[str, str]:
         "ETL_SHUTDOWN_GRACE_S": "10",
         "ETL_LOG_LEVEL": "INFO",
         "ETL_AMQP_HEARTBEAT_S": "5",
+        "ETL_LEASE_TTL_S": "3",
     }
 
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # --- dedup ------------------------------------------------------------------------
     dedup_url: str = "redis://127.0.0.1:6379/0"
     dedup_prefix: str = "etl"
-    lease_ttl_s: float = Field(30.0, ge=1)  # renewed every third of it while in flight
+    lease_ttl_s: float = Field(20.0, ge=1)  # renewed every third of it while in flight
     done_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
     # --- limits -----------------------------------------------------------------------

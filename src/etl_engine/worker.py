@@ -42,6 +42,7 @@ from etl_engine.topology import (
 log = get_logger("etl.worker")
 MAX_LEASE_WAITS = 200
 OUTCOME_TTL_S = 24 * 3600
+FINAL_OUTCOMES = frozenset({"processed", "duplicate", "quarantined", "dead_letter"})
 
 
 @dataclass
@@ -302,6 +303,8 @@ class Worker:
             await self._republish(message, self.s.dlq_name, headers)
         self.pipeline.faults.hit("before_ack", _key(outcome))
         await message.ack()
+        if outcome.kind not in FINAL_OUTCOMES:
+            return
         if outcome.message is not None and outcome.message.message_id:
             with contextlib.suppress(Exception):
                 await self.dedup.record_outcomes(
