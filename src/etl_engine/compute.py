@@ -77,10 +77,8 @@ def run_cpu_stages(
 def _child_init(memory_limit_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
+    with contextlib.suppress(ValueError, OSError):  # platform without RLIMIT_AS
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-    except (ValueError, OSError):  # pragma: no cover - platform without RLIMIT_AS
-        pass
 
 
 class ComputePool:

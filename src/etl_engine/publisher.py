@@ -18,7 +18,7 @@ import orjson
 from etl_engine.dedup import open_store
 from etl_engine.messages import routing_key
 from etl_engine.settings import Settings
-from etl_engine.storage import Storage, make_client
+from etl_engine.storage import Storage
 from etl_engine.topology import declare
 
 

@@ -94,6 +94,7 @@ class Worker:
         )
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Future[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._topology: Topology | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
@@ -153,7 +154,7 @@ class Worker:
                 first = False
                 backoff = 0.2
                 stop_wait = asyncio.create_task(self._stop.wait())
-                done, _ = await asyncio.wait(
+                await asyncio.wait(
                     {stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED
                 )
                 stop_wait.cancel()
@@ -209,7 +210,9 @@ class Worker:
         self._topology = None
         if self._connection is not None:
             conn, self._connection = self._connection, None
-            asyncio.ensure_future(_quiet_close(conn))
+            task = asyncio.ensure_future(_quiet_close(conn))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _abandon_in_flight(self) -> None:
         # Their delivery tags died with the channel; the broker redelivers them.
