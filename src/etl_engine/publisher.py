@@ -82,7 +82,7 @@ class Publisher:
 
     async def __aenter__(self) -> Publisher:
         self._conn = await aio_pika.connect(self.s.amqp_url.get_secret_value(), timeout=10)
-        self._channel = await self._conn.channel(publisher_confirms=True)
+        self._channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         topo = await declare(self._channel, self.s)
         self._exchange = topo.exchange
         return self

@@ -186,7 +186,7 @@ class Worker:
                 closed.set_result(None)
 
         connection.close_callbacks.add(_on_close)
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel.close_callbacks.add(_on_close)
         await channel.set_qos(prefetch_count=self.s.effective_prefetch)
         self._topology = await declare(channel, self.s)
