@@ -242,10 +242,11 @@ def hrv_narrative(s: Stats, period: str) -> str:
         out.append(f"Readings taken between midnight and 6 a.m. averaged "
                    f"{num(s['night_mean_ms'])} ms, against {num(s['day_mean_ms'])} ms during "
                    "the rest of the day.")
-    elif s["night_mean_ms"] is not None:
-        out.append("All readings were taken between midnight and 6 a.m.")
     else:
-        out.append("All readings were taken outside the midnight to 6 a.m. window.")
+        which = "The reading was" if n == 1 else "All readings were"
+        when = ("inside" if s["night_mean_ms"] is not None else "outside") + (
+            " the night window (midnight to 6 a.m.)")
+        out.append(f"{which} taken {when}.")
     out.append("RMSSD differs a lot from person to person, so changes over time say more "
                "than any single value.")
     return " ".join(out) + _origin_note(s["days_with_multiple_origins"], "days")
@@ -288,12 +289,16 @@ def sleep_narrative(s: Stats, period: str) -> str:
                      (pct["awake"] + pct["out_of_bed"], "awake or out of bed")]
             shares = [f"{num(round(v, 1))}% {label}" for v, label in named if v > 0]
             if shares:
-                out.append(f"Time in bed was split into {_join(shares)}.")
+                shares[0] = shares[0].replace("% ", "% was ", 1)
+                out.append(f"Of the time in bed, {_join(shares)}.")
+            out.append(f"Bedtime was {night['bedtime_local']} and wake-up "
+                       f"{night['wake_time_local']}, with "
+                       f"{plural(night['awakenings'], 'awakening')}.")
         else:
             out.append("No sleep stages were recorded, so all of the time in bed is counted "
                        "as sleep.")
-        out.append(f"Bedtime was {night['bedtime_local']} and wake-up {night['wake_time_local']}, "
-                   f"with {plural(night['awakenings'], 'awakening')}.")
+            out.append(f"Bedtime was {night['bedtime_local']} and wake-up "
+                       f"{night['wake_time_local']}.")
     else:
         sd = s["bedtime_sd_minutes"]
         regular = ("a fairly regular schedule" if sd <= 30 else
@@ -361,7 +366,8 @@ def generic_narrative(s: Stats, period: str, thing: str = "health") -> str:
     out = [f"{_cap(period)}, {plural(n, thing + ' record')} {'was' if n == 1 else 'were'} "
            f"recorded over {plural(s['days'], 'day')}, spanning {num(s['span_hours'])} hours."]
     for name, f in s["fields"].items():
-        out.append(f"{name}: average {num(f['mean'])}, ranging from {num(f['min'])} to "
+        out.append(f"{_cap(readable_type(name))}: average {num(f['mean'])}, ranging from "
+                   f"{num(f['min'])} to "
                    f"{num(f['max'])} across {plural(f['count'], 'record')}.")
     return " ".join(out)
 
