@@ -72,6 +72,7 @@ load_env() {
   export SIDECAR_BASE_PORT="${SIDECAR_BASE_PORT:-8004}"
   if [[ $MODE == native ]]; then
     [[ -n "${ETL_S3_ENDPOINT_URL:-}" ]] || export ETL_S3_ENDPOINT_URL="http://127.0.0.1:${S3_PORT}"
+    [[ -n "${ETL_DEDUP_URL:-}" ]] || export ETL_DEDUP_URL="redis://127.0.0.1:6379/0"
     [[ -n "${ETL_S3_ACCESS_KEY_ID:-}" ]] || export ETL_S3_ACCESS_KEY_ID="etl-local"
     [[ -n "${ETL_S3_SECRET_ACCESS_KEY:-}" ]] || export ETL_S3_SECRET_ACCESS_KEY="etl-local-secret"
   fi

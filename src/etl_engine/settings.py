@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     quarantine_prefix: str = "quarantine/"
 
     # --- dedup ------------------------------------------------------------------------
-    dedup_url: str = "redis://127.0.0.1:6379/0"
+    dedup_url: str = "sqlite:///data/etl-dedup.sqlite3"  # embedded, one host; redis:// for a fleet
     dedup_prefix: str = "etl"
     lease_ttl_s: float = Field(20.0, ge=1)  # renewed every third of it while in flight
     done_ttl_s: int = Field(7 * 24 * 3600, ge=60)
