@@ -249,3 +249,18 @@ async def test_broker_connection_loss_resumes_consuming(settings) -> None:  # ty
     finally:
         proxy.close()
     assert outcomes == {b.message_id: "processed"}
+
+
+async def test_embedded_sqlite_dedup_for_a_single_host(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    local = settings.model_copy(update={"dedup_url": f"sqlite:///{tmp_path}/dedup.sqlite3"})
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    again = {**u.message(), "message_id": "again-" + u.message_id}
+    async with running_worker(local):
+        await publish(settings, u.message())
+        await wait_outcomes(local, [u.message_id])
+        await publish(settings, again)
+        outcomes = await wait_outcomes(local, [u.message_id, again["message_id"]])
+    assert outcomes == {u.message_id: "processed", again["message_id"]: "duplicate"}
+    assert (tmp_path / "dedup.sqlite3").exists()
+    assert len(results(settings)) == 1
