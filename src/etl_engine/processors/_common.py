@@ -32,13 +32,13 @@ def offset_ms(zone: object) -> int:
 def start_ms(rec: Record) -> int:
     """Start of an interval record, or the time of an instant record."""
     value = rec.get("startTimeEpochMillis")
-    return int(rec["timeEpochMillis"] if value is None else value)
+    return rec["timeEpochMillis"] if value is None else value  # type: ignore[no-any-return]
 
 
 def end_ms(rec: Record) -> int:
     """End of an interval record, or the time of an instant record."""
     value = rec.get("endTimeEpochMillis")
-    return int(rec["timeEpochMillis"] if value is None else value)
+    return rec["timeEpochMillis"] if value is None else value  # type: ignore[no-any-return]
 
 
 def start_offset_ms(rec: Record) -> int:
@@ -69,6 +69,11 @@ def record_id(rec: Record) -> str:
 def local_date(epoch_ms: int, off_ms: int) -> date:
     """Calendar date on the wall clock of a zone offset."""
     return date.fromordinal(_EPOCH_ORDINAL + (epoch_ms + off_ms) // DAY_MS)
+
+
+def day_from_index(index: int) -> date:
+    """Date of a day number counted from 1970-01-01 (``(ms + offset) // DAY_MS``)."""
+    return date.fromordinal(_EPOCH_ORDINAL + index)
 
 
 def local_minute_of_day(epoch_ms: int, off_ms: int) -> int:

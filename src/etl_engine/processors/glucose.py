@@ -27,14 +27,12 @@ from typing import Any
 from etl_engine.processors._common import (
     MINUTE_MS,
     mean,
-    origin,
     percentages,
     percentile,
     rnd,
     sample_sd,
-    start_ms,
 )
-from etl_engine.processors.origins import reading_coverage, select_daily
+from etl_engine.processors.origins import by_origin, reading_coverage, select_daily
 from etl_engine.stages import DomainConfig, Record
 
 VALUE_KEY = "levelInMilligramsPerDeciliter"
@@ -85,7 +83,7 @@ def _points(records: list[Record]) -> list[tuple[int, float]]:
     """Time-ordered readings, one per timestamp."""
     out: list[tuple[int, float]] = []
     last: int | None = None
-    for t, v in sorted((start_ms(r), float(r[VALUE_KEY])) for r in records):
+    for t, v in sorted([(r["timeEpochMillis"], float(r[VALUE_KEY])) for r in records]):
         if t != last:
             out.append((t, v))
             last = t
@@ -128,12 +126,10 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
     cv_out = rnd(cv)
     variability = None if cv_out is None else ("stable" if cv_out <= CV_STABLE_MAX else "variable")
 
-    per_origin: dict[str, list[Record]] = {}
-    for rec in records:
-        per_origin.setdefault(origin(rec), []).append(rec)
+    per_origin = by_origin(records)
     origins = {}
     for name in sorted(per_origin):
-        pts = _points(per_origin[name])
+        pts = points if len(per_origin) == 1 else _points(per_origin[name])
         origins[name] = {"readings": len(pts), "mean_mg_dl": rnd(mean([v for _, v in pts]))}
 
     days = len(choices)

@@ -25,14 +25,13 @@ from etl_engine.processors._common import (
     MINUTE_MS,
     iso_utc,
     mean,
-    origin,
     percentages,
     percentile,
     rnd,
     sample_sd,
     start_ms,
 )
-from etl_engine.processors.origins import interval_coverage, select_daily
+from etl_engine.processors.origins import by_origin, interval_coverage, select_daily
 from etl_engine.stages import DomainConfig, Record
 
 HR_MAX_BPM = 190
@@ -106,12 +105,10 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
         zone_counts[z] += 1
     shares = percentages(zone_ms if sum(zone_ms) > 0 else zone_counts)
 
-    per_origin: dict[str, list[Record]] = {}
-    for rec in records:
-        per_origin.setdefault(origin(rec), []).append(rec)
+    per_origin = by_origin(records)
     origins = {}
     for name in sorted(per_origin):
-        _, b = samples_of(per_origin[name])
+        b = bpms if len(per_origin) == 1 else samples_of(per_origin[name])[1]
         origins[name] = {"samples": len(b), "mean_bpm": rnd(mean(b))}
 
     return {

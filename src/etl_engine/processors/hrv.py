@@ -19,7 +19,6 @@ from etl_engine.processors._common import (
     DAY_MS,
     local_minute_of_day,
     mean,
-    origin,
     percentile,
     rnd,
     sample_sd,
@@ -27,7 +26,7 @@ from etl_engine.processors._common import (
     start_ms,
     start_offset_ms,
 )
-from etl_engine.processors.origins import reading_coverage, select_daily
+from etl_engine.processors.origins import by_origin, reading_coverage, select_daily
 from etl_engine.stages import DomainConfig, Record
 
 VALUE_KEY = "heartRateVariabilityRmssd"
@@ -74,12 +73,10 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
     night = [v for t, v, off in readings if local_minute_of_day(t, off) < NIGHT_END_MINUTE]
     day = [v for t, v, off in readings if local_minute_of_day(t, off) >= NIGHT_END_MINUTE]
 
-    per_origin: dict[str, list[Record]] = {}
-    for rec in records:
-        per_origin.setdefault(origin(rec), []).append(rec)
+    per_origin = by_origin(records)
     origins = {}
     for name in sorted(per_origin):
-        vals = [v for _, v, _ in _readings(per_origin[name])]
+        vals = values if len(per_origin) == 1 else [v for _, v, _ in _readings(per_origin[name])]
         origins[name] = {"readings": len(vals), "mean_ms": rnd(mean(vals))}
 
     return {

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from etl_engine.processors._common import (
+    DAY_MS,
+    day_from_index,
     end_ms,
-    local_date,
+    offset_ms,
     origin,
     record_id,
     start_ms,
-    start_offset_ms,
 )
 from etl_engine.stages import Record
 
@@ -67,7 +68,20 @@ def interval_coverage(records: list[Record]) -> float:
 
 def reading_coverage(records: list[Record]) -> float:
     """Distinct timestamps of instant records: how much of the period they cover."""
-    return float(len({start_ms(r) for r in records}))
+    return float(len({r["timeEpochMillis"] for r in records}))
+
+
+def by_origin(records: Iterable[Record]) -> dict[str, list[Record]]:
+    """Records grouped by ``dataOriginPackageName`` (input order kept within a group)."""
+    out: dict[str, list[Record]] = {}
+    for rec in records:
+        name = rec["metadata"]["dataOriginPackageName"]
+        bucket = out.get(name)
+        if bucket is None:
+            out[name] = [rec]
+        else:
+            bucket.append(rec)
+    return out
 
 
 def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
@@ -96,12 +110,33 @@ def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
 
 
 def group_by_day(records: Iterable[Record]) -> dict[date, dict[str, list[Record]]]:
-    """Records by local date of their start (own zone offset), then by origin."""
-    out: dict[date, dict[str, list[Record]]] = {}
+    """Records by local date of their start (own zone offset), then by origin.
+
+    Hot path (every record of a file passes here), hence the inlined field access.
+    """
+    by_index: dict[int, dict[str, list[Record]]] = {}
+    offsets: dict[object, int] = {}
     for rec in records:
-        day = local_date(start_ms(rec), start_offset_ms(rec))
-        out.setdefault(day, {}).setdefault(origin(rec), []).append(rec)
-    return out
+        s = rec.get("startTimeEpochMillis")
+        if s is None:
+            s = rec["timeEpochMillis"]
+            zone = rec.get("zoneOffsetId")
+        else:
+            zone = rec.get("startZoneOffsetId")
+        off = offsets.get(zone)
+        if off is None:
+            off = offsets[zone] = offset_ms(zone)
+        idx = (s + off) // DAY_MS
+        by_origin = by_index.get(idx)
+        if by_origin is None:
+            by_origin = by_index[idx] = {}
+        name = rec["metadata"]["dataOriginPackageName"]
+        bucket = by_origin.get(name)
+        if bucket is None:
+            by_origin[name] = [rec]
+        else:
+            bucket.append(rec)
+    return {day_from_index(idx): groups for idx, groups in by_index.items()}
 
 
 @dataclass(slots=True)

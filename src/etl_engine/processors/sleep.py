@@ -44,7 +44,13 @@ from etl_engine.processors._common import (
     start_ms,
     start_offset_ms,
 )
-from etl_engine.processors.origins import choose_origin, clusters, non_overlapping, union_length
+from etl_engine.processors.origins import (
+    by_origin,
+    choose_origin,
+    clusters,
+    non_overlapping,
+    union_length,
+)
 from etl_engine.stages import DomainConfig, Record
 
 NIGHT_GAP_MS = 2 * HOUR_MS
@@ -141,9 +147,7 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
                     if periods[i]["efficiency_percent"] is not None]
     naps = [p for p in periods if p["kind"] == "nap"]
 
-    per_origin: dict[str, list[Record]] = {}
-    for rec in records:
-        per_origin.setdefault(origin(rec), []).append(rec)
+    per_origin = by_origin(records)
     origins = {
         name: {
             "sessions": len(recs),
