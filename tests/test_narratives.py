@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ def interval(rid: str, s: int, e: int, origin: str, **fields: Any) -> Rec:
             "appRecordFetchTimeEpochMillis": MIDNIGHT, **fields}
 
 
-def cgm(levels: list[float], start: int, origin: str = "com.dexcom.g7") -> list[Rec]:
+def cgm(levels: Sequence[float], start: int, origin: str = "com.dexcom.g7") -> list[Rec]:
     return [instant(f"{origin}-{start}-{i}", start + i * 5 * MIN, origin,
                     levelInMilligramsPerDeciliter=float(v), specimenSource="INTERSTITIAL_FLUID",
                     mealType="UNKNOWN", relationToMeal="GENERAL")

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import statistics
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,12 @@ def glucose(t: int, level: float, origin: str = PHONE, **kw: Any) -> Rec:
                    relationToMeal="GENERAL", **kw)
 
 
-def cgm(levels: list[float], start: int = MIDNIGHT + 8 * HOUR, step: int = 5 * MIN,
+def cgm(levels: Sequence[float], start: int = MIDNIGHT + 8 * HOUR, step: int = 5 * MIN,
         origin: str = PHONE) -> list[Rec]:
     return [glucose(start + i * step, v, origin) for i, v in enumerate(levels)]
 
 
-def heart(s: int, bpms: list[float], step: int = MIN, origin: str = WATCH) -> Rec:
+def heart(s: int, bpms: Sequence[float], step: int = MIN, origin: str = WATCH) -> Rec:
     samples = [{"timeEpochMillis": s + i * step, "beatsPerMinute": b}
                for i, b in enumerate(bpms)]
     return interval(s, s + len(bpms) * step, origin, samples=samples)

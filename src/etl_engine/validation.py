@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 from etl_engine.stages import DecodedFile, DomainConfig, Record, ValidationReport
 
@@ -181,7 +181,8 @@ _Check = Callable[[Record, int, int], _Result]
 _OK = 1.0
 
 
-def _is_num(v: object) -> bool:
+def _is_num(v: object) -> TypeGuard[float]:
+    """int or float but not bool (a bool is an int to Python, never a measurement)."""
     t = type(v)
     return t is float or t is int
 
@@ -284,8 +285,8 @@ def _filter_samples(
     kept: list[Any] = []
     drops: dict[str, int] = {}
     for smp in samples:
-        t = smp.get("timeEpochMillis") if type(smp) is dict else None
-        b = smp.get("beatsPerMinute") if type(smp) is dict else None
+        t: Any = smp.get("timeEpochMillis") if type(smp) is dict else None
+        b: Any = smp.get("beatsPerMinute") if type(smp) is dict else None
         if type(t) is not int or not _is_num(b):
             code = "missing_value"
         elif not s <= t <= e:
@@ -366,16 +367,18 @@ def validate(decoded: DecodedFile, *, now_ms: int, config: DomainConfig) -> Vali
                 if not origin or type(origin) is not str:
                     code = "missing_data_origin"
 
+        s: Any
+        e: Any
         instant = known_instant
         if instant is None:
             instant = "timeEpochMillis" in rec
         if instant:
-            s = e = rec.get("timeEpochMillis")  # type: ignore[assignment]
+            s = e = rec.get("timeEpochMillis")
             z1 = rec.get("zoneOffsetId")
             z2 = z1
         else:
-            s = rec.get("startTimeEpochMillis")  # type: ignore[assignment]
-            e = rec.get("endTimeEpochMillis")  # type: ignore[assignment]
+            s = rec.get("startTimeEpochMillis")
+            e = rec.get("endTimeEpochMillis")
             z1 = rec.get("startZoneOffsetId")
             z2 = rec.get("endZoneOffsetId")
 
@@ -404,7 +407,7 @@ def validate(decoded: DecodedFile, *, now_ms: int, config: DomainConfig) -> Vali
                 inconsistent += 1
             continue
 
-        vcode, kept, usable, bad_consistency, drops = check(rec, s, e)  # type: ignore[arg-type]
+        vcode, kept, usable, bad_consistency, drops = check(rec, s, e)
         if drops:
             for k, n in drops.items():
                 issues[k] = issues.get(k, 0) + n

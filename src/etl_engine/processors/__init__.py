@@ -86,9 +86,9 @@ def _bounds(records: list[Record]) -> tuple[int, int, date, date]:
     latest_end = end_ms(first)
     for rec in records:
         s = start_ms(rec)
-        if s < first_s:
-            first, first_s = rec, s
-        if s > last_s:
+        if s < first_s or (s == first_s and start_offset_ms(rec) < start_offset_ms(first)):
+            first, first_s = rec, s  # ties: the earlier local date, whatever the input order
+        if s > last_s or (s == last_s and start_offset_ms(rec) > start_offset_ms(last)):
             last, last_s = rec, s
         e = end_ms(rec)
         if e > latest_end:

@@ -31,14 +31,18 @@ def offset_ms(zone: object) -> int:
 
 def start_ms(rec: Record) -> int:
     """Start of an interval record, or the time of an instant record."""
-    value = rec.get("startTimeEpochMillis")
-    return rec["timeEpochMillis"] if value is None else value  # type: ignore[no-any-return]
+    value: int | None = rec.get("startTimeEpochMillis")
+    if value is None:
+        value = rec["timeEpochMillis"]
+    return value
 
 
 def end_ms(rec: Record) -> int:
     """End of an interval record, or the time of an instant record."""
-    value = rec.get("endTimeEpochMillis")
-    return rec["timeEpochMillis"] if value is None else value  # type: ignore[no-any-return]
+    value: int | None = rec.get("endTimeEpochMillis")
+    if value is None:
+        value = rec["timeEpochMillis"]
+    return value
 
 
 def start_offset_ms(rec: Record) -> int:

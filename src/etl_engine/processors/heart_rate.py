@@ -108,8 +108,8 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
     per_origin = by_origin(records)
     origins = {}
     for name in sorted(per_origin):
-        b = bpms if len(per_origin) == 1 else samples_of(per_origin[name])[1]
-        origins[name] = {"samples": len(b), "mean_bpm": rnd(mean(b))}
+        own = bpms if len(per_origin) == 1 else samples_of(per_origin[name])[1]
+        origins[name] = {"samples": len(own), "mean_bpm": rnd(mean(own))}
 
     return {
         "sample_count": n,
