@@ -1,0 +1,105 @@
+# syntax=docker/dockerfile:1
+#
+# ETL Narrative Engine worker image.
+#
+#   docker build -t etl-narrative-engine:0.1.0 .
+#   docker run --rm --read-only --tmpfs /tmp --env-file .env -p 8004:8004 etl-narrative-engine:0.1.0
+#
+# Layout: the source tree is kept under /app (src/, schemas/, samples/) and installed
+# editable into /opt/venv, because the engine finds its Avro schemas and the bundled
+# samples relative to the source tree (record_types.py: <src>/../schemas, cli.py:
+# <src>/../samples), i.e. /app/src/etl_engine/.. /.. -> /app/schemas and /app/samples.
+#
+# Runtime: non-root (uid 10001), read-only root file system friendly: the process writes
+# only to /tmp (tmpfs / emptyDir) and /data (volume). No secrets are baked in: every ETL_
+# setting comes from the environment at run time (.env.template lists them).
+#
+# Bump Python by build argument (keep a full patch tag, or pin a digest:
+# --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:...).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# --- builder: virtualenv with the pinned dependencies, then the project (editable) -------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# Dependencies first, in their own layer: it is rebuilt only when requirements.lock
+# changes. --no-deps + pip check: the lock must be complete, nothing unpinned sneaks in.
+COPY requirements.lock /tmp/requirements.lock
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps -r /tmp/requirements.lock \
+    && pip check
+
+# The project. Build backend pinned here (not a runtime dependency, removed afterwards).
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY schemas ./schemas
+COPY samples ./samples
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install "setuptools==80.9.0" "wheel==0.45.1" \
+    && pip install --no-deps --no-build-isolation -e . \
+    && pip uninstall -y wheel setuptools \
+    && pip check \
+    && python -m compileall -q /app/src \
+    && etl-engine --version \
+    && python -c "from etl_engine import cli, record_types as r; \
+assert r.schema_dir() == __import__('pathlib').Path('/app/schemas'), r.schema_dir(); \
+[r.reader_schema(t) for t in r.SUPPORTED_RECORD_TYPES]; \
+assert cli._default_samples().is_dir(), cli._default_samples()"
+
+# --- runtime --------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="etl-narrative-engine" \
+      org.opencontainers.image.description="Message-queue ETL worker for Android Health Connect exports" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+
+RUN groupadd --system --gid 10001 etl \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin etl \
+    && mkdir -p /data \
+    && chown 10001:10001 /data \
+    && chmod 0750 /data
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /app /app
+
+# PYTHONDONTWRITEBYTECODE: the root file system is read-only at run time (bytecode was
+# compiled at build time). HOME and TMPDIR point at the writable tmpfs. The code's default
+# dedup store (sqlite:///data/..., relative to the working directory) would land under the
+# read-only /app: the image's default puts the single-host SQLite store on the /data volume.
+# A fleet sets ETL_DEDUP_URL=redis://... (compose and Kubernetes do).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONFAULTHANDLER=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    ETL_SIDECAR_HOST=0.0.0.0 \
+    ETL_SIDECAR_PORT=8004 \
+    ETL_DEDUP_URL=sqlite:////data/etl-dedup.sqlite3
+
+WORKDIR /app
+USER 10001:10001
+
+# Sidecar HTTP server: /live, /ready, /health, /metrics.
+EXPOSE 8004
+
+# Liveness of the worker's event loop (slim has no curl: plain urllib; a 503 raises).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:' + os.environ.get('ETL_SIDECAR_PORT', '8004') + '/live', timeout=4).read()"]
+
+# SIGTERM: stop consuming, finish in-flight work within ETL_SHUTDOWN_GRACE_S, exit 0.
+# Give the container a stop timeout above that (compose stop_grace_period, Kubernetes
+# terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
+
+ENTRYPOINT ["etl-engine"]
+CMD ["worker"]

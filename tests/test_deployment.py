@@ -1,0 +1,964 @@
+"""Static checks of the deployment files: Dockerfile, compose stack, Kubernetes, .env.template.
+
+No Docker engine, no cluster, no services: everything is parsed and cross-checked against the
+code (settings, metrics, topology). Kubernetes built-in kinds are validated against the
+Kubernetes JSON schemas (kubernetes-validate); the KEDA and Prometheus Operator kinds are
+checked structurally. Manifests are rendered with `kubectl kustomize` / `kustomize build`
+when one is on PATH; the kustomization references are resolved in Python either way.
+`promtool`, when installed, checks the Prometheus config and every alert expression.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from etl_engine import cli, metrics, record_types
+from etl_engine.settings import ConfigError, Settings, load_settings, setting_names
+from etl_engine.topology import work_queue_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deployment"
+K8S = DEPLOY / "kubernetes"
+BASE = K8S / "base"
+PRODUCTION = K8S / "overlays" / "production"
+COMPOSE = DEPLOY / "docker-compose.yml"
+
+SECRET_SETTINGS = {
+    "ETL_AMQP_URL", "ETL_S3_ACCESS_KEY_ID", "ETL_S3_SECRET_ACCESS_KEY", "ETL_ADMIN_TOKEN",
+    "ETL_USER_ID_HASH_KEY",
+}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+K8S_SCHEMA_VERSION = "1.30"  # oldest Kubernetes minor the manifests must work on
+REQUIRED_ALERT_TOPICS = {
+    "EtlDeadLetterQueueGrowing", "EtlQuarantineRateHigh", "EtlWorkQueueNoConsumers",
+    "EtlProcessingLatencyP95High", "EtlWorkerNotReady",
+}
+
+
+# --- helpers ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _no_etl_env() -> Iterator[None]:
+    """Settings read the process environment; keep a developer's ETL_ variables out."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.upper().startswith("ETL_")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _settings(values: dict[str, str]) -> Settings:
+    """Settings from ETL_ name -> string value, as the worker would read them."""
+    with _no_etl_env():
+        return load_settings(**{name[len("ETL_"):].lower(): v for name, v in values.items()})
+
+
+def _defaults() -> Settings:
+    with _no_etl_env():
+        return Settings()
+
+
+def _plain(value: Any) -> Any:
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+
+def _env_lines(path: Path) -> list[tuple[int, str, str]]:
+    """NAME=value lines of an env file (comments and blank lines skipped)."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep, f"{path.name}:{n}: not NAME=value: {line!r}"
+        out.append((n, name.strip(), value))
+    return out
+
+
+def _metric_sample_names() -> set[str]:
+    """Every series name the worker can expose, from the live registry."""
+    suffixes = {
+        "counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"), "info": ("_info",),
+    }
+    names: set[str] = set()
+    for family in metrics.REGISTRY.collect():
+        for suffix in suffixes.get(family.type, ("",)):
+            names.add(family.name + suffix)
+    return names
+
+
+def _assert_known_metrics(expr: str, where: str) -> None:
+    known = _metric_sample_names()
+    unknown = sorted(set(re.findall(r"\betl_[a-z0-9_]+", expr)) - known)
+    assert not unknown, f"{where}: unknown metric(s) {unknown} (see src/etl_engine/metrics.py)"
+
+
+# --- .env.template ------------------------------------------------------------------------
+ENV_TEMPLATE = ROOT / ".env.template"
+
+
+def test_env_template_lists_exactly_the_settings() -> None:
+    names = [name for _, name, _ in _env_lines(ENV_TEMPLATE)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates, f"listed twice: {duplicates}"
+    assert sorted(names) == setting_names(), (
+        f"missing: {sorted(set(setting_names()) - set(names))}, "
+        f"unknown: {sorted(set(names) - set(setting_names()))}"
+    )
+
+
+def test_env_template_follows_settings_order_and_comments_each_line() -> None:
+    names = [name for _, name, _ in _env_lines(ENV_TEMPLATE)]
+    declared = ["ETL_" + f.upper() for f in Settings.model_fields]
+    assert names == declared, "group and order the variables as settings.py declares them"
+    lines = ENV_TEMPLATE.read_text().splitlines()
+    for n, name, _ in _env_lines(ENV_TEMPLATE):
+        assert lines[n - 2].startswith("# "), f"{name}: needs a one-line comment above it"
+
+
+# Where the template deliberately differs from the code's default (the stack's choice); the
+# comment above the line must then name the code's default.
+TEMPLATE_NOT_DEFAULT = {"ETL_DEDUP_URL": "redis://127.0.0.1:6379/0"}
+
+
+def test_env_template_values_are_the_defaults() -> None:
+    values = {name: value for _, name, value in _env_lines(ENV_TEMPLATE)}
+    for name, value in values.items():
+        assert value == value.strip() and not value.startswith(("'", '"')), (
+            f"{name}: plain values only (the stack script reads the file verbatim)")
+    loaded, defaults = _settings(values), _defaults()
+    text = ENV_TEMPLATE.read_text()
+    for field_name in Settings.model_fields:
+        name = "ETL_" + field_name.upper()
+        got, want = _plain(getattr(loaded, field_name)), _plain(getattr(defaults, field_name))
+        if name in TEMPLATE_NOT_DEFAULT and got != want:
+            assert got == TEMPLATE_NOT_DEFAULT[name], name
+            comment = text.split(f"\n{name}=", 1)[0].rsplit("\n", 3)[-2:]
+            assert any(str(want) in line for line in comment), (
+                f"{name}: the comment must name the code's default {want!r}")
+            continue
+        assert got == want, f"{name}: template {got!r} != default {want!r}"
+
+
+# --- Dockerfile -----------------------------------------------------------------------------
+@dataclass
+class Instruction:
+    cmd: str
+    flags: dict[str, str]
+    args: str
+    line: int
+
+    def exec_form(self) -> list[str]:
+        value = json.loads(self.args)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value), self
+        return value
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, cmd: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.cmd == cmd]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Instructions per stage, continuation lines joined, comments dropped, FROM resolved."""
+    logical: list[tuple[int, str]] = []
+    buf, start = "", 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not buf):
+            continue  # comments (also inside a continuation) and blank lines
+        if not buf:
+            start = n
+        if raw.rstrip().endswith("\\"):
+            buf += raw.rstrip()[:-1]
+            continue
+        logical.append((start, buf + raw))
+        buf = ""
+    assert not buf, "dangling line continuation at end of Dockerfile"
+
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line, text_line in logical:
+        cmd, _, rest = text_line.strip().partition(" ")
+        cmd, rest = cmd.upper(), rest.strip()
+        flags: dict[str, str] = {}
+        while rest.startswith("--"):
+            token, _, rest = rest.partition(" ")
+            key, _, val = token[2:].partition("=")
+            flags[key] = val
+            rest = rest.strip()
+        if cmd == "ARG" and not stages:
+            key, _, default = rest.partition("=")
+            global_args[key] = default
+            continue
+        if cmd == "FROM":
+            words = rest.split()
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), ""), words[0])
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
+            stages.append(Stage(base=image, name=name))
+            continue
+        assert stages, f"line {line}: {cmd} before the first FROM"
+        stages[-1].instructions.append(Instruction(cmd, flags, rest, line))
+    return global_args, stages
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[Stage]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())[1]
+
+
+def _final(stages: list[Stage]) -> Stage:
+    return stages[-1]
+
+
+def test_dockerfile_is_multi_stage_on_a_pinned_python_slim(dockerfile: list[Stage]) -> None:
+    assert len(dockerfile) >= 2, "multi-stage: a builder and a runtime stage"
+    names = {s.name for s in dockerfile if s.name}
+    for stage in dockerfile:
+        if stage.base in names:
+            continue
+        assert re.fullmatch(
+            r"python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", stage.base
+        ), f"FROM {stage.base!r}: pin python:3.11.<patch>-slim[-<debian>] (no floating tag)"
+
+
+def test_dockerfile_runtime_stage(dockerfile: list[Stage]) -> None:
+    final = _final(dockerfile)
+    users = final.all("USER")
+    assert users, "the runtime stage must switch to a non-root USER"
+    user = users[-1].args.split(":")[0]
+    assert user not in ("root", "0") and user.isdigit() and int(user) >= 1000, (
+        f"USER {users[-1].args}: numeric non-root uid (Kubernetes runAsNonRoot checks it)")
+    assert "8004" in [p.split("/")[0] for e in final.all("EXPOSE") for p in e.args.split()]
+    assert [s.args for s in final.all("STOPSIGNAL")] == ["SIGTERM"]
+    assert final.all("ENTRYPOINT")[-1].exec_form() == ["etl-engine"]
+    assert final.all("CMD")[-1].exec_form() == ["worker"]
+
+    (health,) = final.all("HEALTHCHECK")
+    kind, _, command = health.args.partition(" ")
+    assert kind == "CMD", "HEALTHCHECK CMD [...] (exec form)"
+    argv = json.loads(command)
+    assert argv[:2] == ["python", "-c"] and "/live" in argv[2], argv
+    for flag in ("interval", "timeout", "retries"):
+        assert flag in health.flags, f"HEALTHCHECK --{flag}"
+
+
+def test_dockerfile_bakes_in_no_secret(dockerfile: list[Stage]) -> None:
+    for stage in dockerfile:
+        for instr in stage.all("ENV") + stage.all("ARG"):
+            names = {tok.split("=", 1)[0] for tok in shlex.split(instr.args)}
+            assert not names & SECRET_SETTINGS, f"line {instr.line}: secret in the image"
+
+
+def test_dockerfile_settings_are_valid_and_write_only_to_data_or_tmp(
+    dockerfile: list[Stage],
+) -> None:
+    env: dict[str, str] = {}
+    for instr in _final(dockerfile).all("ENV"):
+        env.update(tok.split("=", 1) for tok in shlex.split(instr.args))
+    etl = {k: v for k, v in env.items() if k.startswith("ETL_")}
+    assert set(etl) <= set(setting_names()), set(etl) - set(setting_names())
+    settings = _settings(etl)
+    assert settings.sidecar_port == 8004
+    if settings.dedup_url.startswith("sqlite:///"):
+        path = Path(settings.dedup_url[len("sqlite:///"):])
+        assert path.is_absolute() and path.parts[1] in ("data", "tmp"), (
+            f"{settings.dedup_url}: the image's root file system is read-only")
+    assert env["TMPDIR"] == "/tmp" and env["HOME"] in ("/tmp", "/data")
+
+
+def test_dockerfile_caches_dependencies_before_the_source(dockerfile: list[Stage]) -> None:
+    builder = dockerfile[0]
+    seq = builder.instructions
+    lock_copy = next(i for i, x in enumerate(seq)
+                     if x.cmd == "COPY" and "requirements.lock" in x.args)
+    lock_install = next(i for i, x in enumerate(seq)
+                        if x.cmd == "RUN" and re.search(r"pip install .*-r \S*requirements\.lock",
+                                                        x.args))
+    src_copy = next(i for i, x in enumerate(seq) if x.cmd == "COPY" and x.args.startswith("src"))
+    assert lock_copy < lock_install < src_copy, "deps layer must come before COPY src"
+    assert "--no-deps" in seq[lock_install].args and "pip check" in seq[lock_install].args
+    assert any(x.cmd == "RUN" and re.search(r"pip install .*-e \.", x.args) for x in seq), (
+        "editable install keeps schemas/ and samples/ resolvable next to src/")
+
+
+def _copies(stage: Stage) -> dict[str, str]:
+    """COPY source -> destination (absolute, WORKDIR applied) of a stage."""
+    workdir, out = "/", {}
+    for instr in stage.instructions:
+        if instr.cmd == "WORKDIR":
+            workdir = instr.args
+        elif instr.cmd == "COPY":
+            *sources, dest = instr.args.split()
+            for src in sources:
+                target = dest if dest.startswith("/") else os.path.normpath(
+                    os.path.join(workdir, dest))
+                if target.endswith("/") or len(sources) > 1 or dest in (".", "./"):
+                    target = os.path.join(target, os.path.basename(src.rstrip("/")))
+                key = f"{instr.flags['from']}:{src}" if "from" in instr.flags else src
+                out[key] = os.path.normpath(target)
+    return out
+
+
+def test_dockerfile_keeps_the_source_tree_layout(dockerfile: list[Stage]) -> None:
+    """The engine finds schemas/ and samples/ next to src/; the image must keep that."""
+    # In the repository: <root>/src/etl_engine -> <root>/schemas and <root>/samples.
+    assert record_types.schema_dir() == ROOT / "schemas"
+    assert cli._default_samples() == ROOT / "samples"
+    builder, final = dockerfile[0], _final(dockerfile)
+    copies = _copies(builder)
+    app = copies["src"].rsplit("/", 1)[0]
+    assert copies["schemas"] == f"{app}/schemas" and copies["samples"] == f"{app}/samples", (
+        copies)
+    # pyproject's readme must be in the build, or the editable install fails.
+    assert copies.get("README.md") == f"{app}/README.md"
+    final_copies = _copies(final)
+    assert final_copies.get(f"{builder.name}:{app}") == app, "runtime copies the tree as is"
+    assert final_copies.get(f"{builder.name}:/opt/venv") == "/opt/venv"
+    assert [w.args for w in final.all("WORKDIR")][-1] == app
+
+
+def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last matching pattern wins; a match on a parent dir counts."""
+    excluded = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        pat = pat.strip("/")
+        if any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_secrets_out_and_the_copied_files_in(
+    dockerfile: list[Stage],
+) -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    for path in (".env", ".git/HEAD", ".venv/bin/python", ".run/worker-1.log",
+                 "tests/conftest.py", "src/etl_engine/__pycache__/cli.cpython-311.pyc",
+                 "src/etl_narrative_engine.egg-info/PKG-INFO", "samples/.env"):
+        assert _dockerignore_excludes(patterns, path), f"{path} must not reach the build"
+    sources = [s for stage in dockerfile for s in _copies(stage) if ":" not in s]
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY {src}: missing in the repository"
+        assert not _dockerignore_excludes(patterns, src), f"COPY {src}: excluded by .dockerignore"
+    for path in ("src/etl_engine/worker.py", "schemas/StepsRecord.avsc",
+                 "samples/StepsRecord/steps_watch.avro"):
+        assert not _dockerignore_excludes(patterns, path), path
+
+
+class _Probe(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        code = self.status if self.path == "/live" else 404
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status, healthy", [(200, True), (503, False)])
+def test_dockerfile_healthcheck_command_runs(
+    dockerfile: list[Stage], status: int, healthy: bool
+) -> None:
+    """The HEALTHCHECK's python one-liner, run for real against a local /live."""
+    argv = json.loads(_final(dockerfile).all("HEALTHCHECK")[0].args.partition(" ")[2])
+    handler = type("Probe", (_Probe,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {"PATH": os.environ.get("PATH", ""),
+               "ETL_SIDECAR_PORT": str(server.server_address[1])}
+        proc = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True,
+                              timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (proc.returncode == 0) is healthy, proc.stderr.decode()
+
+
+# --- lock files -----------------------------------------------------------------------------
+def _lock(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)\s*(;.*)?", line)
+        assert m, f"{path.name}: not an exact pin: {line!r}"
+        pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def _requirement_names(reqs: list[str]) -> set[str]:
+    return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.\-]+", r).group(0)).lower()
+            for r in reqs}
+
+
+def test_lock_files_pin_every_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = _lock(ROOT / "requirements.lock"), _lock(ROOT / "requirements-dev.lock")
+    extras = project.get("optional-dependencies", {})
+    missing = _requirement_names(project["dependencies"] + extras.get("codecs", [])) - set(runtime)
+    assert not missing, f"requirements.lock lacks {sorted(missing)}"
+    missing = _requirement_names(extras.get("dev", [])) - set(dev)
+    assert not missing, f"requirements-dev.lock lacks {sorted(missing)}"
+    differ = {n: (v, dev.get(n)) for n, v in runtime.items() if dev.get(n) != v}
+    assert not differ, f"runtime and dev locks disagree: {differ}"
+
+
+# --- docker compose ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # anchors and << merges resolved
+
+
+def _interpolate(value: str) -> str:
+    """Compose interpolation with an empty environment: ${VAR:-default} -> default."""
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+
+def _service_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: _interpolate(str(v)) for k, v in env.items()}
+
+
+def test_compose_has_the_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("rabbitmq", "minio", "minio-init", "redis", "jaeger", "prometheus", "worker",
+                 "grafana"):
+        assert name in services, name
+    assert services["grafana"].get("profiles") == ["grafana"]
+    assert "management" in services["rabbitmq"]["image"]
+    for name, svc in services.items():
+        image = svc.get("image", "")
+        assert image and ":" in image and not image.endswith(":latest"), (
+            f"{name}: pin the image tag ({image!r})")
+
+
+def test_compose_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["rabbitmq"]["healthcheck"]["test"] == [
+        "CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    for name in ("minio", "redis", "worker", "prometheus"):
+        assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+    depends = services["worker"]["depends_on"]
+    for name in ("rabbitmq", "minio", "redis"):
+        assert depends[name]["condition"] == "service_healthy", name
+    assert depends["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+
+
+def test_compose_worker_is_scalable_and_hardened(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert (COMPOSE.parent / worker["build"]["context"]).resolve() == ROOT
+    assert (ROOT / worker["build"]["dockerfile"]).is_file()
+    assert worker["read_only"] is True
+    assert any(t.split(":")[0] == "/tmp" for t in worker["tmpfs"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
+    assert mounts.get("/data") in compose["volumes"], "/data on a named volume"
+    grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
+    assert grace and int(grace.group(1)) > _defaults().shutdown_grace_s
+    env_files = [e["path"] if isinstance(e, dict) else e for e in worker["env_file"]]
+    assert [(COMPOSE.parent / p).resolve() for p in env_files] == [ROOT / ".env"]
+    health = worker["healthcheck"]["test"]
+    assert health[1] == "python" and "/ready" in health[-1] and ":8004/" in health[-1]
+
+
+def test_compose_worker_environment(compose: dict[str, Any]) -> None:
+    env = _service_env(compose["services"]["worker"])
+    assert env["ETL_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["ETL_DEDUP_URL"] == "redis://redis:6379/0"
+    assert env["ETL_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert re.fullmatch(r"amqp://[^:@]+:[^@]+@rabbitmq:5672/", env["ETL_AMQP_URL"])
+    # .env (from the template) with the overrides on top must be a valid configuration.
+    base = {name: value for _, name, value in _env_lines(ENV_TEMPLATE)}
+    for service in ("worker", "loader", "etl-cli"):
+        svc_env = _service_env(compose["services"][service])
+        unknown = {k for k in svc_env if k.startswith("ETL_")} - set(setting_names())
+        assert not unknown, f"{service}: unknown settings {unknown}"
+        try:
+            _settings({**base, **svc_env})
+        except ConfigError as exc:  # pragma: no cover - message is the point
+            pytest.fail(f"{service}: {exc}")
+
+
+def test_compose_dollars_are_interpolations_or_escaped() -> None:
+    text = "\n".join(line for line in COMPOSE.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    for match in re.finditer(r"\$(\$|\{[^}]*\}|\w+)", text):
+        token = match.group(0)
+        assert token == "$$" or re.fullmatch(r"\$\{\w+:-[^}]*\}", token), (
+            f"{token}: use ${{VAR:-default}} (works without .env) or $$ for a literal $")
+
+
+def test_compose_network_volumes_and_mounts(compose: dict[str, Any]) -> None:
+    assert len(compose["networks"]) == 1
+    (network,) = compose["networks"]
+    for name, svc in compose["services"].items():
+        assert svc.get("networks") == [network], f"{name}: on the one network"
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).exists(), f"{name}: missing {source}"
+            else:
+                assert source in compose["volumes"], f"{name}: undeclared volume {source}"
+    plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
+    assert "rabbitmq_prometheus" in plugins and "rabbitmq_management" in plugins
+
+
+def test_compose_published_ports_are_documented(compose: dict[str, Any]) -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            container = str(port).rsplit(":", 1)[-1]
+            assert container in readme, f"{name}: port {container} not in deployment/README.md"
+
+
+def test_minio_init_and_policies(compose: dict[str, Any]) -> None:
+    defaults = _defaults()
+    bucket = f"arn:aws:s3:::{defaults.bucket}"
+    policy = json.loads((DEPLOY / "minio" / "etl-worker-policy.json").read_text())
+    grants: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for action in statement["Action"]:
+            assert "*" not in action, f"wildcard action {action}"
+            grants.setdefault(action, set()).update(statement["Resource"])
+    assert grants == {
+        "s3:ListBucket": {bucket},
+        "s3:GetBucketLocation": {bucket},
+        "s3:GetObject": {f"{bucket}/{defaults.raw_prefix}*"},
+        "s3:PutObject": {f"{bucket}/{defaults.training_prefix}*",
+                         f"{bucket}/{defaults.quarantine_prefix}*"},
+    }
+    for name in ("etl-uploader", "etl-operator"):
+        json.loads((DEPLOY / "minio" / f"{name}-policy.json").read_text())
+    init = compose["services"]["minio-init"]
+    env = _service_env(init)
+    assert env["BUCKET"] == defaults.bucket
+    worker_env = _service_env(compose["services"]["worker"])
+    assert env["WORKER_ACCESS_KEY"] == worker_env["ETL_S3_ACCESS_KEY_ID"]
+    assert env["WORKER_SECRET_KEY"] == worker_env["ETL_S3_SECRET_ACCESS_KEY"]
+    script = DEPLOY / "minio" / "init.sh"
+    if shutil.which("sh"):
+        subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
+
+
+# --- Prometheus, alerts, Grafana ------------------------------------------------------------
+def test_prometheus_scrapes_every_worker_and_rabbitmq() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (dns,) = jobs["etl-worker"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"] and dns["port"] == _defaults().sidecar_port
+    assert dns.get("type", "A") == "A"
+    rabbit = jobs["rabbitmq"]
+    assert rabbit["static_configs"][0]["targets"] == ["rabbitmq:15692"]
+    assert rabbit["metrics_path"] == "/metrics/per-object"  # per-queue labels
+    for rule_file in config["rule_files"]:
+        assert (DEPLOY / "prometheus" / rule_file).is_file()
+
+
+def _rule_groups(path: Path) -> list[dict[str, Any]]:
+    return yaml.safe_load(path.read_text())["groups"]
+
+
+def _check_rules(groups: list[dict[str, Any]], where: str) -> set[str]:
+    names = set()
+    for group in groups:
+        for rule in group["rules"]:
+            assert rule["alert"] not in names, f"{where}: duplicate {rule['alert']}"
+            names.add(rule["alert"])
+            assert rule["labels"]["severity"] in ("critical", "warning", "info")
+            assert rule["annotations"]["summary"]
+            _assert_known_metrics(rule["expr"], f"{where}:{rule['alert']}")
+    return names
+
+
+def _promtool(*args: str) -> None:
+    if not shutil.which("promtool"):
+        return
+    proc = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_alert_rules() -> None:
+    path = DEPLOY / "prometheus" / "alerts.yml"
+    names = _check_rules(_rule_groups(path), path.name)
+    assert names >= REQUIRED_ALERT_TOPICS
+    _promtool("check", "rules", str(path))
+    _promtool("check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml"))
+
+
+def test_grafana_provisioning_and_dashboard() -> None:
+    graf = DEPLOY / "grafana"
+    datasources = yaml.safe_load((graf / "provisioning/datasources/prometheus.yml").read_text())
+    uids = {d["uid"] for d in datasources["datasources"]}
+    providers = yaml.safe_load((graf / "provisioning/dashboards/dashboards.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    dashboard = json.loads((graf / "dashboards/etl-narrative-engine.json").read_text())
+    exprs = []
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        for target in panel["targets"]:
+            _assert_known_metrics(target["expr"], f"panel {panel['title']!r}")
+            exprs.append(target["expr"])
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("throughput", "outcomes", "stage latency", "queue depth", "dead-letter",
+                  "quarantine"):
+        assert topic in titles, topic
+    joined = "\n".join(exprs)
+    for series in ("etl_messages_total", "etl_stage_duration_seconds_bucket",
+                   "rabbitmq_queue_messages_ready", "etl_quarantined_total"):
+        assert series in joined, series
+
+
+def test_rabbitmq_policy_matches_the_topology() -> None:
+    settings = _defaults()
+    (policy,) = json.loads((DEPLOY / "rabbitmq" / "policies.json").read_text())["policies"]
+    assert re.fullmatch(policy["pattern"], settings.queue)
+    assert not re.fullmatch(policy["pattern"], settings.dlq_name)
+    args = work_queue_arguments(settings)
+    definition = policy["definition"]
+    assert definition["delivery-limit"] == args["x-delivery-limit"]
+    assert definition["dead-letter-exchange"] == args["x-dead-letter-exchange"]
+    assert definition["dead-letter-routing-key"] == args["x-dead-letter-routing-key"]
+    assert definition["dead-letter-strategy"] == args["x-dead-letter-strategy"]
+    assert definition["overflow"] == args["x-overflow"]
+
+
+# --- Kubernetes -----------------------------------------------------------------------------
+def _yaml_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kustomization(directory: Path) -> dict[str, Any]:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text())
+
+
+def _resolve(directory: Path, seen: set[Path] | None = None) -> list[Path]:
+    """Every file a kustomization uses (recursively), each checked to exist and parse."""
+    seen = seen if seen is not None else set()
+    kust = _kustomization(directory)
+    files = [directory / "kustomization.yaml"]
+    for entry in kust.get("resources", []):
+        target = (directory / entry).resolve()
+        assert target.exists(), f"{directory.name}: resource {entry} missing"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").is_file(), f"{entry}: no kustomization.yaml"
+            assert target not in seen, f"{entry}: cycle"
+            seen.add(target)
+            files += _resolve(target, seen)
+        else:
+            assert _yaml_docs(target), f"{entry}: empty"
+            files.append(target)
+    for patch in kust.get("patches", []) + kust.get("patchesStrategicMerge", []):
+        path = patch.get("path") if isinstance(patch, dict) else patch
+        if path:
+            target = directory / path
+            assert target.is_file(), f"{directory.name}: patch {path} missing"
+            assert yaml.safe_load(target.read_text()), f"{path}: empty patch"
+            files.append(target)
+    for generator in kust.get("configMapGenerator", []) + kust.get("secretGenerator", []):
+        for env in generator.get("envs", []):
+            target = directory / env
+            assert target.is_file(), f"{directory.name}: env file {env} missing"
+            _env_lines(target)
+            files.append(target)
+        for item in generator.get("files", []):
+            assert (directory / item.split("=")[-1]).is_file(), item
+    return files
+
+
+def _kustomize_cmd() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def _render_python(directory: Path) -> list[dict[str, Any]]:
+    """No kustomize binary: resources, generated ConfigMaps, images, namespace; no patches."""
+    docs: list[dict[str, Any]] = []
+    kust = _kustomization(directory)
+    for entry in kust.get("resources", []):
+        target = directory / entry
+        docs += _render_python(target) if target.is_dir() else _yaml_docs(target)
+    for doc in docs:
+        if kust.get("namespace") and doc["kind"] != "Namespace":
+            doc["metadata"]["namespace"] = kust["namespace"]
+        if doc["kind"] != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            name, _, tag = container["image"].partition(":")
+            for image in kust.get("images", []):
+                if image["name"] == name:
+                    name = image.get("newName", name)
+                    tag = image.get("newTag", tag)
+            container["image"] = f"{name}:{tag}" if tag else name
+    for generator in kust.get("configMapGenerator", []):
+        data = {n: v for env in generator.get("envs", [])
+                for _, n, v in _env_lines(directory / env)}
+        existing = next((d for d in docs if d["kind"] == "ConfigMap"
+                         and d["metadata"]["name"] == generator["name"]), None)
+        if existing is not None and generator.get("behavior") == "merge":
+            existing["data"].update(data)
+        else:
+            docs.append({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": generator["name"]}, "data": data})
+    return docs
+
+
+RENDERED: dict[Path, list[dict[str, Any]]] = {}
+
+
+def _render(directory: Path) -> list[dict[str, Any]]:
+    if directory not in RENDERED:
+        cmd = _kustomize_cmd()
+        if cmd is None:
+            RENDERED[directory] = _render_python(directory)
+        else:
+            proc = subprocess.run([*cmd, str(directory)], capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            RENDERED[directory] = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return RENDERED[directory]
+
+
+def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+OVERLAYS = [pytest.param(BASE, id="base"), pytest.param(PRODUCTION, id="production")]
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_kustomization_references_resolve(directory: Path) -> None:
+    files = _resolve(directory)
+    assert files
+    template = K8S / "templates" / "etl-worker-secrets.template.yaml"
+    assert template.resolve() not in {f.resolve() for f in files}, "the template is never built"
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_builtin_kinds_match_the_kubernetes_schemas(directory: Path) -> None:
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="pip install kubernetes-validate (dev dependency)")
+    checked = set()
+    for doc in _render(directory):
+        if doc["kind"] in CRD_KINDS:
+            continue
+        try:
+            kv.validate(doc, K8S_SCHEMA_VERSION, strict=True)
+        except kv.ValidationError as exc:  # pragma: no cover - message is the point
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc}")
+        checked.add(doc["kind"])
+    assert checked >= {"Deployment", "ConfigMap", "Service", "PodDisruptionBudget",
+                       "NetworkPolicy", "ServiceAccount"}
+
+
+def test_secret_template_is_a_placeholder_only_secret() -> None:
+    path = K8S / "templates" / "etl-worker-secrets.template.yaml"
+    assert "TEMPLATE ONLY" in path.read_text().splitlines()[0]
+    (secret,) = _yaml_docs(path)
+    assert secret["kind"] == "Secret"
+    assert set(secret["stringData"]) == SECRET_SETTINGS
+    for key, value in secret["stringData"].items():
+        assert "REPLACE_ME" in value, f"{key}: placeholder values only"
+    deployment = _one(_render(BASE), "Deployment")
+    refs = [e["secretRef"]["name"] for e in
+            deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"] if "secretRef" in e]
+    assert refs == [secret["metadata"]["name"]]
+    kv = pytest.importorskip("kubernetes_validate")
+    kv.validate(secret, K8S_SCHEMA_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_config_map_holds_valid_non_secret_settings(directory: Path) -> None:
+    docs = _render(directory)
+    config = _one(docs, "ConfigMap")["data"]
+    assert set(config) <= set(setting_names()), set(config) - set(setting_names())
+    assert not set(config) & SECRET_SETTINGS, "secrets belong in the Secret"
+    assert "ETL_FAULT_POINT" not in config
+    _settings(config)  # raises ConfigError naming the variable
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_deployment(directory: Path) -> None:
+    docs = _render(directory)
+    deployment = _one(docs, "Deployment")
+    config_map = _one(docs, "ConfigMap")
+    settings = _settings(config_map["data"])
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert _matches(deployment["spec"]["selector"]["matchLabels"], labels)
+    assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
+
+    assert pod["terminationGracePeriodSeconds"] >= settings.shutdown_grace_s + 10, (
+        "terminationGracePeriodSeconds must leave margin above ETL_SHUTDOWN_GRACE_S")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod.get("automountServiceAccountToken") is False
+
+    (container,) = pod["containers"]
+    assert container["args"] == ["worker"]
+    image = container["image"]
+    assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), image
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsNonRoot"] is True
+    final = _final(parse_dockerfile((ROOT / "Dockerfile").read_text())[1])
+    image_uid = int(final.all("USER")[-1].args.split(":")[0])
+    assert sc.get("runAsUser", pod["securityContext"].get("runAsUser")) == image_uid
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == settings.sidecar_port == 8004
+    probes = {name: container[name]["httpGet"] for name in
+              ("livenessProbe", "readinessProbe", "startupProbe")}
+    assert probes["livenessProbe"]["path"] == "/live"
+    assert probes["readinessProbe"]["path"] == "/ready"
+    assert probes["startupProbe"]["path"] in ("/live", "/ready")
+    for probe in probes.values():
+        assert ports.get(probe["port"], probe["port"]) == settings.sidecar_port
+
+    env_from = container["envFrom"]
+    assert {"configMapRef": {"name": config_map["metadata"]["name"]}} in env_from
+    assert any("secretRef" in e for e in env_from)
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/tmp", "/data"):
+        assert "emptyDir" in volumes[mounts[path]], f"{path}: emptyDir"
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_service_servicemonitor_pdb_and_networkpolicy(directory: Path) -> None:
+    docs = _render(directory)
+    pod_labels = _one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = _one(docs, "Service")
+    assert _matches(service["spec"]["selector"], pod_labels)
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 8004 and port["targetPort"] in ("http", 8004)
+
+    monitor = _one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+
+    pdb = _one(docs, "PodDisruptionBudget")
+    assert _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+
+    policy = _one(docs, "NetworkPolicy")["spec"]
+    assert _matches(policy["podSelector"]["matchLabels"], pod_labels)
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = policy["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == [8004]
+    assert all("namespaceSelector" in peer for peer in ingress["from"])
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 5672, 5671, 6379, 9000, 443, 4317, 4318}
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_keda_scaled_object(directory: Path) -> None:
+    docs = _render(directory)
+    deployment = _one(docs, "Deployment")
+    scaled = _one(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    if directory == BASE:
+        assert spec["minReplicaCount"] == 1
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    meta = trigger["metadata"]
+    settings = _settings(_one(docs, "ConfigMap")["data"])
+    assert meta["mode"] == "QueueLength" and meta["queueName"] == settings.queue
+    assert isinstance(meta["value"], str) and int(meta["value"]) > 0
+    # the derivation (throughput per worker x drain seconds) is written down
+    source = (BASE / "scaledobject.yaml").read_text()
+    assert "T x D" in source and "scripts/benchmark.sh" in source
+    assert "scale to zero" in source.lower()
+
+    auth = _one(docs, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    (ref,) = auth["spec"]["secretTargetRef"]
+    assert ref["parameter"] == "host" and ref["key"] == "ETL_AMQP_URL"
+    secret_refs = [e["secretRef"]["name"] for e in
+                   deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+                   if "secretRef" in e]
+    assert ref["name"] in secret_refs
+
+
+def test_prometheus_rule(tmp_path: Path) -> None:
+    rule = _one(_render(BASE), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    groups = rule["spec"]["groups"]
+    names = _check_rules(groups, "prometheusrule.yaml")
+    assert names >= REQUIRED_ALERT_TOPICS
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": groups}))
+    _promtool("check", "rules", str(extracted))
+
+
+def test_production_overlay_sets_image_replicas_and_resources() -> None:
+    if _kustomize_cmd() is None:
+        pytest.skip("patches need kustomize/kubectl to be applied")
+    base, prod = _render(BASE), _render(PRODUCTION)
+    base_container = _one(base, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    prod_container = _one(prod, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert prod_container["image"] != base_container["image"]
+    assert prod_container["resources"] != base_container["resources"]
+    assert _one(prod, "ScaledObject")["spec"]["minReplicaCount"] >= 2
+    assert {d["metadata"].get("namespace") for d in prod if d["kind"] != "Namespace"} == {
+        _one(prod, "Namespace")["metadata"]["name"]}
