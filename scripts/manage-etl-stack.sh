@@ -303,14 +303,15 @@ docker_cmd() {
     logs) compose logs -f "${1:-worker}" ;;
     shell) compose exec worker /bin/sh ;;
     scale) compose up -d --wait --scale "worker=${1:?usage: scale N}" ;;
-    status) compose ps && compose exec -T worker etl-engine status --once ;;
+    status) compose ps && compose run --rm -T etl-cli status --once --sidecar http://worker:8004 ;;
     health) for c in $(compose ps -q worker); do docker exec "$c" python -c \
         'import urllib.request;print(urllib.request.urlopen("http://127.0.0.1:8004/health").read().decode())' || true; done ;;
     metrics) for c in $(compose ps -q worker); do docker exec "$c" python -c \
         'import urllib.request;print(urllib.request.urlopen("http://127.0.0.1:8004/metrics").read().decode())'; done ;;
-    load-sample) compose exec -T worker etl-engine load-samples /app/samples --wait ;;
+    # The loader runs as the uploader user: the workers' own S3 user may not write raw/.
+    load-sample) compose run --rm -T loader load-samples /app/samples --wait "$@" ;;
     demo) compose up -d --wait --scale "worker=${ETL_WORKERS}" \
-        && compose exec -T worker etl-engine load-samples /app/samples --wait \
+        && compose run --rm -T loader load-samples /app/samples --wait \
              --run-id "demo-$(date -u +%Y%m%dT%H%M%S)" ;;
     test) MODE=native; run_tests "$@" ;;
     *) die "unknown command '$CMD' (try: $0 help)" ;;

@@ -38,7 +38,7 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _services_up() -> None:
     missing = [name for name, port in (("RabbitMQ", 5672), ("Redis", 6379))
                if not _reachable("127.0.0.1", port)]
@@ -48,7 +48,7 @@ def _services_up() -> None:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, _services_up: None) -> Iterator[str]:
     """A moto S3 server in its own process, like MinIO would be."""
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"

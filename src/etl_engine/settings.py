@@ -165,6 +165,8 @@ class Settings(BaseSettings):
                 if name == "amqp_url":
                     shown = _mask_url(value.get_secret_value())
                 out[ENV_PREFIX + name.upper()] = shown
+            elif name == "dedup_url":
+                out[ENV_PREFIX + name.upper()] = _mask_url(value)
             else:
                 out[ENV_PREFIX + name.upper()] = str(value)
         return out
