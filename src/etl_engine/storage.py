@@ -93,6 +93,10 @@ class Storage:
             stream.close()
         if len(body) > max_bytes:
             raise PermanentError("object_too_large", stage="download")
+        if "ContentLength" in resp and len(body) != size:
+            # The connection broke mid-body and read() handed back what it had: a network
+            # fault to retry, not a bad file (it would be judged size_mismatch and quarantined).
+            raise TransientError("download_incomplete", stage="download")
         return Download(body=body, size=len(body), sha256=hashlib.sha256(body).hexdigest())
 
     def put_if_absent(
