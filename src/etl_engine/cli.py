@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from etl_engine import __version__
@@ -22,23 +24,49 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _traced(name: str) -> Callable[[Command], Command]:
+    """Run a publishing command in one root span; its messages carry the traceparent."""
+    def wrap(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def run(args: argparse.Namespace) -> int:
+            from etl_engine import telemetry
+
+            s = _settings()
+            telemetry.configure(s.otlp_endpoint, "etl-engine-cli")
+            try:
+                with telemetry.span(name):
+                    return fn(args)
+            finally:
+                telemetry.shutdown()  # flush before exit
+        return run
+    return wrap
+
+
 # --- worker -----------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from etl_engine import logs
+    from etl_engine import logs, telemetry
     from etl_engine.worker import Worker
 
     s = _settings()
     logs.configure(s.log_level, s.log_format, user_hash_key=s.user_id_hash_key.get_secret_value())
+    telemetry.configure(s.otlp_endpoint, "etl-worker", instance_id=s.effective_worker_id)
 
     async def main() -> None:
         worker = Worker(s)
         await worker.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        telemetry.shutdown()
     return 0
 
 
 # --- publish ----------------------------------------------------------------------------
+@_traced("etl-engine publish")
 def cmd_publish(args: argparse.Namespace) -> int:
     from etl_engine.publisher import Publisher, Upload, upload_file
     from etl_engine.storage import Storage, make_client
@@ -82,6 +110,7 @@ def cmd_generate_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+@_traced("etl-engine load-samples")
 def cmd_load_samples(args: argparse.Namespace) -> int:
     from etl_engine.publisher import Publisher, upload_file, wait_for_outcomes
     from etl_engine.samples import iter_sample_files

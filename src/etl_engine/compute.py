@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from etl_engine import avro, validation
+from etl_engine import avro, telemetry, validation
 from etl_engine.errors import PermanentError, TransientError
 from etl_engine.processors import transform
 from etl_engine.record_types import reader_schema
@@ -42,6 +42,8 @@ class CpuResult:
     output: TrainingOutput | None
     quarantine_reason: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    # Wall-clock (start, end) ns per stage: the parent turns them into trace spans.
+    stage_ns: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def run_cpu_stages(
@@ -52,7 +54,7 @@ def run_cpu_stages(
     processed_at: datetime,
 ) -> CpuResult:
     """decode -> validate -> transform, pure apart from the clock used for timings."""
-    t0 = time.perf_counter()
+    t0, w0 = time.perf_counter(), time.time_ns()
     decoded = avro.decode(
         data,
         lineage.record_type,
@@ -60,18 +62,21 @@ def run_cpu_stages(
         max_records=limits.max_records,
         max_decompressed_bytes=limits.max_decompressed_bytes,
     )
-    t1 = time.perf_counter()
+    t1, w1 = time.perf_counter(), time.time_ns()
     now_ms = int(processed_at.timestamp() * 1000)
     report = validation.validate(decoded, now_ms=now_ms, config=config)
-    t2 = time.perf_counter()
+    t2, w2 = time.perf_counter(), time.time_ns()
     timings = {"decode": t1 - t0, "validate": t2 - t1}
+    stage_ns = {"decode": (w0, w1), "validate": (w1, w2)}
     count = len(decoded.records)
     del decoded
     if not report.passed:
-        return CpuResult(count, report.to_dict(), None, report.quarantine_reason, timings)
+        return CpuResult(count, report.to_dict(), None, report.quarantine_reason, timings,
+                         stage_ns)
     output = transform(report, lineage, config=config, processed_at=processed_at)
     timings["transform"] = time.perf_counter() - t2
-    return CpuResult(count, report.to_dict(), output, None, timings)
+    stage_ns["transform"] = (w2, time.time_ns())
+    return CpuResult(count, report.to_dict(), output, None, timings, stage_ns)
 
 
 def _child_init(memory_limit_bytes: int) -> None:
@@ -116,7 +121,7 @@ class ComputePool:
             executor, run_cpu_stages, data, lineage, limits, config, processed_at
         )
         try:
-            return await asyncio.wait_for(fut, self._timeout)
+            result = await asyncio.wait_for(fut, self._timeout)
         except TimeoutError:
             self._restart(executor)
             raise PermanentError("processing_timeout", stage="decode") from None
@@ -126,6 +131,8 @@ class ComputePool:
             raise TransientError("decoder_crashed", stage="decode") from None
         except MemoryError:
             raise PermanentError("resource_limit_exceeded", stage="decode") from None
+        telemetry.record_stages(result.stage_ns)  # children of the caller's current span
+        return result
 
     def _restart(self, broken: Executor) -> None:
         if broken is not self._executor:

@@ -11,11 +11,13 @@ import logging
 import sys
 
 import structlog
+from structlog.types import EventDict
 
 _HASH_KEY = b""
 
 
 def configure(level: str = "INFO", fmt: str = "json", *, user_hash_key: str = "") -> None:
+    """Our events and library (stdlib ``logging``) records, rendered the same way."""
     global _HASH_KEY
     _HASH_KEY = user_hash_key.encode()[:64]
     numeric = logging.getLevelName(level)
@@ -23,11 +25,13 @@ def configure(level: str = "INFO", fmt: str = "json", *, user_hash_key: str = ""
         structlog.processors.JSONRenderer()
         if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
+            scrub_exception,
             renderer,
         ],
         # Drops below-level events before any processor runs: cheap on the hot path.
@@ -35,11 +39,42 @@ def configure(level: str = "INFO", fmt: str = "json", *, user_hash_key: str = ""
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s")
+    # Libraries (aio-pika, botocore, ...) log through stdlib logging: same renderer, so
+    # production output stays one JSON object per line, and tracebacks are scrubbed too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            stamp,
+            scrub_exception,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+def scrub_exception(_logger: object, _name: str, event: EventDict) -> EventDict:
+    """Replace tracebacks with the exception class: their text can quote data values."""
+    exc_info = event.pop("exc_info", None)
+    for key in ("exception", "stack", "stack_info"):
+        event.pop(key, None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        exc = exc_info if isinstance(exc_info, BaseException) else (
+            exc_info[1] if isinstance(exc_info, tuple) else None)
+        if exc is not None:
+            event.setdefault("error", error_class(exc))
+    return event
 
 
 def hash_user_id(user_id: str) -> str:
+    """Stable pseudonym for a user in logs; keyed (ETL_USER_ID_HASH_KEY) so not reversible
+    by hashing guessed ids."""
     return hashlib.blake2b(user_id.encode(), key=_HASH_KEY, digest_size=8).hexdigest()
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import aio_pika
 import orjson
+from opentelemetry.trace import SpanKind
 
+from etl_engine import telemetry
 from etl_engine.dedup import open_store
 from etl_engine.messages import routing_key
 from etl_engine.settings import Settings
@@ -109,16 +111,26 @@ class Publisher:
             correlation = body.get("correlation_id")
         else:
             rk, payload, correlation = routing or "health.processing.unknown", body, None
-        msg = aio_pika.Message(
-            body=payload,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            correlation_id=correlation if isinstance(correlation, str) else None,
-            timestamp=datetime.now(UTC),
-            headers=headers or {},
-        )
-        await self._exchange.publish(msg, routing_key=rk, mandatory=True)
+        hdrs = dict(headers or {})
+        with telemetry.span(
+            f"publish {self.s.exchange}", kind=SpanKind.PRODUCER,
+            attributes=telemetry.messaging_attributes(
+                "publish", self.s.exchange, routing_key=rk, message_id=message_id,
+                body_size=len(payload)),
+        ):
+            # W3C traceparent in the AMQP headers: the worker continues this trace. A
+            # caller's own traceparent (a replay) is kept.
+            telemetry.inject(hdrs, replace=False)
+            msg = aio_pika.Message(
+                body=payload,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                correlation_id=correlation if isinstance(correlation, str) else None,
+                timestamp=datetime.now(UTC),
+                headers=hdrs,
+            )
+            await self._exchange.publish(msg, routing_key=rk, mandatory=True)
 
     async def publish_many(self, bodies: Sequence[dict[str, Any]], *, window: int = 256) -> None:
         """Pipelined confirmed publishes: at most ``window`` awaiting confirmation."""

@@ -7,6 +7,7 @@ concurrency, which matches the client's connection pool.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from etl_engine import metrics
 from etl_engine.errors import PermanentError, TransientError
 from etl_engine.settings import Settings
 
@@ -196,11 +198,16 @@ class AsyncStorage:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3")
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # run_in_executor does not carry contextvars: copy them, so the S3 client's spans
+        # join the caller's trace and log lines keep the message's bound context.
+        ctx = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self._pool, lambda: ctx.run(fn, *args, **kwargs))
 
     async def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
-        return await self.call(self.sync.download, bucket, key, max_bytes=max_bytes)
+        dl: Download = await self.call(self.sync.download, bucket, key, max_bytes=max_bytes)
+        metrics.BYTES_DOWNLOADED.inc(dl.size)  # counted here: quarantined files count too
+        return dl
 
     async def put_if_absent(self, bucket: str, key: str, body: bytes, **kw: Any) -> bool:
         return await self.call(self.sync.put_if_absent, bucket, key, body, **kw)

@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from opentelemetry.trace import SpanKind
 
 from etl_engine import metrics as m
+from etl_engine import telemetry
 from etl_engine.compute import ComputePool
 from etl_engine.dedup import DedupStore, open_store
-from etl_engine.logs import error_class, get_logger
+from etl_engine.logs import error_class, get_logger, hash_user_id
+from etl_engine.messages import HealthDataMessage
 from etl_engine.pipeline import Delivery, Outcome, Pipeline
 from etl_engine.settings import Settings
 from etl_engine.sidecar import Sidecar
@@ -91,6 +95,7 @@ class Worker:
         self.pipeline = Pipeline(
             settings, self.storage, self.dedup, self.compute,
             owner=self.owner, on_dedup_error=self._dedup_error,
+            tracer_span=telemetry.pipeline_hook(),
         )
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,6 +124,9 @@ class Worker:
             admin_routes={"/admin/drain": self._admin_drain},
         )
         self.state.sidecar_port = await sidecar.start()
+        if not self.s.user_id_hash_key.get_secret_value():
+            log.warning("user_id_hash_key_unset",
+                        hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
         log.info("sidecar_listening", host=self.s.sidecar_host, port=self.state.sidecar_port,
                  worker_id=self.state.worker_id)
         background = [
@@ -196,6 +204,7 @@ class Worker:
         )
         self.state.broker_connected = True
         self.state.consuming = True
+        m.DEPENDENCY_UP.labels("rabbitmq").set(1)
         self.consumed.set()
         log.info("consuming", queue=self.s.queue, prefetch=self.s.effective_prefetch)
         return closed
@@ -205,6 +214,7 @@ class Worker:
 
     def _mark_disconnected(self) -> None:
         self.state.broker_connected = False
+        m.DEPENDENCY_UP.labels("rabbitmq").set(0)
         self.state.consuming = False
         self._channel = None
         self._topology = None
@@ -258,19 +268,43 @@ class Worker:
             routing_key=message.routing_key or "",
             attempt=_attempt(headers),
         )
+        parent = telemetry.extract(headers)
+        # Every log line of this delivery carries these (this task's own context copy);
+        # refined from the parsed message once the pipeline returns.
+        tokens = structlog.contextvars.bind_contextvars(
+            message_id=message.message_id, correlation_id=message.correlation_id,
+            record_type=_record_type_hint(delivery.routing_key),
+            worker_id=self.state.worker_id, attempt=delivery.attempt, trace_id=None,
+        )
         self.state.in_flight += 1
         m.IN_FLIGHT.inc()
         try:
-            try:
-                outcome = await asyncio.wait_for(
-                    self.pipeline.run(delivery), self.s.message_timeout_s
-                )
-            except TimeoutError:
-                outcome = Outcome("retry", reason="message_timeout")
-                if delivery.attempt >= self.s.max_attempts:
-                    outcome = Outcome("dead_letter", reason="attempts_exhausted:message_timeout")
-            await self._settle(message, delivery, outcome)
-            self._observe(outcome, time.perf_counter() - started)
+            with telemetry.span(
+                f"process {self.s.queue}", kind=SpanKind.CONSUMER, parent=parent,
+                attributes=telemetry.messaging_attributes(
+                    "process", message.exchange or "", queue=self.s.queue,
+                    routing_key=delivery.routing_key, message_id=message.message_id,
+                    body_size=len(message.body)),
+            ) as span:
+                structlog.contextvars.bind_contextvars(trace_id=telemetry.trace_id(parent))
+                try:
+                    outcome = await asyncio.wait_for(
+                        self.pipeline.run(delivery), self.s.message_timeout_s
+                    )
+                except TimeoutError:
+                    outcome = Outcome("retry", reason="message_timeout")
+                    if delivery.attempt >= self.s.max_attempts:
+                        outcome = Outcome("dead_letter",
+                                          reason="attempts_exhausted:message_timeout")
+                if outcome.message is not None:
+                    _bind_message(outcome.message)
+                telemetry.set_attributes(
+                    span, **{"etl.outcome": outcome.kind, "etl.reason": outcome.reason,
+                             "etl.attempt": delivery.attempt,
+                             "etl.record_type": outcome.message.record_type
+                             if outcome.message else None})
+                await self._settle(message, delivery, outcome)
+                self._observe(outcome, time.perf_counter() - started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -280,6 +314,8 @@ class Worker:
         finally:
             self.state.in_flight -= 1
             m.IN_FLIGHT.dec()
+            structlog.contextvars.reset_contextvars(**tokens)
+            structlog.contextvars.unbind_contextvars("user")
 
     async def _settle(
         self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
@@ -305,7 +341,10 @@ class Worker:
             headers["x-etl-dead-lettered-at"] = int(time.time())
             await self._republish(message, self.s.dlq_name, headers)
         self.pipeline.faults.hit("before_ack", _key(outcome))
-        await message.ack()
+        with telemetry.span(f"ack {self.s.queue}", attributes=telemetry.messaging_attributes(
+                "settle", message.exchange or "", queue=self.s.queue,
+                message_id=message.message_id)):
+            await message.ack()
         if outcome.kind not in FINAL_OUTCOMES:
             return
         if outcome.message is not None and outcome.message.message_id:
@@ -324,6 +363,18 @@ class Worker:
         channel = self._channel
         if channel is None or channel.is_closed:
             raise ConnectionError("channel closed")
+        with telemetry.span(f"publish {routing_key}", kind=SpanKind.PRODUCER,
+                            attributes=telemetry.messaging_attributes(
+                                "publish", "", routing_key=routing_key,
+                                message_id=message.message_id)):
+            # The retried / dead-lettered copy continues this trace (replay keeps it).
+            telemetry.inject(headers)
+            await self._publish_copy(channel, message, routing_key, headers)
+
+    async def _publish_copy(
+        self, channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage,
+        routing_key: str, headers: dict[str, Any],
+    ) -> None:
         out = aio_pika.Message(
             body=message.body,
             headers=headers,
@@ -344,14 +395,15 @@ class Worker:
         if outcome.kind == "dead_letter" and outcome.stage == "parse":
             label = "rejected"
         m.MESSAGES.labels(label, rt).inc()
+        if outcome.records:
+            m.RECORDS.labels(rt).inc(outcome.records)
         if outcome.kind == "processed":
             self.state.processed += 1
-            m.RECORDS.labels(rt).inc(outcome.records)
             m.BYTES_UPLOADED.inc(outcome.bytes_out)
             m.PROCESSING_SECONDS.labels(rt).observe(seconds)
         if outcome.quality_score is not None:
             m.QUALITY.labels(rt).observe(outcome.quality_score)
-        m.BYTES_DOWNLOADED.inc(outcome.bytes_in)
+        # Downloaded bytes are counted by AsyncStorage.download (failed files count too).
         for stage, secs in outcome.timings.items():
             m.STAGE_SECONDS.labels(stage).observe(secs)
         if outcome.kind == "quarantined":
@@ -364,16 +416,14 @@ class Worker:
             m.LEASE_CONTENTION.inc()
         if outcome.kind in ("retry", "dead_letter", "quarantined"):
             self.state.last_error_class = outcome.reason
+        # message_id, correlation_id, record_type, worker_id, attempt, trace_id: bound
+        # in _handle (from the parsed message when it parsed).
         log.log(
             20 if outcome.kind in ("processed", "duplicate") else 30,
             "message_settled",
             outcome=outcome.kind,
             reason=outcome.reason,
             stage=outcome.stage,
-            record_type=rt,
-            message_id=outcome.message.message_id if outcome.message else None,
-            correlation_id=outcome.message.correlation_id if outcome.message else None,
-            worker_id=self.state.worker_id,
             duration_ms=round(seconds * 1000, 2),
         )
 
@@ -386,6 +436,10 @@ class Worker:
 
     async def _renew_leases(self) -> None:
         interval = self.s.lease_ttl_s / 3
+        with telemetry.quiet():
+            await self._renew_leases_loop(interval)
+
+    async def _renew_leases_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             keys = list(self.pipeline.in_flight)
@@ -394,6 +448,10 @@ class Worker:
                     await self.dedup.renew(keys, self.owner, int(self.s.lease_ttl_s * 1000))
 
     async def _check_dependencies(self) -> None:
+        with telemetry.quiet():
+            await self._check_dependencies_loop()
+
+    async def _check_dependencies_loop(self) -> None:
         while True:
             try:
                 await asyncio.wait_for(self.dedup.ping(), 2)
@@ -414,6 +472,19 @@ class Worker:
         while True:
             self.state.heartbeat = time.monotonic()
             await asyncio.sleep(1)
+
+
+def _record_type_hint(routing_key: str) -> str | None:
+    """``health.processing.{record_type}[.{priority}]`` -> record type, for log context."""
+    parts = routing_key.split(".")
+    return parts[2] if len(parts) > 2 and parts[2] else None
+
+
+def _bind_message(msg: HealthDataMessage) -> None:
+    structlog.contextvars.bind_contextvars(
+        message_id=msg.message_id, correlation_id=msg.correlation_id,
+        record_type=msg.record_type, user=hash_user_id(msg.user_id),
+    )
 
 
 def _key(outcome: Outcome) -> str:
