@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from etl_engine import metrics
+from etl_engine import metrics, s3fast
 from etl_engine.errors import PermanentError, TransientError
 from etl_engine.settings import Settings
 
@@ -76,8 +77,34 @@ class Storage:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        # GetObject and the conditional PutObject skip botocore's per-call overhead when
+        # the set-up allows it (s3fast); anything unusual is repeated through boto3.
+        self.fast = s3fast.FastS3.from_client(client)
+
+    def _fast(self) -> s3fast.FastS3 | None:
+        if self.fast is None:
+            return None
+        telemetry = sys.modules.get("etl_engine.telemetry")
+        if telemetry is not None and telemetry.enabled():
+            return None  # tracing on: let the botocore instrumentation see every call
+        return self.fast
 
     def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
+        fast = self._fast()
+        if fast is not None:
+            try:
+                body = fast.get(bucket, key, max_bytes=max_bytes)
+            except s3fast.Missing:
+                raise PermanentError("object_missing", stage="download") from None
+            except s3fast.TooLarge:
+                raise PermanentError("object_too_large", stage="download") from None
+            except s3fast.Incomplete:
+                raise TransientError("download_incomplete", stage="download") from None
+            except s3fast.Fallback:
+                pass
+            else:
+                return Download(body=body, size=len(body),
+                                sha256=hashlib.sha256(body).hexdigest())
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
@@ -105,6 +132,13 @@ class Storage:
         self, bucket: str, key: str, body: bytes, *, content_type: str, metadata: dict[str, str]
     ) -> bool:
         """Create ``key`` unless it exists. False means another writer got there first."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.put_if_absent(bucket, key, body, content_type=content_type,
+                                          metadata=metadata)
+            except s3fast.Fallback:
+                pass
         try:
             self.client.put_object(
                 Bucket=bucket,

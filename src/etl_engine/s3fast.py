@@ -1,0 +1,225 @@
+"""A lean S3 client for the two calls on the hot path: GetObject and conditional PutObject.
+
+Why: botocore spends about 1.2 ms of CPU on every call (event hooks, endpoint rules, the
+user-agent string, parameter validation, response parsing) — per message that is more
+than decoding a typical file (``docs/performance.md``). These two calls need none of it:
+they are a signed (SigV4) HTTP request each, sent over urllib3 (botocore's own transport)
+with a connection pool sized like the boto3 client's, in about 0.3 ms.
+
+Only the happy path and the two expected answers are handled here: 200, 404 ``NoSuchKey``
+(GET) and 412/409 (conditional PUT: the object exists). Any other answer raises
+``Fallback`` and the caller repeats the call through boto3, so redirects, throttling,
+server errors, access errors and servers without conditional writes keep botocore's
+semantics. Connection errors and timeouts are raised as urllib3 exceptions (transient).
+
+Used only where the set-up is plain: path-style addressing, static or refreshable signed
+credentials, no HTTP proxy. ``from_client`` returns None otherwise (boto3 does it all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import urllib3
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SAFE = "-_.~/"  # RFC 3986 unreserved + the path separator: S3 encodes the key once
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class Fallback(Exception):
+    """The fast path does not handle this answer: repeat the call through boto3."""
+
+
+class Missing(Exception):
+    """GET answered 404 NoSuchKey."""
+
+
+class TooLarge(Exception):
+    """The object is larger than the caller's limit."""
+
+
+class Incomplete(Exception):
+    """The connection ended before the whole body arrived (a network fault)."""
+
+
+class FastS3:
+    def __init__(
+        self,
+        endpoint_url: str,
+        region: str,
+        credentials: Any,
+        *,
+        pool_size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        ca_certs: str | None = None,
+    ) -> None:
+        url = urllib.parse.urlsplit(endpoint_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("endpoint must be an http(s) URL")
+        default_port = 443 if url.scheme == "https" else 80
+        port = url.port or default_port
+        self.host = url.hostname if port == default_port else f"{url.hostname}:{port}"
+        self.base_path = url.path.rstrip("/")
+        self.region = region
+        self._credentials = credentials
+        self._keys: dict[tuple[str, str, str], bytes] = {}
+        kwargs: dict[str, Any] = {}
+        if url.scheme == "https":
+            kwargs.update(cert_reqs="CERT_REQUIRED", ca_certs=ca_certs)
+        self._pool = urllib3.connection_from_url(
+            f"{url.scheme}://{url.hostname}:{port}",
+            maxsize=pool_size,
+            block=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            # like botocore's standard mode: a refused or dropped connection is tried again
+            retries=urllib3.Retry(total=2, connect=2, read=2, status=0, redirect=0, other=0,
+                                  backoff_factor=0.05, raise_on_status=False,
+                                  allowed_methods=frozenset({"GET", "PUT"})),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_client(cls, client: Any) -> FastS3 | None:
+        """Mirror a boto3 S3 client's endpoint, region, credentials and pool; None if the
+        client's set-up is anything the fast path does not reproduce exactly."""
+        try:
+            meta = client.meta
+            config = meta.config
+            if (config.s3 or {}).get("addressing_style") != "path":
+                return None
+            credentials = client._request_signer._credentials
+            if credentials is None or meta.config.signature_version not in (None, "s3v4"):
+                return None
+            endpoint = meta.endpoint_url
+            if _proxied(endpoint):
+                return None
+            verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
+            verify = getattr(verify, "_verify", True)
+            if verify is False:
+                return None
+            from botocore.httpsession import get_cert_path
+
+            return cls(
+                endpoint, meta.region_name or "us-east-1", credentials,
+                pool_size=int(config.max_pool_connections or 10),
+                connect_timeout=float(config.connect_timeout),
+                read_timeout=float(config.read_timeout),
+                ca_certs=get_cert_path(verify),
+            )
+        except Exception:  # any surprise: boto3 handles everything
+            return None
+
+    # --- calls ----------------------------------------------------------------------------
+    def get(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
+        """The object's bytes; ``Missing``, ``TooLarge`` or ``Fallback`` otherwise."""
+        path = self._path(bucket, key)
+        headers = self._sign("GET", path, EMPTY_SHA256, {})
+        resp = self._pool.urlopen("GET", path, headers=headers, preload_content=False,
+                                  redirect=False, assert_same_host=False)
+        try:
+            if resp.status == 200:
+                length = resp.headers.get("content-length")
+                if length is not None and int(length) > max_bytes:
+                    raise TooLarge()
+                try:
+                    body = resp.read(max_bytes + 1) if length is None else resp.read()
+                except (urllib3.exceptions.ProtocolError, urllib3.exceptions.IncompleteRead,
+                        urllib3.exceptions.ReadTimeoutError) as exc:
+                    raise Incomplete() from exc
+                if len(body) > max_bytes:
+                    raise TooLarge()
+                if length is not None and len(body) != int(length):
+                    raise Incomplete()
+                return bytes(body)
+            data = resp.read(_MAX_ERROR_BODY)
+            if resp.status == 404 and b"<Code>NoSuchKey</Code>" in data:
+                raise Missing()
+            raise Fallback()
+        finally:
+            resp.release_conn()
+
+    def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                      metadata: dict[str, str]) -> bool:
+        """Create ``key`` unless it exists (``If-None-Match: *``); False if it exists."""
+        extra = {"content-type": content_type, "if-none-match": "*"}
+        for name, value in metadata.items():
+            if not (name.isascii() and value.isascii()):
+                raise Fallback()  # boto3 knows how to encode it
+            extra[f"x-amz-meta-{name.lower()}"] = value
+        path = self._path(bucket, key)
+        headers = self._sign("PUT", path, hashlib.sha256(body).hexdigest(), extra)
+        resp = self._pool.urlopen("PUT", path, body=body, headers=headers,
+                                  preload_content=False, redirect=False,
+                                  assert_same_host=False)
+        try:
+            resp.read(_MAX_ERROR_BODY)
+            if resp.status == 200:
+                return True
+            if resp.status in (409, 412):
+                return False
+            raise Fallback()  # incl. 501 NotImplemented: boto3's path has the fallback
+        finally:
+            resp.release_conn()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # --- SigV4 ----------------------------------------------------------------------------
+    def _path(self, bucket: str, key: str) -> str:
+        return urllib.parse.quote(f"{self.base_path}/{bucket}/{key}", safe=_SAFE)
+
+    def _signing_key(self, secret: str, day: str) -> bytes:
+        cache_key = (secret, day, self.region)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = ("AWS4" + secret).encode()
+            for part in (day, self.region, "s3", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            if len(self._keys) > 8:
+                self._keys.clear()
+            self._keys[cache_key] = key
+        return key
+
+    def _sign(self, method: str, path: str, payload_sha256: str,
+              extra: dict[str, str], now: time.struct_time | None = None) -> dict[str, str]:
+        creds = self._credentials.get_frozen_credentials()
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", now or time.gmtime())
+        day = amz_date[:8]
+        headers = {"host": self.host, "x-amz-date": amz_date,
+                   "x-amz-content-sha256": payload_sha256, **extra}
+        if creds.token:
+            headers["x-amz-security-token"] = creds.token
+        names = sorted(headers)
+        signed = ";".join(names)
+        canonical = "\n".join((
+            method, path, "",
+            "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
+            signed, payload_sha256,
+        ))
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
+                   f"{hashlib.sha256(canonical.encode()).hexdigest()}")
+        signature = hmac.new(self._signing_key(creds.secret_key, day), to_sign.encode(),
+                             hashlib.sha256).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}")
+        return headers
+
+
+def _proxied(endpoint: str) -> bool:
+    """Whether the environment routes ``endpoint`` through an HTTP proxy."""
+    proxies = urllib.request.getproxies()
+    if not proxies:
+        return False
+    url = urllib.parse.urlsplit(endpoint)
+    if urllib.request.proxy_bypass(url.hostname or ""):
+        return False
+    return url.scheme in proxies

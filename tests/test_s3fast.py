@@ -1,0 +1,96 @@
+"""The lean S3 path: signatures identical to botocore's, same outcomes as the boto3 path."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import time
+from typing import Any
+
+import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from etl_engine.errors import PermanentError
+from etl_engine.s3fast import FastS3
+from etl_engine.settings import Settings
+from etl_engine.storage import Storage, make_client
+
+NOW = time.struct_time((2026, 11, 22, 3, 4, 5, 6, 326, 0))
+
+
+def _botocore_auth(monkeypatch: pytest.MonkeyPatch, creds: Credentials, method: str, url: str,
+                   headers: dict[str, str], body: bytes) -> str:
+    fixed = datetime.datetime(2026, 11, 22, 3, 4, 5)
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: fixed)
+    req = AWSRequest(method=method, url=url, headers=headers, data=body)
+    S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(req)
+    return str(req.headers["Authorization"])
+
+
+@pytest.mark.parametrize("token", [None, "session-token"])
+@pytest.mark.parametrize("key", ["raw/StepsRecord/2026/11/01/a.avro", "raw/odd key=+&é/ü~x.avro"])
+def test_signature_matches_botocore(monkeypatch: pytest.MonkeyPatch, token: str | None,
+                                    key: str) -> None:
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    fast = FastS3("https://s3.example.com:9443", "eu-west-1", creds, pool_size=2,
+                  connect_timeout=1, read_timeout=1)
+    path = fast._path("bucket", key)
+    url = "https://s3.example.com:9443" + path
+
+    get = fast._sign("GET", path, hashlib.sha256(b"").hexdigest(), {}, NOW)
+    assert get["authorization"] == _botocore_auth(monkeypatch, creds, "GET", url, {}, b"")
+
+    body = b'{"a": 1}\n'
+    extra = {"content-type": "application/x-ndjson", "if-none-match": "*",
+             "x-amz-meta-message-id": "m-1", "x-amz-meta-record-type": "StepsRecord"}
+    put = fast._sign("PUT", path, hashlib.sha256(body).hexdigest(), extra, NOW)
+    theirs = _botocore_auth(monkeypatch, creds, "PUT", url,
+                            {k.title(): v for k, v in extra.items()}, body)
+    assert put["authorization"] == theirs
+
+
+def test_only_plain_set_ups_get_the_fast_path(settings: Settings,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Storage(make_client(settings)).fast is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert Storage(make_client(settings)).fast is None
+
+
+def test_outcomes_match_the_boto3_path(settings: Settings) -> None:
+    fast = Storage(make_client(settings))
+    slow = Storage(make_client(settings))
+    slow.fast = None
+    data = b"Obj\x01" + bytes(range(256)) * 40
+    key = "raw/StepsRecord/2026/11/01/odd key=+&é ü.avro"
+    fast.client.put_object(Bucket=settings.bucket, Key=key, Body=data)
+    for store in (fast, slow):
+        got = store.download(settings.bucket, key, max_bytes=1 << 20)
+        assert got.body == data and got.sha256 == hashlib.sha256(data).hexdigest()
+        for bad_key, limit, reason in ((key + ".gone", 1 << 20, "object_missing"),
+                                       (key, 100, "object_too_large")):
+            with pytest.raises(PermanentError) as info:
+                store.download(settings.bucket, bad_key, max_bytes=limit)
+            assert info.value.reason == reason
+    meta = {"message-id": "m-1", "record-type": "StepsRecord"}
+    out: dict[str, Any] = {}
+    for name, store in (("fast", fast), ("slow", slow)):
+        rkey = f"training/x/{name} é.jsonl"
+        first = store.put_if_absent(settings.bucket, rkey, b"one\n",
+                                    content_type="application/x-ndjson", metadata=meta)
+        second = store.put_if_absent(settings.bucket, rkey, b"two\n",
+                                     content_type="application/x-ndjson", metadata=meta)
+        head = fast.client.head_object(Bucket=settings.bucket, Key=rkey)
+        out[name] = (first, second, fast.get(settings.bucket, rkey), head["Metadata"],
+                     head["ContentType"])
+    assert out["fast"] == out["slow"] == (True, False, b"one\n", meta, "application/x-ndjson")
+
+
+def test_unhandled_answers_fall_back_to_boto3(settings: Settings) -> None:
+    store = Storage(make_client(settings))
+    assert store.fast is not None
+    with pytest.raises(PermanentError) as info:  # NoSuchBucket: boto3's mapping decides
+        store.download("no-such-bucket-" + settings.bucket, "raw/x.avro", max_bytes=100)
+    assert info.value.reason == "storage_rejected"
