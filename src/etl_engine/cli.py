@@ -195,6 +195,90 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- status, dead letters, quarantine -----------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from etl_engine.status import DEFAULT_SIDECAR, run
+
+    s = _settings()
+    return asyncio.run(run(s, args.sidecar or [DEFAULT_SIDECAR], once=args.once,
+                           interval=args.interval))
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    import orjson
+
+    from etl_engine import dlq
+
+    s = _settings()
+    if args.dlq_command == "list":
+        items, total = asyncio.run(dlq.list_dead_letters(s, limit=args.limit))
+        if args.json:
+            print(orjson.dumps(items).decode())
+            return 0
+        print(f"{total} message(s) in {s.dlq_name}" + (f", showing {len(items)}"
+                                                        if len(items) < total else ""))
+        if items:
+            print(f"{'id':<38} {'reason':<36} {'stage':<9} {'att':>3} {'age':>5}  routing key")
+        for i in items:
+            print(f"{i.id:<38} {i.reason[:36]:<36} {i.stage[:9]:<9} {i.attempts:>3} "
+                  f"{dlq.age(i.dead_lettered_at):>5}  {i.routing_key}")
+        return 0
+    if args.dlq_command == "show":
+        found = asyncio.run(dlq.show(s, args.id, raw=args.raw))
+        if found is None:
+            print(f"etl-engine dlq show: no message {args.id!r} in {s.dlq_name}",
+                  file=sys.stderr)
+            return 1
+        print(orjson.dumps(found, option=orjson.OPT_INDENT_2, default=str).decode())
+        return 0
+    if not args.all and not args.ids:
+        print("etl-engine dlq replay: give message ids or --all", file=sys.stderr)
+        return 2
+    done = asyncio.run(dlq.replay(s, None if args.all else args.ids))
+    for key, rk in done:
+        print(f"replayed {key} -> {s.exchange} {rk}")
+    missing = [] if args.all else sorted(set(args.ids) - {k for k, _ in done})
+    for key in missing:
+        print(f"not found in {s.dlq_name}: {key}", file=sys.stderr)
+    print(f"{len(done)} message(s) replayed")
+    return 1 if missing else 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    import orjson
+
+    from etl_engine import quarantine as q
+    from etl_engine.storage import Storage, make_client
+
+    s = _settings()
+    storage = Storage(make_client(s))
+    if args.q_command == "list":
+        items = q.list_quarantined(storage, s)
+        if args.json:
+            print(orjson.dumps(items).decode())
+            return 0
+        print(f"{len(items)} quarantined file(s) under s3://{s.bucket}/{s.quarantine_prefix}")
+        for i in items:
+            score = "-" if i.quality_score is None else f"{i.quality_score:.2f}"
+            print(f"{i.quarantined_at[:19]:<19} {i.reason[:28]:<28} {i.stage[:9]:<9} "
+                  f"{score:>5}  {i.key}")
+        return 0
+    if args.q_command == "show":
+        try:
+            reason = q.load_reason(storage, s, args.key)
+        except KeyError:
+            print(f"etl-engine quarantine show: no reason file for {args.key!r}",
+                  file=sys.stderr)
+            return 1
+        shown = reason if args.raw else q.masked(reason)
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    results = asyncio.run(q.release(s, storage, args.keys))
+    for key, result in results:
+        print(f"{result}: {key}")
+    return 0 if all(r == "released" for _, r in results) else 1
+
+
 # --- config -----------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     s = _settings()
@@ -238,6 +322,37 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compact", help="merge a month's records into one journal per category")
     comp.add_argument("--month", required=True, help="YYYY-MM")
     comp.set_defaults(fn=cmd_compact)
+
+    st = sub.add_parser("status", help="queue depths, rates and worker figures (live view)")
+    st.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    st.add_argument("--sidecar", action="append", metavar="URL",
+                    help="worker sidecar base URL (repeatable; default http://127.0.0.1:8004)")
+    st.add_argument("--interval", type=float, default=2.0, help="refresh period, seconds")
+    st.set_defaults(fn=cmd_status)
+
+    dl = sub.add_parser("dlq", help="inspect and replay dead-lettered messages")
+    dl_sub = dl.add_subparsers(dest="dlq_command", required=True)
+    dl_list = dl_sub.add_parser("list", help="list (the messages stay in the queue)")
+    dl_list.add_argument("--limit", type=int, default=1000)
+    dl_list.add_argument("--json", action="store_true")
+    dl_show = dl_sub.add_parser("show", help="one message: headers and body (user id hashed)")
+    dl_show.add_argument("id", help="message id (or sha-... from list)")
+    dl_show.add_argument("--raw", action="store_true", help="print the body unmasked")
+    dl_replay = dl_sub.add_parser("replay", help="re-publish to the work exchange, attempt reset")
+    dl_replay.add_argument("ids", nargs="*", metavar="ID")
+    dl_replay.add_argument("--all", action="store_true")
+    dl.set_defaults(fn=cmd_dlq)
+
+    qa = sub.add_parser("quarantine", help="inspect and release quarantined files")
+    qa_sub = qa.add_subparsers(dest="q_command", required=True)
+    qa_list = qa_sub.add_parser("list", help="quarantined files with their reasons")
+    qa_list.add_argument("--json", action="store_true")
+    qa_show = qa_sub.add_parser("show", help="one reason file (user id hashed)")
+    qa_show.add_argument("key", help="quarantine key (with or without the prefix)")
+    qa_show.add_argument("--raw", action="store_true", help="print the user id unmasked")
+    qa_rel = qa_sub.add_parser("release", help="clear dedup, re-publish, delete the copy")
+    qa_rel.add_argument("keys", nargs="+", metavar="KEY")
+    qa.set_defaults(fn=cmd_quarantine)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
