@@ -135,9 +135,13 @@ class Pipeline:
                 claim = await self._claim(msg)
             if claim == "done":
                 return Outcome("duplicate", message=msg)
+            leased = claim == "acquired"
+            if delivery.failed_deliveries > self.s.delivery_limit:
+                # A crash loop. The broker's x-delivery-limit alone does not end it: a lease
+                # wait or retry republishes a fresh copy whose broker count starts at 0.
+                raise PoisonMessage("delivery_limit", stage="consume")
             if claim == "busy":
                 raise LeaseBusy()
-            leased = claim == "acquired"
             self.in_flight.add(msg.idempotency_key)
             t = time.perf_counter()
             with self._stage("download"):

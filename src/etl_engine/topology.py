@@ -19,6 +19,8 @@ ATTEMPT_HEADER = "x-etl-attempt"
 LEASE_WAIT_HEADER = "x-etl-lease-waits"
 REASON_HEADER = "x-etl-reason"
 STAGE_HEADER = "x-etl-stage"
+# Deliveries that ended unsettled (crash, lost connection) over all republished copies.
+FAILED_DELIVERIES_HEADER = "x-etl-failed-deliveries"
 
 
 def work_queue_arguments(settings: Settings) -> dict[str, object]:

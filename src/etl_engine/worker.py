@@ -321,6 +321,9 @@ class Worker:
         self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
     ) -> None:
         headers = dict(delivery.headers)
+        # A republished copy starts a new broker count: carry the total in our header.
+        headers.pop("x-delivery-count", None)
+        headers[FAILED_DELIVERIES_HEADER] = delivery.failed_deliveries
         if outcome.kind == "retry":
             tier = min(delivery.attempt - 1, len(self.s.retry_delays) - 1)
             headers[ATTEMPT_HEADER] = delivery.attempt + 1
