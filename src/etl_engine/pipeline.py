@@ -44,6 +44,7 @@ class Delivery:
     headers: dict[str, Any] = field(default_factory=dict)
     routing_key: str = ""
     attempt: int = 1
+    failed_deliveries: int = 0  # earlier deliveries that ended unsettled (crash loop)
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from etl_engine.sidecar import Sidecar
 from etl_engine.storage import AsyncStorage, Storage, make_client
 from etl_engine.topology import (
     ATTEMPT_HEADER,
+    FAILED_DELIVERIES_HEADER,
     LEASE_WAIT_HEADER,
     REASON_HEADER,
     STAGE_HEADER,
@@ -80,6 +81,16 @@ def _attempt(headers: dict[str, Any]) -> int:
         return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
     except (TypeError, ValueError):
         return 1
+
+
+def _failed_deliveries(headers: dict[str, Any]) -> int:
+    """Unsettled deliveries so far: this copy's (the quorum queue's x-delivery-count) plus
+    those of the copies republished before it (our header)."""
+    total = 0
+    for name in (FAILED_DELIVERIES_HEADER, "x-delivery-count"):
+        with contextlib.suppress(TypeError, ValueError):
+            total += max(0, int(headers.get(name, 0) or 0))
+    return total
 
 
 class Worker:
@@ -267,6 +278,7 @@ class Worker:
             headers=headers,
             routing_key=message.routing_key or "",
             attempt=_attempt(headers),
+            failed_deliveries=_failed_deliveries(headers),
         )
         parent = telemetry.extract(headers)
         # Every log line of this delivery carries these (this task's own context copy);
