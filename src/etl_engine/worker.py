@@ -265,6 +265,9 @@ class Worker:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stop.is_set():
             return  # not acked: returns to the queue when we close
+        if message.redelivered:  # a crash or connection loss returned it (ids only)
+            log.info("message_redelivered", message_id=message.message_id,
+                     delivery_count=(message.headers or {}).get("x-delivery-count"))
         task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
