@@ -110,3 +110,19 @@ def test_result_key_is_deterministic_and_safe(settings) -> None:  # type: ignore
 
 def _boom(**_: object) -> None:
     raise ConnectionResetError("injected")
+
+
+async def test_failed_quarantine_write_dead_letters_instead_of_looping(
+    pipeline: Pipeline, settings
+) -> None:  # type: ignore[no-untyped-def]
+    from etl_engine.errors import PermanentError
+
+    u = upload_bytes(settings, "StepsRecord", "junk.avro", b"not avro at all")
+
+    async def refuse(*_: object, **__: object) -> None:
+        raise PermanentError("storage_rejected", stage="quarantine")
+
+    pipeline.storage.put = refuse  # type: ignore[method-assign]  # fault injection
+    out = await pipeline.run(delivery(u.message()))
+    assert (out.kind, out.reason, out.stage) == ("dead_letter", "quarantine_failed:not_avro",
+                                                 "quarantine")

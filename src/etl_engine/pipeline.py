@@ -269,8 +269,14 @@ class Pipeline:
                                                                                or "decode")
             try:
                 qkey = await self.quarantine(msg, perm)
-            except BaseException as qexc:
-                return await self._settle_error(qexc, msg, delivery)
+            except Exception as qexc:
+                # Writing the quarantine failed. Transient: retry the whole message later.
+                # Anything else (e.g. the target refused it) must not loop: dead-letter.
+                qdisp, qreason = classify(qexc)
+                if qdisp is Disposition.RETRY and delivery.attempt < self.s.max_attempts:
+                    return Outcome("retry", reason=qreason, stage="quarantine", message=msg)
+                return Outcome("dead_letter", reason=f"quarantine_failed:{reason}",
+                               stage="quarantine", message=msg)
             await self._finish(msg, "quarantined")
             report = exc.__cause__.cpu if isinstance(exc.__cause__, _Report) else None
             return Outcome("quarantined", reason=reason, stage=stage, message=msg,
