@@ -114,6 +114,36 @@ def _depth(node: Any, level: int = 0) -> int:
     return level
 
 
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string",
+                         "enum", "fixed"})
+
+
+def _recursive(node: Any, namespace: str = "", enclosing: frozenset[str] = frozenset()) -> bool:
+    """True when a record type refers to itself or to a record it is nested in."""
+    if isinstance(node, str):
+        full = node if "." in node or not namespace else f"{namespace}.{node}"
+        return full in enclosing
+    if isinstance(node, list):
+        return any(_recursive(n, namespace, enclosing) for n in node)
+    if not isinstance(node, dict):
+        return False
+    kind = node.get("type")
+    if kind in ("record", "error"):
+        name = str(node.get("name", ""))
+        ns = str(node.get("namespace") or namespace)
+        full = name if "." in name or not ns else f"{ns}.{name}"
+        inner = full.rsplit(".", 1)[0] if "." in full else ""
+        return any(isinstance(f, dict) and _recursive(f.get("type"), inner, enclosing | {full})
+                   for f in node.get("fields") or [])
+    if kind == "array":
+        return _recursive(node.get("items"), namespace, enclosing)
+    if kind == "map":
+        return _recursive(node.get("values"), namespace, enclosing)
+    if isinstance(kind, dict | list) or (isinstance(kind, str) and kind not in _PRIMITIVES):
+        return _recursive(kind, namespace, enclosing)
+    return False
+
+
 def _inflate_size(data: bytes, cap: int) -> int:
     """Decompressed size of a raw-deflate block, refusing to go past ``cap``."""
     d = zlib.decompressobj(-15)
@@ -157,6 +187,10 @@ def _writer_schema(raw_schema: bytes) -> Any:
         raise _fail("invalid_writer_schema") from None
     if _depth(writer) > MAX_SCHEMA_DEPTH:
         raise _fail("writer_schema_too_deep")
+    if _recursive(writer):
+        # fastavro recurses once per level of nested data, and a self-referencing record
+        # nests as deep as the file is long: 200k levels overflow the C stack (segfault).
+        raise _fail("recursive_writer_schema")
     if len(_WRITERS) >= _CACHE_MAX:
         _WRITERS.clear()
     _WRITERS[raw_schema] = writer
