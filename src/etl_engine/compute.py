@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from etl_engine import avro, telemetry, validation
-from etl_engine.errors import PermanentError, TransientError
+from etl_engine.errors import PermanentError
 from etl_engine.processors import transform
 from etl_engine.record_types import reader_schema
 from etl_engine.stages import DomainConfig, Lineage, TrainingOutput
@@ -95,13 +95,13 @@ class ComputePool:
         self._timeout = timeout_s
         self._executor: Executor = self._new()
 
-    def _new(self) -> Executor:
+    def _new(self, workers: int | None = None) -> Executor:
         if self._processes == 0:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["etl_engine.compute"])
         return ProcessPoolExecutor(
-            max_workers=self._processes,
+            max_workers=workers or self._processes,
             mp_context=ctx,
             initializer=_child_init,
             initargs=(self._memory_limit,),
@@ -125,14 +125,41 @@ class ComputePool:
         except TimeoutError:
             self._restart(executor)
             raise PermanentError("processing_timeout", stage="decode") from None
-        except BrokenProcessPool:
+        except (BrokenProcessPool, asyncio.CancelledError) as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
+                raise  # this task is cancelled (not its work item by a pool restart)
             self._restart(executor)
-            # Could be this file or a neighbour's: retry; the attempt limit ends a repeat.
-            raise TransientError("decoder_crashed", stage="decode") from None
+            # This file or a neighbour crashed the child (or a restart dropped our queued
+            # work): run it again alone, so a crash there is this file's own.
+            result = await self._run_alone(data, lineage, limits, config, processed_at)
         except MemoryError:
             raise PermanentError("resource_limit_exceeded", stage="decode") from None
         telemetry.record_stages(result.stage_ns)  # children of the caller's current span
         return result
+
+    async def _run_alone(
+        self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
+        processed_at: datetime,
+    ) -> CpuResult:
+        """One file in a single-use executor: a crash there is the file's, so quarantine."""
+        alone = self._new(1)
+        fut = asyncio.get_running_loop().run_in_executor(
+            alone, run_cpu_stages, data, lineage, limits, config, processed_at
+        )
+        try:
+            return await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError:
+            raise PermanentError("processing_timeout", stage="decode") from None
+        except BrokenProcessPool:
+            raise PermanentError("decoder_crashed", stage="decode") from None
+        except MemoryError:
+            raise PermanentError("resource_limit_exceeded", stage="decode") from None
+        finally:
+            for pid in list(getattr(alone, "_processes", None) or {}):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            alone.shutdown(wait=False, cancel_futures=True)
 
     def _restart(self, broken: Executor) -> None:
         if broken is not self._executor:
