@@ -58,12 +58,22 @@ class ValidationReport:
     issue_counts: dict[str, int] = field(default_factory=dict)
     passed: bool = True
     quarantine_reason: str | None = None
+    # Set when validation streamed the valid records into a column store (long series,
+    # ``processors/columns.py``) instead of ``valid_records``; ``valid_count`` then counts
+    # them (-1: count ``valid_records``).
+    columns: Any = None
+    valid_count: int = -1
+
+    @property
+    def kept(self) -> int:
+        """How many records passed, wherever they were kept."""
+        return self.valid_count if self.valid_count >= 0 else len(self.valid_records)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "record_type": self.record_type,
             "total_records": self.total_records,
-            "valid_records": len(self.valid_records),
+            "valid_records": self.kept,
             "quality_score": round(self.quality_score, 4),
             "components": {k: round(v, 4) for k, v in sorted(self.components.items())},
             "issue_counts": dict(sorted(self.issue_counts.items())),

@@ -30,11 +30,12 @@ from etl_engine.processors._common import (
     start_ms,
     start_offset_ms,
 )
+from etl_engine.processors.columns import Readings, Samples
 from etl_engine.stages import DomainConfig, Lineage, Record, TrainingOutput, ValidationReport
 from etl_engine.validation import canonical_record_type
 
-__all__ = ["GENERIC_CATEGORY", "PROCESSORS", "compute_statistics", "training_category",
-           "transform"]
+__all__ = ["GENERIC_CATEGORY", "PROCESSORS", "column_sink", "compute_statistics",
+           "training_category", "transform"]
 
 PROCESSORS: dict[str, ModuleType] = {
     "BloodGlucoseRecord": glucose,
@@ -79,6 +80,26 @@ def compute_statistics(
     return compute(records, config)
 
 
+def column_sink(record_type: str) -> Readings | Samples | None:
+    """A column store for validation to stream into, for the types whose files can hold
+    millions of values (CGM readings, heart-rate samples); None: keep records as a list."""
+    rtype = canonical_record_type(record_type)
+    if rtype == "BloodGlucoseRecord":
+        return Readings(glucose.VALUE_KEY)
+    if rtype == "HeartRateRecord":
+        return Samples()
+    return None
+
+
+def _column_statistics(rtype: str, cols: Readings | Samples,
+                       config: DomainConfig) -> dict[str, Any]:
+    if isinstance(cols, Samples):
+        return heart_rate.statistics(cols, config)
+    if rtype == "BloodGlucoseRecord":
+        return glucose.statistics(cols, config)
+    raise TypeError(f"no column statistics for {rtype}")
+
+
 def _bounds(records: list[Record]) -> tuple[int, int, date, date]:
     """Earliest start, latest end, and the local dates of the earliest and latest start."""
     first = last = records[0]
@@ -97,13 +118,13 @@ def _bounds(records: list[Record]) -> tuple[int, int, date, date]:
             local_date(last_s, start_offset_ms(last)))
 
 
-def _warnings(report: ValidationReport, records: list[Record]) -> list[str]:
+def _warnings(report: ValidationReport, valid: int, origins: int) -> list[str]:
     out = []
-    if len(records) < report.total_records:
+    if valid < report.total_records:
         out.append("records_excluded")
     if report.issue_counts.get("missing_zone_offset"):
         out.append("zone_offset_assumed_utc")
-    if len({origin(r) for r in records}) > 1:
+    if origins > 1:
         out.append("multiple_data_origins")
     return out
 
@@ -121,12 +142,19 @@ def transform(
     the local dates from the earliest to the latest record start.
     """
     records = report.valid_records
-    if not records:
+    cols = report.columns
+    if not (len(cols) if cols is not None else records):
         raise ValueError("transform needs at least one valid record")
     rtype = canonical_record_type(report.record_type or lineage.record_type)
     category = training_category(rtype)
-    stats = compute_statistics(rtype, records, config)
-    first_ms, last_ms, first_day, last_day = _bounds(records)
+    if cols is not None:  # streamed: the valid records live in a column store
+        stats = _column_statistics(rtype, cols, config)
+        first_ms, last_ms, first_day, last_day = cols.bounds()
+        valid, origins = len(cols), cols.origin_count()
+    else:
+        stats = compute_statistics(rtype, records, config)
+        first_ms, last_ms, first_day, last_day = _bounds(records)
+        valid, origins = len(records), len({origin(r) for r in records})
     question, answer = narratives.build(
         rtype, stats, first_day=first_day, last_day=last_day, seed=lineage.idempotency_key
     )
@@ -144,9 +172,9 @@ def transform(
         "quality_score": round(report.quality_score, 4),
         "quality_components": {k: round(v, 4) for k, v in sorted(report.components.items())},
         "total_records": report.total_records,
-        "valid_records": len(records),
+        "valid_records": valid,
         "issue_counts": dict(sorted(report.issue_counts.items())),
-        "warnings": _warnings(report, records),
+        "warnings": _warnings(report, valid, origins),
         "statistics": stats,
         "training_category": category,
         "period_date": first_day.isoformat(),

@@ -22,17 +22,26 @@ episodes. Definitions used here:
 
 from __future__ import annotations
 
+import operator
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from itertools import compress, islice, pairwise, repeat
 from typing import Any
 
 from etl_engine.processors._common import (
+    DAY_MS,
     MINUTE_MS,
+    day_from_index,
     mean,
     percentages,
     percentile,
     rnd,
     sample_sd,
 )
-from etl_engine.processors.origins import by_origin, reading_coverage, select_daily
+from etl_engine.processors.columns import Readings
+from etl_engine.processors.origins import choose_origin
 from etl_engine.stages import DomainConfig, Record
 
 VALUE_KEY = "levelInMilligramsPerDeciliter"
@@ -56,7 +65,7 @@ def band_index(level: float) -> int:
     return 4
 
 
-def count_episodes(points: list[tuple[int, float]], threshold: float) -> int:
+def count_episodes(points: Iterable[tuple[int, float]], threshold: float) -> int:
     """Low episodes below ``threshold`` in time-ordered ``(ms, level)`` points (see doc)."""
     episodes = 0
     run_start: int | None = None
@@ -79,32 +88,116 @@ def count_episodes(points: list[tuple[int, float]], threshold: float) -> int:
     return episodes
 
 
-def _points(records: list[Record]) -> list[tuple[int, float]]:
-    """Time-ordered readings, one per timestamp."""
-    out: list[tuple[int, float]] = []
-    last: int | None = None
-    for t, v in sorted([(r["timeEpochMillis"], float(r[VALUE_KEY])) for r in records]):
-        if t != last:
-            out.append((t, v))
-            last = t
-    return out
+def _time_order(times: array, values: array) -> Iterable[int]:
+    """Reading indices in (time, level) order: ``range`` when already so (the usual)."""
+    n = len(times)
+    if not any(t2 < t1 or (t2 == t1 and v2 < v1)
+               for (t1, v1), (t2, v2) in pairwise(zip(times, values, strict=True))):
+        return range(n)
+    order = sorted(range(n), key=times.__getitem__)  # stable; equal times re-sorted below
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and times[order[j]] == times[order[i]]:
+            j += 1
+        if j - i > 1:
+            order[i:j] = sorted(order[i:j], key=values.__getitem__)
+        i = j
+    return order
+
+
+_Selection = tuple[
+    list[tuple[str, str, int]], Sequence[int], Sequence[float], list[Sequence[float]]
+]
+
+
+def _select(cols: Readings, priority: Sequence[str]) -> _Selection:
+    """One origin per local day (most distinct timestamps, or ``priority``).
+
+    Returns the days as (local date, chosen origin, origins present), the chosen readings'
+    times and levels in (time, level) order with one reading per timestamp (the lowest
+    level of a repeated one), and every origin's own levels (one per timestamp).
+    """
+    times, levels, offsets, oids = cols.times, cols.values, cols.offsets, cols.origin_ids
+    names = cols.origins.names
+    distinct = all(map(operator.lt, times, islice(times, 1, None)))
+    coverage: dict[int, dict[int, int]] = {}  # day -> origin -> distinct timestamps
+    if distinct:  # the usual export: time-ordered, no repeats; counted at C speed
+        days = list(map(operator.floordiv, map(operator.add, times, offsets),
+                        repeat(DAY_MS)))
+        for (day, o), count in Counter(zip(days, oids, strict=True)).items():
+            coverage.setdefault(day, {})[o] = count
+    else:
+        order = _time_order(times, levels)
+        last_seen: dict[tuple[int, int], int] = {}
+        for i in order:
+            t = times[i]
+            day = (t + offsets[i]) // DAY_MS
+            o = oids[i]
+            if last_seen.get((day, o)) != t:
+                last_seen[(day, o)] = t
+                per_day = coverage.get(day)
+                if per_day is None:
+                    per_day = coverage[day] = {}
+                per_day[o] = per_day.get(o, 0) + 1
+        del last_seen
+    chosen: dict[int, int] = {}
+    choices: list[tuple[str, str, int]] = []
+    for day in sorted(coverage):
+        cov = {names[o]: float(c) for o, c in coverage[day].items()}
+        name = choose_origin(dict(sorted(cov.items())), priority)
+        chosen[day] = cols.origins.index[name]
+        choices.append((day_from_index(day).isoformat(), name, len(cov)))
+
+    if distinct:
+        if len(names) == 1:
+            return choices, times, levels, [levels]
+        mask = list(map(operator.eq, map(chosen.__getitem__, days), oids))
+        own = [array("d", compress(levels, map(operator.eq, oids, repeat(o))))
+               for o in range(len(names))]
+        return (choices, array("q", compress(times, mask)), array("d", compress(levels, mask)),
+                own)
+
+    pt_times = array("q")
+    values = array("d")
+    own = [array("d") for _ in names]
+    own_last: list[int | None] = [None] * len(names)
+    last_t: int | None = None
+    for i in order:
+        t = times[i]
+        o = oids[i]
+        if own_last[o] != t:
+            own_last[o] = t
+            own[o].append(levels[i])
+        if t != last_t and chosen[(t + offsets[i]) // DAY_MS] == o:
+            last_t = t
+            pt_times.append(t)
+            values.append(levels[i])
+    return choices, pt_times, values, own
 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
     """Consensus glucose metrics over the chosen origin of each day."""
-    choices = select_daily(records, config.origin_priority, reading_coverage)
-    chosen = [r for c in choices for r in c.records]
-    points = _points(chosen)
-    values = [v for _, v in points]
+    return statistics(Readings.from_records(records, VALUE_KEY), config)
+
+
+def statistics(cols: Readings, config: DomainConfig) -> dict[str, Any]:
+    """``compute_statistics`` over column-stored readings (validation streams into them).
+
+    One origin per local day (most distinct timestamps, or ``origin_priority``); readings
+    taken in (time, level) order, one per timestamp (the lowest level of a repeated one).
+    """
+    choices, pt_times, values, own = _select(cols, config.origin_priority)
     n = len(values)
     m = mean(values)
     sd = sample_sd(values, m)
     cv = sd / m * 100 if sd is not None else None
     ordered = sorted(values)
 
-    band_counts = [0] * 5
-    for v in values:
-        band_counts[band_index(v)] += 1
+    # band_index(v) counted over the sorted levels: <54 | <70 | <=180 | <=250 | rest
+    edges = [0, bisect_left(ordered, 54), bisect_left(ordered, 70),
+             bisect_right(ordered, 180), bisect_right(ordered, 250), n]
+    band_counts = [hi - lo for lo, hi in pairwise(edges)]
     shares = percentages(band_counts)
     bands = dict(zip(BAND_NAMES, shares, strict=True))
     below_70 = rnd(shares[0] + shares[1])
@@ -126,11 +219,10 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
     cv_out = rnd(cv)
     variability = None if cv_out is None else ("stable" if cv_out <= CV_STABLE_MAX else "variable")
 
-    per_origin = by_origin(records)
     origins = {}
-    for name in sorted(per_origin):
-        pts = points if len(per_origin) == 1 else _points(per_origin[name])
-        origins[name] = {"readings": len(pts), "mean_mg_dl": rnd(mean([v for _, v in pts]))}
+    for name in sorted(cols.origins.names):
+        vals = own[cols.origins.index[name]]
+        origins[name] = {"readings": len(vals), "mean_mg_dl": rnd(mean(vals))}
 
     days = len(choices)
     return {
@@ -148,12 +240,12 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
         "above_180_percent": above_180,
         "gmi_percent": rnd(3.31 + 0.02392 * m),
         "estimated_a1c_percent": rnd((m + 46.7) / 28.7),
-        "hypo_episodes_below_70": count_episodes(points, 70),
-        "hypo_episodes_below_54": count_episodes(points, 54),
+        "hypo_episodes_below_70": count_episodes(zip(pt_times, values, strict=True), 70),
+        "hypo_episodes_below_54": count_episodes(zip(pt_times, values, strict=True), 54),
         "targets_met": targets,
         "control_assessment": assessment,
         "variability": variability,
         "origins": origins,
-        "origin_by_day": {c.period.isoformat(): c.origin for c in choices},
-        "days_with_multiple_origins": sum(1 for c in choices if len(c.coverage) > 1),
+        "origin_by_day": {day: name for day, name, _ in choices},
+        "days_with_multiple_origins": sum(1 for _, _, present in choices if present > 1),
     }

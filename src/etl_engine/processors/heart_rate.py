@@ -18,20 +18,27 @@ Why these choices:
 
 from __future__ import annotations
 
-from itertools import pairwise
+import operator
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from functools import partial
+from itertools import islice, pairwise
 from typing import Any
 
 from etl_engine.processors._common import (
+    DAY_MS,
     MINUTE_MS,
+    day_from_index,
     iso_utc,
     mean,
     percentages,
     percentile,
     rnd,
     sample_sd,
-    start_ms,
 )
-from etl_engine.processors.origins import by_origin, interval_coverage, select_daily
+from etl_engine.processors.columns import Samples
+from etl_engine.processors.origins import choose_origin, union_length
 from etl_engine.stages import DomainConfig, Record
 
 HR_MAX_BPM = 190
@@ -52,21 +59,38 @@ def zone_index(bpm: float) -> int:
     return i
 
 
-def samples_of(records: list[Record]) -> tuple[list[int], list[float]]:
-    """Time-ordered (times, bpm) of the records' samples, one per timestamp.
+_ZONE_OF = partial(bisect_right, ZONE_BOUNDS_BPM)  # == zone_index, in C
 
-    Parallel lists rather than tuples: a long export has millions of samples.
+
+def samples_of(records: list[Record]) -> tuple[Sequence[int], Sequence[float]]:
+    """Time-ordered (times, bpm) of the records' samples, one per timestamp."""
+    cols = Samples.from_records(records)
+    return _series(cols, range(len(cols)))
+
+
+def _series(cols: Samples, records: Sequence[int]) -> tuple[Sequence[int], Sequence[float]]:
+    """(times, bpm) of the samples of ``records`` (indices into ``cols``): records taken in
+    start order (stable), samples in file order; when that is not strictly increasing in
+    time, re-sorted by (time, bpm) and one sample kept per timestamp.
+
+    Typed arrays rather than lists of objects: a long export has millions of samples.
     """
-    times: list[int] = []
-    bpms: list[float] = []
-    for rec in sorted(records, key=start_ms):
-        for smp in rec["samples"]:
-            times.append(smp["timeEpochMillis"])
-            bpms.append(smp["beatsPerMinute"])
-    if any(a >= b for a, b in pairwise(times)):
+    starts, first = cols.starts, cols.first
+    all_times, all_bpms = cols.sample_times, cols.bpms
+    ordered = sorted(records, key=starts.__getitem__)
+    if len(ordered) == len(cols) and ordered == list(range(len(cols))):
+        times, bpms = all_times, all_bpms  # every record, already in order: no copy
+    else:
+        times = array("q")
+        bpms = array("d")
+        for r in ordered:
+            lo, hi = first[r], first[r + 1]
+            times.extend(all_times[lo:hi])
+            bpms.extend(all_bpms[lo:hi])
+    if not all(map(operator.lt, times, islice(times, 1, None))):  # strictly increasing?
         order = sorted(range(len(times)), key=lambda i: (times[i], bpms[i]))
-        t_out: list[int] = []
-        b_out: list[float] = []
+        t_out = array("q")
+        b_out = array("d")
         last: int | None = None
         for i in order:
             if times[i] != last:
@@ -77,7 +101,7 @@ def samples_of(records: list[Record]) -> tuple[list[int], list[float]]:
     return times, bpms
 
 
-def sample_weights(times: list[int]) -> list[int]:
+def sample_weights(times: Sequence[int]) -> list[int]:
     """Milliseconds each sample stands for (see module doc)."""
     n = len(times)
     if n < 2:
@@ -90,30 +114,64 @@ def sample_weights(times: list[int]) -> list[int]:
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
     """Mean/min/max, resting estimate, time in zones, span, per-origin figures."""
-    choices = select_daily(records, config.origin_priority, interval_coverage)
-    times, bpms = samples_of([r for c in choices for r in c.records])
+    return statistics(Samples.from_records(records), config)
+
+
+def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
+    """``compute_statistics`` over column-stored records (validation streams into them)."""
+    names = cols.origins.names
+    # records by local day of their start, then origin (input order kept)
+    groups: dict[int, dict[int, list[int]]] = {}
+    for r, (s, off, o) in enumerate(zip(cols.starts, cols.offsets, cols.origin_ids,
+                                        strict=True)):
+        groups.setdefault((s + off) // DAY_MS, {}).setdefault(o, []).append(r)
+    chosen_records: list[int] = []
+    choices: list[tuple[str, str, int]] = []  # (local date, origin, origins present)
+    for day in sorted(groups):
+        by_o = groups[day]
+        cov = {names[o]: float(union_length((cols.starts[r], cols.ends[r]) for r in recs))
+               for o, recs in by_o.items()}
+        name = choose_origin(dict(sorted(cov.items())), config.origin_priority)
+        chosen_records.extend(by_o[cols.origins.index[name]])
+        choices.append((day_from_index(day).isoformat(), name, len(by_o)))
+    del groups
+    times, bpms = _series(cols, chosen_records)
     n = len(bpms)
     ordered = sorted(bpms)
     m = mean(bpms)
 
-    weights = sample_weights(times)
-    zone_ms = [0.0] * len(ZONE_NAMES)
-    zone_counts = [0] * len(ZONE_NAMES)
-    for b, w in zip(bpms, weights, strict=True):
-        z = zone_index(b)
-        zone_ms[z] += w
-        zone_counts[z] += 1
+    # time in zones: sample_weights(times) summed per zone_index(bpm), at C speed (the
+    # weights are whole ms, so integer sums equal the float running sums exactly)
+    zone_of = {b: _ZONE_OF(b) for b in set(bpms)}  # a few hundred distinct rates
+    zones = list(map(zone_of.__getitem__, bpms))
+    edges = [0, *(bisect_left(ordered, b) for b in ZONE_BOUNDS_BPM), n]
+    zone_counts = [hi - lo for lo, hi in pairwise(edges)]
+    zone_int = [0] * len(ZONE_NAMES)
+    if n > 1:
+        weights = list(map(operator.sub, islice(times, 1, None), times))
+        cap = SAMPLE_WEIGHT_CAP_MS
+        if max(weights) > cap:
+            weights = [w if w <= cap else cap for w in weights]
+        weights.append(weights[-1])
+        for z, w in zip(zones, weights, strict=True):
+            zone_int[z] += w
+        del weights
+    del zones
+    zone_ms = [float(ms) for ms in zone_int]
     shares = percentages(zone_ms if sum(zone_ms) > 0 else zone_counts)
 
-    per_origin = by_origin(records)
     origins = {}
-    for name in sorted(per_origin):
-        own = bpms if len(per_origin) == 1 else samples_of(per_origin[name])[1]
+    for name in sorted(names):
+        if len(names) == 1:
+            own = bpms
+        else:
+            o = cols.origins.index[name]
+            own = _series(cols, [r for r, x in enumerate(cols.origin_ids) if x == o])[1]
         origins[name] = {"samples": len(own), "mean_bpm": rnd(mean(own))}
 
     return {
         "sample_count": n,
-        "record_count": sum(len(c.records) for c in choices),
+        "record_count": len(chosen_records),
         "days": len(choices),
         "first_sample": iso_utc(times[0]),
         "last_sample": iso_utc(times[-1]),
@@ -132,6 +190,6 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
             name: rnd(ms / MINUTE_MS) for name, ms in zip(ZONE_NAMES, zone_ms, strict=True)
         },
         "origins": origins,
-        "origin_by_day": {c.period.isoformat(): c.origin for c in choices},
-        "days_with_multiple_origins": sum(1 for c in choices if len(c.coverage) > 1),
+        "origin_by_day": {day: name for day, name, _ in choices},
+        "days_with_multiple_origins": sum(1 for _, _, present in choices if present > 1),
     }
