@@ -94,3 +94,84 @@ def test_unhandled_answers_fall_back_to_boto3(settings: Settings) -> None:
     with pytest.raises(PermanentError) as info:  # NoSuchBucket: boto3's mapping decides
         store.download("no-such-bucket-" + settings.bucket, "raw/x.avro", max_bytes=100)
     assert info.value.reason == "storage_rejected"
+
+
+class _Server:
+    """A tiny HTTP/1.1 server answering every request 200 with a fixed body; counts the
+    connections it accepted and can drop a connection after answering (stale keep-alive)."""
+
+    def __init__(self, body: bytes = b"payload") -> None:
+        import socketserver
+        import threading
+
+        outer = self
+        self.connections = 0
+        self.drop_after_answer = False
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    length = 0
+                    while (h := self.rfile.readline()) not in (b"\r\n", b""):
+                        if h.lower().startswith(b"content-length:"):
+                            length = int(h.split(b":")[1])
+                    self.rfile.read(length)
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(body), body))
+                    self.wfile.flush()
+                    if outer.drop_after_answer:
+                        return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _fast(port: int) -> FastS3:
+    return FastS3(f"http://127.0.0.1:{port}", "us-east-1", Credentials("a", "b"),
+                  pool_size=4, connect_timeout=1, read_timeout=2)
+
+
+def test_keep_alive_connections_are_reused_and_stale_ones_retried() -> None:
+    server = _Server()
+    try:
+        fast = _fast(server.port)
+        assert [fast.get("b", f"k{i}", max_bytes=100) for i in range(5)] == [b"payload"] * 5
+        assert server.connections == 1
+        server.drop_after_answer = True  # the idle connection dies under the client
+        assert fast.get("b", "k", max_bytes=100) == b"payload"
+        assert fast.get("b", "k", max_bytes=100) == b"payload"  # stale: retried afresh
+        assert fast.put_if_absent("b", "k", b"x", content_type="a/b", metadata={}) is True
+    finally:
+        server.close()
+
+
+def test_unreachable_server_is_a_transient_storage_error(settings: Settings) -> None:
+    import socket
+
+    from etl_engine.errors import TransientError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    store = Storage(make_client(settings))
+    store.fast = _fast(port)
+    with pytest.raises(TransientError) as info:
+        store.download(settings.bucket, "raw/x.avro", max_bytes=100)
+    assert (info.value.reason, info.value.stage) == ("storage_unavailable", "download")
+    with pytest.raises(TransientError) as info:
+        store.put_if_absent(settings.bucket, "training/x.jsonl", b"x", content_type="a/b",
+                            metadata={})
+    assert (info.value.reason, info.value.stage) == ("storage_unavailable", "write")

@@ -100,6 +100,8 @@ class Storage:
                 raise PermanentError("object_too_large", stage="download") from None
             except s3fast.Incomplete:
                 raise TransientError("download_incomplete", stage="download") from None
+            except s3fast.Unavailable as exc:
+                raise TransientError("storage_unavailable", str(exc), stage="download") from None
             except s3fast.Fallback:
                 pass
             else:
@@ -137,6 +139,8 @@ class Storage:
             try:
                 return fast.put_if_absent(bucket, key, body, content_type=content_type,
                                           metadata=metadata)
+            except s3fast.Unavailable as exc:
+                raise TransientError("storage_unavailable", str(exc), stage="write") from None
             except s3fast.Fallback:
                 pass
         try:
