@@ -103,6 +103,10 @@ def _timed(records: Iterator[Record], acc: list[float]) -> Iterator[Record]:
         yield rec
 
 
+def _noop() -> None:
+    return None
+
+
 def _child_init(memory_limit_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -130,6 +134,13 @@ class ComputePool:
             initializer=_child_init,
             initargs=(self._memory_limit,),
         )
+
+    async def warm(self) -> None:
+        """Start the children now, so the first message does not pay for their start-up."""
+        if self._processes:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._executor, _noop)
+                                   for _ in range(self._processes)))
 
     def child_pids(self) -> list[int]:
         procs = getattr(self._executor, "_processes", None) or {}

@@ -140,6 +140,7 @@ class Worker:
                         hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
         log.info("sidecar_listening", host=self.s.sidecar_host, port=self.state.sidecar_port,
                  worker_id=self.state.worker_id)
+        await self.compute.warm()
         background = [
             asyncio.create_task(self._renew_leases(), name="lease-renewal"),
             asyncio.create_task(self._check_dependencies(), name="dependency-checks"),
