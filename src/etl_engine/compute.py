@@ -103,8 +103,12 @@ def _timed(records: Iterator[Record], acc: list[float]) -> Iterator[Record]:
         yield rec
 
 
-def _noop() -> None:
-    return None
+def _preload() -> None:
+    """Parse every reader schema once, ahead of the first message of each type."""
+    from etl_engine.record_types import SUPPORTED_RECORD_TYPES
+
+    for record_type in SUPPORTED_RECORD_TYPES:
+        reader_schema(record_type)
 
 
 def _child_init(memory_limit_bytes: int) -> None:
@@ -137,10 +141,9 @@ class ComputePool:
 
     async def warm(self) -> None:
         """Start the children now, so the first message does not pay for their start-up."""
-        if self._processes:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(self._executor, _noop)
-                                   for _ in range(self._processes)))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, _preload)
+                               for _ in range(max(self._processes, 1))))
 
     def child_pids(self) -> list[int]:
         procs = getattr(self._executor, "_processes", None) or {}
