@@ -279,6 +279,13 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0 if all(r == "released" for _, r in results) else 1
 
 
+# --- bench ------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from etl_engine import bench
+
+    return bench.run(args)
+
+
 # --- config -----------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     s = _settings()
@@ -286,6 +293,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{name}={value}")
     print("configuration OK", file=sys.stderr)
     return 0
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from etl_engine.bench import add_arguments
+
+    add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     qa_rel = qa_sub.add_parser("release", help="clear dedup, re-publish, delete the copy")
     qa_rel.add_argument("keys", nargs="+", metavar="KEY")
     qa.set_defaults(fn=cmd_quarantine)
+
+    bench_p = sub.add_parser("bench", help="benchmark: decode floor, storage ceiling, the "
+                             "fleet, large files (prints figures; docs/performance.md)")
+    _bench_arguments(bench_p)
+    bench_p.set_defaults(fn=cmd_bench)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)

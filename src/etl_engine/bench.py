@@ -1,0 +1,1076 @@
+"""Benchmark harness: prints figures side by side, it is not a pass/fail test.
+
+    etl-engine bench [--quick]          (or scripts/benchmark.sh [--quick])
+
+One run measures, on this machine and against real RabbitMQ and Redis plus an S3 server
+(a moto server started on a free port unless ``--s3-endpoint`` is given):
+
+1. **decode floor** - plain ``fastavro.reader`` over the sample mix, in process;
+2. **storage ceiling** - GET of an input + conditional PUT of an output with boto3 (the
+   worker's own ``Storage``), same concurrency, from one and from two client processes;
+3. **the fleet** - ``etl-engine worker`` processes (1 and 2, ``ETL_DECODE_PROCESSES`` 0
+   and 1) consuming N messages with unique idempotency keys over the generated sample mix:
+   messages/s from first publish to last settle, CPU seconds per message from
+   ``/proc/PID/stat`` (worker plus its decode children), peak RSS (``VmHWM``), latency
+   publish -> settled at saturation and at about half that rate, exactly-once check;
+4. **ratios** against the floor and the ceiling;
+5. **growth** - large files (1M CGM readings, 1M heart-rate samples and 10k/100k steps),
+   decode+validate+statistics against the decode floor of the same file, each in a fresh
+   subprocess so peak RSS is that of one file.
+
+Everything the run creates uses its own names (exchange, queues, buckets, Redis prefix),
+so a stack running on the same machine is not disturbed; they are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent.parent
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+# Large files are generated once (deterministic seed) and reused from here.
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "etl-bench"
+# generate_large() starts on 2026-11-01 and a 1M-reading CGM export spans ~9.5 years:
+# validate it as of a day after the export's fetch time, not today.
+GROWTH_NOW = datetime(2037, 1, 1, tzinfo=UTC)
+
+
+# --- /proc ---------------------------------------------------------------------------------
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (its own, not its children's)."""
+    try:
+        f = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return 0.0
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def proc_sys_cpu(pid: int) -> float:
+    """System (kernel) CPU seconds of one process."""
+    try:
+        return int(_stat_fields(pid)[12]) / CLK_TCK
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return 0.0
+
+
+def proc_status(pid: int, field_name: str) -> int:
+    """A ``kB`` field of ``/proc/PID/status`` (VmHWM, VmRSS) in kB; 0 if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _all_parents() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                out[int(entry)] = int(_stat_fields(int(entry))[1])
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... (forkserver pool workers are grandchildren)."""
+    parents = _all_parents()
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        cur = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == cur]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def pids_named(*names: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().strip() in names:
+                    out.append(int(entry))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+# --- small helpers ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pctl(values: Sequence[float], p: float) -> float:
+    """Linear-interpolation percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * p / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _parse_ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class MotoServer:
+    """An S3 server of our own (moto), like the test suite's."""
+
+    def __init__(self, log_path: Path) -> None:
+        import urllib.request
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=1)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not start: {log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._log.close()
+
+
+# --- configuration -----------------------------------------------------------------------------
+@dataclass
+class Plan:
+    quick: bool
+    messages: int
+    workers: list[int]
+    decode_processes: list[int]
+    concurrency: int
+    paced_seconds: float
+    growth_sizes: list[int]
+    growth_large: bool
+    floor_seconds: float
+    ceiling_pairs: int
+    profile: bool = False
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = bool(args.quick)
+    return Plan(
+        quick=quick,
+        messages=args.messages or (600 if quick else 5000),
+        workers=[int(w) for w in (args.workers or ("1" if quick else "1,2")).split(",")],
+        decode_processes=[int(d) for d in (
+            args.decode_processes or ("0" if quick else "0,1")).split(",")],
+        concurrency=args.concurrency,
+        paced_seconds=args.paced_seconds or (6.0 if quick else 20.0),
+        growth_sizes=[10_000, 100_000] if quick else [10_000, 100_000, 1_000_000],
+        growth_large=not args.no_growth,
+        floor_seconds=1.0 if quick else 3.0,
+        ceiling_pairs=args.ceiling_pairs or (300 if quick else 1200),
+        profile=bool(args.profile),
+    )
+
+
+def base_env(plan: Plan, s3_url: str, amqp: str, redis_url: str) -> dict[str, str]:
+    rid = plan.run_id
+    return {
+        "ETL_AMQP_URL": amqp,
+        "ETL_EXCHANGE": f"bench.{rid}.exchange",
+        "ETL_QUEUE": f"bench.{rid}.work",
+        "ETL_S3_ENDPOINT_URL": s3_url,
+        "ETL_S3_ACCESS_KEY_ID": "test",
+        "ETL_S3_SECRET_ACCESS_KEY": "test",
+        "ETL_BUCKET": f"bench-{rid}-in",
+        "ETL_ALLOWED_BUCKETS": f"bench-{rid}-in",
+        "ETL_DEDUP_URL": redis_url,
+        "ETL_DEDUP_PREFIX": f"bench:{rid}",
+        "ETL_CONCURRENCY": str(plan.concurrency),
+        "ETL_LOG_LEVEL": "INFO",
+        "ETL_LOG_FORMAT": "json",
+        "ETL_OTLP_ENDPOINT": "",
+        "ETL_USER_ID_HASH_KEY": "bench",
+        "ETL_SIDECAR_HOST": "127.0.0.1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+# --- 1. decode floor ---------------------------------------------------------------------------
+def decode_floor(files: list[tuple[str, bytes]], seconds: float) -> dict[str, Any]:
+    """Plain fastavro over the mix; also the worker's CPU stages over the same bytes."""
+    import fastavro
+
+    from etl_engine.compute import Limits, run_cpu_stages
+    from etl_engine.stages import DomainConfig, Lineage
+
+    def floor_once() -> None:
+        for _, data in files:
+            for _rec in fastavro.reader(io.BytesIO(data)):
+                pass
+
+    limits = Limits(2_000_000, 512 * 1024 * 1024)
+    config = DomainConfig()
+
+    def stages_once() -> None:
+        now = datetime.now(UTC)
+        for rt, data in files:
+            lin = Lineage("b", "raw/x.avro", "m", "c", rt, "bench")
+            out = run_cpu_stages(data, lin, limits, config, now)
+            if out.output is None:
+                raise RuntimeError(f"sample did not pass: {out.quarantine_reason}")
+
+    def timed(fn: Any) -> float:
+        fn()  # warm
+        loops = 0
+        cpu0 = time.thread_time()
+        t0 = time.perf_counter()
+        while loops < 3 or time.perf_counter() - t0 < seconds:
+            fn()
+            loops += 1
+        return (time.thread_time() - cpu0) / (loops * len(files))
+
+    floor = timed(floor_once)
+    stages = timed(stages_once)
+    return {"files": len(files), "floor_ms_per_file": floor * 1000,
+            "floor_files_per_s": 1 / floor, "stages_ms_per_file": stages * 1000}
+
+
+# --- 2. storage ceiling ------------------------------------------------------------------------
+def _ceiling_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One client process: ``pairs`` GET+PUT pairs on ``concurrency`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    s = load_settings()
+    store = Storage(make_client(s, pool=spec["concurrency"]))
+    keys: list[str] = spec["keys"]
+    body = b"x" * spec["out_bytes"]
+    tag = spec["tag"]
+
+    def pair(i: int) -> None:
+        store.download(s.bucket, keys[i % len(keys)], max_bytes=s.max_object_bytes)
+        store.put_if_absent(spec["out_bucket"], f"training/ceiling/{tag}-{i}.jsonl", body,
+                            content_type="application/x-ndjson",
+                            metadata={"message-id": str(i), "record-type": "bench"})
+
+    with ThreadPoolExecutor(spec["concurrency"]) as pool:
+        list(pool.map(pair, range(min(20, spec["pairs"]))))  # warm the connection pool
+        while time.time() < spec["start_at"]:
+            time.sleep(0.005)
+        cpu0 = proc_cpu(os.getpid())
+        t0 = time.time()
+        list(pool.map(pair, range(20, 20 + spec["pairs"])))
+        t1 = time.time()
+    return {"start": t0, "end": t1, "pairs": spec["pairs"],
+            "cpu_s": proc_cpu(os.getpid()) - cpu0}
+
+
+def storage_ceiling(env: dict[str, str], keys: list[str], out_bucket: str, out_bytes: int,
+                    concurrency: int, processes: int, pairs: int,
+                    moto_pid: int | None) -> dict[str, Any]:
+    start_at = time.time() + 3.0
+    procs = []
+    for p in range(processes):
+        spec = {"keys": keys, "out_bucket": out_bucket, "out_bytes": out_bytes,
+                "concurrency": concurrency, "pairs": pairs, "start_at": start_at,
+                "tag": f"{processes}-{p}-{uuid.uuid4().hex[:6]}"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "etl_engine.bench", "_ceiling", json.dumps(spec)],
+            env={**os.environ, **env}, stdout=subprocess.PIPE, text=True))
+    moto0 = proc_cpu(moto_pid) if moto_pid else 0.0
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError("storage ceiling client failed")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    moto_cpu = (proc_cpu(moto_pid) - moto0) if moto_pid else 0.0
+    total = sum(r["pairs"] for r in results)
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return {"processes": processes, "concurrency": concurrency, "pairs": total,
+            "pairs_per_s": total / wall,
+            "client_cpu_ms_per_pair": 1000 * sum(r["cpu_s"] for r in results) / total,
+            "server_cpu_ms_per_pair": 1000 * moto_cpu / total if moto_pid else None}
+
+
+# --- 3. the fleet ------------------------------------------------------------------------------
+@dataclass
+class Input:
+    record_type: str
+    key: str
+    size: int
+    sha256: str
+
+
+class WorkerProc:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "etl_engine.cli", "worker"],
+            env={**os.environ, **env, "ETL_SIDECAR_PORT": str(self.port)},
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                url = f"http://127.0.0.1:{self.port}/ready"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def tree(self) -> list[int]:
+        return [self.pid, *descendants(self.pid)]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+    def settled(self) -> dict[str, tuple[float, str]]:
+        """message id -> (settle time, outcome) from the worker's JSON log."""
+        out: dict[str, tuple[float, str]] = {}
+        for line in self.log_path.read_bytes().splitlines():
+            if b'"message_settled"' not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                ev = json.loads(line)
+                out[ev["message_id"]] = (_parse_ts(ev["timestamp"]), ev["outcome"])
+        return out
+
+
+def _message(inp: Input, bucket: str, ikey: str, message_id: str) -> dict[str, Any]:
+    return {
+        "idempotency_key": ikey,
+        "bucket": bucket,
+        "key": inp.key,
+        "record_type": inp.record_type,
+        "user_id": "bench-user",
+        "correlation_id": message_id,
+        "upload_timestamp_utc": datetime.now(UTC).isoformat(),
+        "content_hash": inp.sha256,
+        "file_size_bytes": inp.size,
+        "message_id": message_id,
+    }
+
+
+class Fleet:
+    """Publishes to, and watches, one set of workers."""
+
+    def __init__(self, env: dict[str, str], inputs: list[Input], in_bucket: str) -> None:
+        self.env = env
+        self.inputs = inputs
+        self.in_bucket = in_bucket
+
+    async def publish(self, tag: str, n: int, rate: float | None) -> dict[str, float]:
+        """Publish ``n`` messages (paced at ``rate``/s if given); message id -> send time."""
+        import aio_pika
+
+        from etl_engine.messages import routing_key
+        from etl_engine.settings import load_settings
+        from etl_engine.topology import declare
+
+        s = load_settings(**{k[4:].lower(): v for k, v in self.env.items()
+                             if k.startswith("ETL_") and k != "ETL_SIDECAR_PORT"})
+        sent: dict[str, float] = {}
+        conn = await aio_pika.connect(s.amqp_url.get_secret_value(), timeout=10)
+        async with conn:
+            channel = await conn.channel(publisher_confirms=True)
+            exchange = (await declare(channel, s)).exchange
+            window = asyncio.Semaphore(256)
+            pending: set[asyncio.Task[None]] = set()
+
+            async def one(body: dict[str, Any]) -> None:
+                try:
+                    await exchange.publish(
+                        aio_pika.Message(
+                            body=json.dumps(body).encode(), content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            message_id=body["message_id"]),
+                        routing_key=routing_key(body["record_type"]), mandatory=True)
+                finally:
+                    window.release()
+
+            start = time.monotonic()
+            for i in range(n):
+                if rate:
+                    delay = start + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await window.acquire()
+                inp = self.inputs[i % len(self.inputs)]
+                mid = f"{tag}-{i:06d}"
+                body = _message(inp, self.in_bucket, f"{tag}-ik-{i:06d}", mid)
+                sent[mid] = time.time()
+                task = asyncio.create_task(one(body))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+        return sent
+
+    async def wait_settled(self, ids: list[str], timeout: float) -> dict[str, str]:
+        from etl_engine.dedup import RedisDedup
+
+        store = RedisDedup(self.env["ETL_DEDUP_URL"], self.env["ETL_DEDUP_PREFIX"])
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                missing = [m for m in ids if m not in seen]
+                if not missing:
+                    break
+                for i in range(0, len(missing), 2000):
+                    seen.update(await store.outcomes(missing[i:i + 2000]))
+                if len(seen) < len(ids):
+                    await asyncio.sleep(0.25)
+        finally:
+            await store.close()
+        return seen
+
+
+def _results(env: dict[str, str], bucket: str) -> list[str]:
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
+                      s3_secret_access_key="test")
+    return list(Storage(make_client(s)).list_keys(bucket, "training/"))
+
+
+def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
+              workers: int, decode_processes: int, moto_pid: int | None) -> dict[str, Any]:
+    """One setting: start the workers, warm up, saturate, pace at half rate, check."""
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    tag = f"w{workers}d{decode_processes}"
+    out_bucket = f"bench-{plan.run_id}-{tag}"
+    env = {**env0, "ETL_BUCKET": out_bucket,
+           "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"],
+           "ETL_DECODE_PROCESSES": str(decode_processes)}
+    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
+                      s3_secret_access_key="test")
+    Storage(make_client(s)).ensure_bucket(out_bucket)
+    fleet = Fleet(env, inputs, env0["ETL_BUCKET"])
+    procs = [WorkerProc(env, workdir / f"{tag}-worker-{i + 1}.log") for i in range(workers)]
+    try:
+        for p in procs:
+            p.wait_ready()
+        # warm-up: imports, connections, decode children, branch predictors of the mind
+        warm = asyncio.run(fleet.publish(f"{plan.run_id}-{tag}-warm", 4 * len(inputs), None))
+        got = asyncio.run(fleet.wait_settled(list(warm), 120))
+        if len(got) != len(warm) or set(got.values()) != {"processed"}:
+            raise RuntimeError(f"warm-up: {Counter(got.values())} of {len(warm)}; see "
+                               f"{procs[0].log_path}")
+
+        others = {"rabbitmq": pids_named("beam.smp"), "redis": pids_named("redis-server")}
+        if moto_pid:
+            others["s3 server"] = [moto_pid]
+        cpu0 = {pid: proc_cpu(pid) for p in procs for pid in p.tree()}
+        sys0 = {pid: proc_sys_cpu(pid) for p in procs for pid in p.tree()}
+        oth0 = {k: sum(proc_cpu(x) for x in v) for k, v in others.items()}
+        harness0 = proc_cpu(os.getpid())
+        spies = [start_profile(p.pid, workdir / f"{tag}-worker-{i + 1}.pyspy.txt")
+                 for i, p in enumerate(procs)] if plan.profile else []
+        n = plan.messages
+        sat_tag = f"{plan.run_id}-{tag}-sat"
+        sent = asyncio.run(fleet.publish(sat_tag, n, None))
+        outcomes = asyncio.run(fleet.wait_settled(list(sent), 120 + n / 2))
+        trees = {p.pid: p.tree() for p in procs}
+        cpu1 = {pid: proc_cpu(pid) for p in procs for pid in trees[p.pid]}
+        sys1 = {pid: proc_sys_cpu(pid) for p in procs for pid in trees[p.pid]}
+        oth1 = {k: sum(proc_cpu(x) for x in v) for k, v in others.items()}
+        harness_cpu = proc_cpu(os.getpid()) - harness0
+        profile = stop_profile(spies)
+        settled: dict[str, tuple[float, str]] = {}
+        for p in procs:
+            settled.update(p.settled())
+        sat_done = [settled[m][0] for m in sent if m in settled]
+        first = min(sent.values())
+        last = max(sat_done) if sat_done else time.time()
+        throughput = len(sat_done) / (last - first)
+        sat_lat = [(settled[m][0] - t) * 1000 for m, t in sent.items() if m in settled]
+
+        per_worker = []
+        for p in procs:
+            main_cpu = cpu1.get(p.pid, 0) - cpu0.get(p.pid, 0)
+            kids = [x for x in trees[p.pid] if x != p.pid]
+            kid_cpu = sum(cpu1.get(x, 0) - cpu0.get(x, 0) for x in kids)
+            hwm_kids = [proc_status(x, "VmHWM") for x in kids]
+            big_kids = [h for h in hwm_kids if h > 20_000]  # pool workers, not helpers
+            per_worker.append({
+                "pid": p.pid,
+                "main_cpu_s": main_cpu, "children_cpu_s": kid_cpu,
+                "main_hwm_mb": proc_status(p.pid, "VmHWM") / 1024,
+                "decode_child_hwm_mb": max(big_kids, default=0) / 1024,
+                "tree_hwm_mb": (proc_status(p.pid, "VmHWM") + sum(hwm_kids)) / 1024,
+                "children": len(kids),
+            })
+        fleet_cpu = sum(w["main_cpu_s"] + w["children_cpu_s"] for w in per_worker)
+        fleet_sys = sum(sys1.get(x, 0) - sys0.get(x, 0) for t in trees.values() for x in t)
+
+        # paced at about half the saturation rate
+        rate = max(1.0, throughput / 2)
+        n_paced = max(20, int(rate * plan.paced_seconds))
+        paced_tag = f"{plan.run_id}-{tag}-paced"
+        paced_sent = asyncio.run(fleet.publish(paced_tag, n_paced, rate))
+        paced_out = asyncio.run(fleet.wait_settled(list(paced_sent), 120))
+        settled = {}
+        for p in procs:
+            settled.update(p.settled())
+        paced_lat = [(settled[m][0] - t) * 1000 for m, t in paced_sent.items() if m in settled]
+        for w, p in zip(per_worker, procs, strict=True):
+            w["main_hwm_mb"] = proc_status(p.pid, "VmHWM") / 1024
+    finally:
+        for p in procs:
+            p.stop()
+
+    # exactly once: one result object per accepted message, nothing else
+    keys = _results(env, out_bucket)
+    stems = Counter(k.rsplit("/", 1)[-1].removesuffix(".jsonl") for k in keys)
+    expected = {f"{sat_tag}-ik-{i:06d}" for i in range(n)} | {
+        f"{paced_tag}-ik-{i:06d}" for i in range(n_paced)} | {
+        f"{plan.run_id}-{tag}-warm-ik-{i:06d}" for i in range(4 * len(inputs))}
+    lost = len(expected - set(stems))
+    duplicated = sum(c - 1 for c in stems.values() if c > 1) + len(set(stems) - expected)
+    all_out = Counter(outcomes.values()) + Counter(paced_out.values())
+    return {
+        "setting": tag, "workers": workers, "decode_processes": decode_processes,
+        "concurrency": plan.concurrency, "messages": n, "paced_messages": n_paced,
+        "throughput_msg_s": throughput, "elapsed_s": last - first,
+        "cpu_ms_per_msg": 1000 * fleet_cpu / n,
+        "cpu_ms_per_msg_main": 1000 * sum(w["main_cpu_s"] for w in per_worker) / n,
+        "cpu_ms_per_msg_children": 1000 * sum(w["children_cpu_s"] for w in per_worker) / n,
+        "cpu_ms_per_msg_system": 1000 * fleet_sys / n,
+        "other_cpu_ms_per_msg": {k: 1000 * (oth1[k] - oth0[k]) / n for k in others},
+        "harness_cpu_ms_per_msg": 1000 * harness_cpu / n,
+        "per_worker": per_worker,
+        "saturation_latency_ms": {"p50": pctl(sat_lat, 50), "p95": pctl(sat_lat, 95),
+                                  "p99": pctl(sat_lat, 99)},
+        "paced_rate_msg_s": rate,
+        "paced_latency_ms": {"p50": pctl(paced_lat, 50), "p95": pctl(paced_lat, 95),
+                             "p99": pctl(paced_lat, 99)},
+        "outcomes": dict(all_out),
+        "results": len(keys), "expected_results": len(expected),
+        "lost": lost, "duplicated": duplicated,
+        "profile": profile,
+    }
+
+
+# --- profiling (py-spy) -------------------------------------------------------------------------
+# Where a worker's CPU goes, by the outermost library or module a sampled stack is in.
+PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("decode (fastavro + avro.py)", ("fastavro", "etl_engine/avro.py")),
+    ("validate", ("etl_engine/validation.py",)),
+    ("statistics + narrative", ("etl_engine/processors", "etl_engine/narratives.py")),
+    ("process-pool IPC", ("concurrent/futures/process.py", "multiprocessing/")),
+    ("S3 client (boto3/botocore/urllib3)", ("botocore", "boto3", "urllib3", "s3transfer")),
+    ("AMQP (aio-pika/aiormq/pamqp)", ("aio_pika", "aiormq", "pamqp")),
+    ("Redis client", ("redis/",)),
+    ("logging (structlog)", ("structlog", "etl_engine/logs.py", "logging/")),
+    ("metrics + tracing", ("prometheus_client", "opentelemetry", "etl_engine/telemetry.py",
+                           "etl_engine/metrics.py")),
+    ("message parse (pydantic)", ("pydantic", "etl_engine/messages.py")),
+    ("result JSON (orjson)", ("orjson",)),
+    ("pipeline/worker code", ("etl_engine/pipeline.py", "etl_engine/worker.py",
+                              "etl_engine/compute.py", "etl_engine/storage.py",
+                              "etl_engine/dedup.py")),
+    ("event loop + threads", ("asyncio/", "threading.py", "concurrent/futures/thread.py",
+                              "selectors.py")),
+]
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return None
+    return subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--gil",
+         "--rate", "250", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spies: list[subprocess.Popen[bytes] | None]) -> dict[str, Any] | None:
+    import signal
+
+    outs = []
+    for spy in spies:
+        if spy is None:
+            continue
+        spy.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(30)
+        outs.append(Path(spy.args[-1]))  # type: ignore[index]
+    if not outs:
+        return None
+    buckets: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    for path in outs:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            total += n
+            leaves[frames[-1]] += n
+            buckets[_bucket(frames)] += n
+    return {"samples": total, "files": [str(p) for p in outs],
+            "by_area": {k: v / total for k, v in buckets.most_common()} if total else {},
+            "top_leaves": {k: v / total for k, v in leaves.most_common(25)} if total else {}}
+
+
+def _bucket(frames: list[str]) -> str:
+    """The deepest frame that belongs to a known area decides (innermost library wins)."""
+    for frame in reversed(frames):
+        for name, needles in PROFILE_BUCKETS:
+            if any(n in frame for n in needles):
+                return name
+    return "other"
+
+
+# --- 5. growth ---------------------------------------------------------------------------------
+GROWTH_FILES = [
+    # (label, record type, records, samples per record, readings/samples)
+    ("cgm", "BloodGlucoseRecord", 1, "readings"),
+    ("heart_rate", "HeartRateRecord", 1000, "samples"),
+    ("steps", "StepsRecord", 1, "records"),
+]
+
+
+def growth_file(cache: Path, record_type: str, n_items: int, per_record: int) -> Path:
+    from etl_engine.samples import generate_large
+
+    cache.mkdir(parents=True, exist_ok=True)
+    n_records = max(1, n_items // per_record)
+    path = cache / f"{record_type}-{n_records}x{per_record}-seed7-null.avro"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        generate_large(tmp, record_type, n_records, seed=7, samples_per_record=per_record)
+        tmp.rename(path)
+    return path
+
+
+def _growth_child(mode: str, record_type: str, path: str) -> dict[str, Any]:
+    """In a fresh process: decode floor or the worker's CPU stages over one file."""
+    import resource
+
+    import fastavro
+
+    if mode != "floor":  # the floor process loads fastavro only
+        from etl_engine.compute import Limits, run_cpu_stages
+        from etl_engine.stages import DomainConfig, Lineage
+
+    base = proc_status(os.getpid(), "VmHWM")  # interpreter + modules
+    data = Path(path).read_bytes()
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    extra: dict[str, Any] = {}
+    if mode == "floor":
+        n = 0
+        for _ in fastavro.reader(io.BytesIO(data)):
+            n += 1
+        extra["records"] = n
+    else:
+        lin = Lineage("b", "raw/x.avro", "m", "c", record_type, "bench")
+        res = run_cpu_stages(data, lin, Limits(2_000_000, 512 * 1024 * 1024), DomainConfig(),
+                             GROWTH_NOW)
+        extra.update(records=res.records, passed=res.output is not None,
+                     reason=res.quarantine_reason,
+                     stages={k: round(v, 3) for k, v in res.timings.items()})
+    return {"mode": mode, "seconds": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0, "file_mb": len(data) / 2**20,
+            "hwm_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "hwm_modules_mb": base / 1024, **extra}
+
+
+def growth_run(mode: str, record_type: str, path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "etl_engine.bench", "_growth", mode, record_type, str(path)],
+        capture_output=True, text=True, timeout=1200, check=False)
+    if out.returncode != 0:
+        return {"mode": mode, "error": out.stderr.strip().splitlines()[-1:]}
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def growth(plan: Plan, cache: Path) -> list[dict[str, Any]]:
+    rows = []
+    for label, rt, per_record, unit in GROWTH_FILES:
+        sizes = plan.growth_sizes if label != "steps" else plan.growth_sizes[:2]
+        for n in sizes:
+            path = growth_file(cache, rt, n, per_record)
+            floor = growth_run("floor", rt, path)
+            full = growth_run("full", rt, path)
+            rows.append({"file": label, "record_type": rt, "items": n, "unit": unit,
+                         "floor": floor, "full": full})
+            _print_growth_row(rows[-1])
+    return rows
+
+
+# --- reporting ---------------------------------------------------------------------------------
+def _f(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None or v != v else f"{v:,.{digits}f}"
+
+
+def _print_growth_row(r: dict[str, Any]) -> None:
+    fl, fu = r["floor"], r["full"]
+    if "error" in fl or "error" in fu:
+        say(f"  {r['file']:<11} {r['items']:>9,} {r['unit']:<8} error: "
+            f"{fl.get('error') or fu.get('error')}")
+        return
+    ratio = fu["seconds"] / fl["seconds"] if fl["seconds"] else float("nan")
+    status = "passed" if fu.get("passed") else f"quarantined:{fu.get('reason')}"
+    cpu_ratio = fu["cpu_s"] / fl["cpu_s"] if fl["cpu_s"] else float("nan")
+    say(f"  {r['file']:<11} {r['items']:>9,} {r['unit']:<8} file {fl['file_mb']:6.1f} MB | "
+        f"floor {fl['seconds']:6.2f} s, peak {fl['hwm_mb']:4.0f} MB | "
+        f"full {fu['seconds']:6.2f} s, peak {fu['hwm_mb']:4.0f} MB "
+        f"(+{fu['hwm_mb'] - fu['hwm_modules_mb']:.0f} over modules) | "
+        f"x{ratio:4.2f} wall, x{cpu_ratio:4.2f} CPU | {status}")
+
+
+def print_fleet(r: dict[str, Any]) -> None:
+    say(f"  [{r['setting']}] workers={r['workers']} ETL_DECODE_PROCESSES="
+        f"{r['decode_processes']} concurrency={r['concurrency']}")
+    say(f"    throughput        {r['throughput_msg_s']:8.1f} msg/s   ({r['messages']} messages"
+        f" in {r['elapsed_s']:.1f} s)")
+    say(f"    worker CPU        {r['cpu_ms_per_msg']:8.2f} ms/msg  (main "
+        f"{r['cpu_ms_per_msg_main']:.2f} + decode children {r['cpu_ms_per_msg_children']:.2f};"
+        f" kernel {r['cpu_ms_per_msg_system']:.2f} of it)")
+    other = "  ".join(f"{k} {v:.2f}" for k, v in r["other_cpu_ms_per_msg"].items())
+    say(f"    other CPU ms/msg  {other}  harness {r['harness_cpu_ms_per_msg']:.2f}")
+    for w in r["per_worker"]:
+        say(f"    worker pid {w['pid']}: peak RSS main {w['main_hwm_mb']:.0f} MB, decode child "
+            f"{w['decode_child_hwm_mb']:.0f} MB, whole tree {w['tree_hwm_mb']:.0f} MB")
+    sl, pl = r["saturation_latency_ms"], r["paced_latency_ms"]
+    say(f"    latency @sat      p50 {_f(sl['p50'], 0)} ms  p95 {_f(sl['p95'], 0)} ms  "
+        f"p99 {_f(sl['p99'], 0)} ms")
+    say(f"    latency @{r['paced_rate_msg_s']:.0f}/s     p50 {_f(pl['p50'])} ms  p95 "
+        f"{_f(pl['p95'])} ms  p99 {_f(pl['p99'])} ms   ({r['paced_messages']} paced)")
+    if r.get("profile"):
+        prof = r["profile"]
+        say(f"    profile ({prof['samples']} samples): " + ", ".join(
+            f"{k} {v:.0%}" for k, v in prof["by_area"].items() if v >= 0.01))
+    say(f"    outcomes          {r['outcomes']}  results {r['results']}/"
+        f"{r['expected_results']}  lost {r['lost']}  duplicated {r['duplicated']}")
+
+
+def summarise(report: dict[str, Any]) -> None:
+    floor = report["decode_floor"]
+    ceil = {c["processes"]: c for c in report["storage_ceiling"]}
+    fleet = report["fleet"]
+    say()
+    say("== summary")
+    say(f"  {'setting':<8} {'msg/s':>7} {'CPU ms/msg':>10} {'RSS MB':>7} {'p50@½':>7} "
+        f"{'p99@½':>7} {'p50@sat':>8} {'p99@sat':>8} {'lost':>5} {'dup':>4}")
+    for r in fleet:
+        rss = max(w["tree_hwm_mb"] for w in r["per_worker"])
+        pl, sl = r["paced_latency_ms"], r["saturation_latency_ms"]
+        say(f"  {r['setting']:<8} {r['throughput_msg_s']:7.1f} {r['cpu_ms_per_msg']:10.2f} "
+            f"{rss:7.0f} {_f(pl['p50']):>7} {_f(pl['p99']):>7} {_f(sl['p50'], 0):>8} "
+            f"{_f(sl['p99'], 0):>8} {r['lost']:>5} {r['duplicated']:>4}")
+    say()
+    say("== ratios")
+    for r in fleet:
+        say(f"  worker CPU / decode floor      [{r['setting']}] {r['cpu_ms_per_msg']:.2f} / "
+            f"{floor['floor_ms_per_file']:.2f} = "
+            f"{r['cpu_ms_per_msg'] / floor['floor_ms_per_file']:.2f}x   (target <= 3x)")
+    for r in fleet:
+        c = ceil.get(r["workers"])
+        if c:
+            say(f"  throughput / storage ceiling   [{r['setting']}] {r['throughput_msg_s']:.1f} /"
+                f" {c['pairs_per_s']:.1f} = {r['throughput_msg_s'] / c['pairs_per_s']:.0%}"
+                f"   (target >= 80% for one worker)")
+    by = {(r["workers"], r["decode_processes"]): r for r in fleet}
+    for d in sorted({r["decode_processes"] for r in fleet}):
+        one, two = by.get((1, d)), by.get((2, d))
+        if one and two:
+            c1, c2 = ceil.get(1), ceil.get(2)
+            allows = (f"; ceiling allows {c2['pairs_per_s'] / c1['pairs_per_s']:.2f}x"
+                      if c1 and c2 else "")
+            say(f"  2 workers / 1 worker           [d{d}] {two['throughput_msg_s']:.1f} / "
+                f"{one['throughput_msg_s']:.1f} = "
+                f"{two['throughput_msg_s'] / one['throughput_msg_s']:.2f}x   "
+                f"(target >= 1.7x{allows})")
+    for g in report.get("growth", []):
+        fl, fu = g["floor"], g["full"]
+        if "seconds" in fl and "seconds" in fu:
+            say(f"  full / decode floor            [{g['file']} {g['items']:,}] "
+                f"{fu['seconds']:.2f} s / {fl['seconds']:.2f} s = "
+                f"{fu['seconds'] / fl['seconds']:.2f}x wall "
+                f"({fu['cpu_s'] / fl['cpu_s']:.2f}x CPU), peak RSS {fu['hwm_mb']:.0f} MB"
+                f"   (target <= 2x, <= 300 MB at 1M)")
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                            "platform": platform.platform()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        info["memory_gb"] = round(int(mem) / 2**20, 1)
+    with contextlib.suppress(Exception):
+        import boto3
+        import fastavro
+
+        info["fastavro"] = fastavro.__version__
+        info["boto3"] = boto3.__version__
+    with contextlib.suppress(Exception):
+        info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short",
+                                         "HEAD"], capture_output=True, text=True,
+                                        check=False).stdout.strip()
+    return info
+
+
+# --- main --------------------------------------------------------------------------------------
+def _inputs(env: dict[str, str], workdir: Path) -> tuple[list[Input], list[tuple[str, bytes]]]:
+    import hashlib
+
+    from etl_engine.samples import generate_samples, iter_sample_files
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    sample_dir = workdir / "samples"
+    generate_samples(sample_dir, seed=7, bad=False)
+    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
+                      s3_secret_access_key="test")
+    store = Storage(make_client(s))
+    bucket = env["ETL_BUCKET"]
+    store.ensure_bucket(bucket)
+    inputs, files = [], []
+    for rt, path in iter_sample_files(sample_dir):
+        data = path.read_bytes()
+        key = f"raw/{rt}/2026/11/01/bench-{path.name}"
+        store.client.put_object(Bucket=bucket, Key=key, Body=data)
+        inputs.append(Input(rt, key, len(data), hashlib.sha256(data).hexdigest()))
+        files.append((rt, data))
+    return inputs, files
+
+
+def _cleanup(env: dict[str, str], buckets: list[str]) -> None:
+    async def broker() -> None:
+        import aio_pika
+
+        from etl_engine.settings import load_settings
+        from etl_engine.topology import delete_all
+
+        s = load_settings(amqp_url=env["ETL_AMQP_URL"], exchange=env["ETL_EXCHANGE"],
+                          queue=env["ETL_QUEUE"])
+        conn = await aio_pika.connect(s.amqp_url.get_secret_value(), timeout=10)
+        async with conn:
+            await delete_all(await conn.channel(), s)
+
+    async def redis() -> None:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(env["ETL_DEDUP_URL"])
+        try:
+            batch: list[bytes] = []
+            async for key in r.scan_iter(match=env["ETL_DEDUP_PREFIX"] + ":*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await r.delete(*batch)
+                    batch = []
+            if batch:
+                await r.delete(*batch)
+        finally:
+            await r.aclose()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(broker())
+    with contextlib.suppress(Exception):
+        asyncio.run(redis())
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
+    started = datetime.now(UTC)
+    t_start = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix=f"etl-bench-{plan.run_id}-"))
+    cache = Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE
+    report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"),
+                              "machine": machine(), "quick": plan.quick,
+                              "command": " ".join(["etl-engine bench", *sys.argv[2:]])
+                              if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
+                              "plan": plan.__dict__}
+    say(f"etl-engine bench {'--quick ' if plan.quick else ''}run {plan.run_id}  "
+        f"{started:%Y-%m-%d %H:%M} UTC  {report['machine'].get('cpu', '?')}, "
+        f"{report['machine']['cpus']} CPUs, {report['machine'].get('memory_gb', '?')} GB")
+    moto = None if args.s3_endpoint else MotoServer(workdir / "moto.log")
+    s3_url = args.s3_endpoint or (moto.url if moto else "")
+    env = base_env(plan, s3_url, os.environ.get("ETL_AMQP_URL", DEFAULT_AMQP),
+                   os.environ.get("ETL_BENCH_REDIS_URL", DEFAULT_REDIS))
+    os.environ.update({k: v for k, v in env.items()})  # for load_settings in this process
+    buckets = [env["ETL_BUCKET"]]
+    try:
+        inputs, files = _inputs(env, workdir)
+        say(f"sample mix: {len(inputs)} files, {sum(i.size for i in inputs) / 1024:.0f} KiB, "
+            f"types {len({i.record_type for i in inputs})}; S3 {s3_url} "
+            f"({'own moto server' if moto else 'given'})")
+
+        say("\n== 1. decode floor (fastavro.reader over the mix, in process)")
+        floor = decode_floor(files, plan.floor_seconds)
+        report["decode_floor"] = floor
+        say(f"  {floor['floor_files_per_s']:8.0f} files/s  {floor['floor_ms_per_file']:6.2f} "
+            f"ms/file   (worker CPU stages in process: {floor['stages_ms_per_file']:.2f} "
+            f"ms/file)")
+
+        say(f"\n== 2. storage ceiling (boto3 GET input + conditional PUT output, "
+            f"{plan.concurrency} threads per client process)")
+        ceiling = []
+        out_bucket = f"bench-{plan.run_id}-ceiling"
+        buckets.append(out_bucket)
+        from etl_engine.settings import load_settings
+        from etl_engine.storage import Storage, make_client
+
+        Storage(make_client(load_settings())).ensure_bucket(out_bucket)
+        for procs in sorted(set(plan.workers)):
+            c = storage_ceiling(env, [i.key for i in inputs], out_bucket, 3000,
+                                plan.concurrency, procs, plan.ceiling_pairs,
+                                moto.proc.pid if moto else None)
+            ceiling.append(c)
+            server = (f", server {c['server_cpu_ms_per_pair']:.2f}"
+                      if c["server_cpu_ms_per_pair"] is not None else "")
+            say(f"  {procs} client process(es): {c['pairs_per_s']:7.1f} GET+PUT/s  "
+                f"(CPU ms/pair: client {c['client_cpu_ms_per_pair']:.2f}{server})")
+        report["storage_ceiling"] = ceiling
+
+        say(f"\n== 3. the fleet ({plan.messages} messages at saturation, then about half "
+            f"that rate for {plan.paced_seconds:.0f} s)")
+        report["fleet"] = []
+        for d in plan.decode_processes:
+            for w in plan.workers:
+                r = run_fleet(plan, env, inputs, workdir, w, d,
+                              moto.proc.pid if moto else None)
+                buckets.append(f"bench-{plan.run_id}-{r['setting']}")
+                report["fleet"].append(r)
+                print_fleet(r)
+
+        report["growth"] = []
+        if plan.growth_large:
+            say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
+                "iterating the file)")
+            report["growth"] = growth(plan, cache)
+        summarise(report)
+    finally:
+        _cleanup(env, buckets)
+        if moto:
+            moto.stop()
+    report["elapsed_s"] = time.monotonic() - t_start
+    say(f"\nelapsed {report['elapsed_s']:.0f} s; logs and samples in {workdir}")
+    out = Path(args.json) if args.json else ROOT / ".run" / f"bench-{plan.run_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    say(f"figures written to {out}")
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    p.add_argument("--messages", type=int, default=0, help="messages per setting (5000)")
+    p.add_argument("--workers", default="", help="worker counts to run, e.g. 1,2")
+    p.add_argument("--decode-processes", default="", help="ETL_DECODE_PROCESSES values, e.g. 0,1")
+    p.add_argument("--concurrency", type=int, default=8, help="ETL_CONCURRENCY per worker")
+    p.add_argument("--paced-seconds", type=float, default=0.0,
+                   help="duration of the half-rate latency run")
+    p.add_argument("--ceiling-pairs", type=int, default=0, help="GET+PUT pairs per client")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the workers with py-spy during the saturation run")
+    p.add_argument("--no-growth", action="store_true", help="skip the large-file runs")
+    p.add_argument("--s3-endpoint", default="", help="use this S3 server instead of moto")
+    p.add_argument("--cache-dir", default="", help=f"large files cache ({DEFAULT_CACHE})")
+    p.add_argument("--json", default="", help="write the figures here (.run/bench-ID.json)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_ceiling"]:
+        print(json.dumps(_ceiling_child(json.loads(argv[1]))))
+        return 0
+    if argv[:1] == ["_growth"]:
+        print(json.dumps(_growth_child(argv[1], argv[2], argv[3])))
+        return 0
+    p = argparse.ArgumentParser(prog="etl-engine bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
