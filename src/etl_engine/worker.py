@@ -359,22 +359,20 @@ class Worker:
             headers["x-etl-original-routing-key"] = delivery.routing_key
             headers["x-etl-dead-lettered-at"] = int(time.time())
             await self._republish(message, self.s.dlq_name, headers)
+        if outcome.kind in FINAL_OUTCOMES:
+            # Recorded before the ack: a crash in between redelivers the message and it is
+            # recorded again when it settles; a crash after the ack would lose it for good.
+            mid = outcome.message.message_id if outcome.message is not None else None
+            if not mid and outcome.kind == "dead_letter":
+                mid = message.message_id
+            if mid:
+                with contextlib.suppress(Exception):
+                    await self.dedup.record_outcomes({mid: outcome.kind}, OUTCOME_TTL_S)
         self.pipeline.faults.hit("before_ack", _key(outcome))
         with telemetry.span(f"ack {self.s.queue}", attributes=telemetry.messaging_attributes(
                 "settle", message.exchange or "", queue=self.s.queue,
                 message_id=message.message_id)):
             await message.ack()
-        if outcome.kind not in FINAL_OUTCOMES:
-            return
-        if outcome.message is not None and outcome.message.message_id:
-            with contextlib.suppress(Exception):
-                await self.dedup.record_outcomes(
-                    {outcome.message.message_id: outcome.kind}, OUTCOME_TTL_S
-                )
-        elif message.message_id and outcome.kind == "dead_letter":
-            with contextlib.suppress(Exception):
-                await self.dedup.record_outcomes({message.message_id: outcome.kind},
-                                                 OUTCOME_TTL_S)
 
     async def _republish(
         self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]
