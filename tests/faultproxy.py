@@ -3,6 +3,13 @@
 Modes: pass-through, added latency, blackhole (accept and forward nothing), reset (cut
 every connection now), refuse (close new connections at once), close after N bytes.
 Runs its own event loop in a thread so synchronous and async tests can both use it.
+
+- ``blackhole`` is a silent partition: a connection that saw it stays dead (data dropped,
+  and a close from the server is *not* passed on), so only the client's own timeouts or
+  heartbeats can notice. Connections opened after it is lifted work normally.
+- ``close_after_bytes`` cuts a connection once that many bytes went to the client
+  (server -> client, e.g. mid-download); ``cuts_left`` bounds how many times (None: always).
+- ``stop()`` / ``start()`` kill and restart the listener on the same port.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ class FaultProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.latency_s = 0.0
+        self.latency_upstream = True  # False: delay only what goes to the client
         self.blackhole = False
         self.refuse = False
         self.close_after_bytes: int | None = None
+        self.cuts_left: int | None = None
+        self.cuts = 0
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -36,11 +46,22 @@ class FaultProxy:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
+                                                  reuse_address=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse:
             writer.transport.abort()
+            return
+        dead = [self.blackhole]  # a blackholed connection never comes back
+        if dead[0]:
+            # Like a partition: the client connects, nothing ever answers.
+            self._writers.add(writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(65536):
+                    pass
+            writer.transport.abort()
+            self._writers.discard(writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -49,29 +70,39 @@ class FaultProxy:
             return
         self.connections += 1
         self._writers.update({writer, up_writer})
-        budget = [self.close_after_bytes]
+        sent_down = [0]
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       downstream: bool) -> None:
             try:
                 while data := await src.read(65536):
                     if self.blackhole:
+                        dead[0] = True
+                    if dead[0]:
                         continue
-                    if self.latency_s:
+                    if self.latency_s and (downstream or self.latency_upstream):
                         await asyncio.sleep(self.latency_s)
-                    if budget[0] is not None:
-                        if len(data) >= budget[0]:
-                            dst.write(data[: budget[0]])
+                    limit = self.close_after_bytes
+                    if downstream and limit is not None and self.cuts_left != 0:
+                        if sent_down[0] + len(data) >= limit:
+                            dst.write(data[: max(limit - sent_down[0], 0)])
+                            self.cuts += 1
+                            if self.cuts_left is not None:
+                                self.cuts_left -= 1
                             raise ConnectionResetError
-                        budget[0] -= len(data)
+                        sent_down[0] += len(data)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
-                for w in (writer, up_writer):
-                    w.transport.abort()
+                if dead[0] and downstream:
+                    up_writer.transport.abort()  # the server hung up: the client never hears
+                else:
+                    for w in (writer, up_writer):
+                        w.transport.abort()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
         self._writers.difference_update({writer, up_writer})
 
     def reset_all(self) -> None:
@@ -83,6 +114,23 @@ class FaultProxy:
             self._writers.clear()
 
         self._call(cut())
+
+    def stop(self) -> None:
+        """Kill the proxy: stop listening and cut every connection (port stays reserved)."""
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for w in list(self._writers):
+                w.transport.abort()
+            self._writers.clear()
+
+        self._call(stop())
+
+    def start(self) -> None:
+        """Listen again on the same port after ``stop()``."""
+        self._call(self._start())
 
     def close(self) -> None:
         async def stop() -> None:
