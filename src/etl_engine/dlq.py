@@ -31,6 +31,7 @@ from etl_engine.topology import (
     LEASE_WAIT_HEADER,
     REASON_HEADER,
     STAGE_HEADER,
+    copy_message,
 )
 
 ROUTING_PREFIX = "health.processing."
@@ -232,16 +233,7 @@ async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, s
                     "publish", settings.exchange, routing_key=rk,
                     message_id=msg.message_id), "etl.replay": True},
             ):
-                copy = aio_pika.Message(
-                    body=msg.body,
-                    headers=headers,
-                    content_type=msg.content_type or "application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=msg.message_id,
-                    correlation_id=msg.correlation_id,
-                    timestamp=msg.timestamp,
-                    priority=msg.priority,
-                )
+                copy = copy_message(msg, headers)
                 await exchange.publish(copy, routing_key=rk, mandatory=True)  # confirmed
             await msg.ack()  # only now: the copy is safely in the work queue
             done.append((key, rk))

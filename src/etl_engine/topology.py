@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from etl_engine.settings import Settings
 
@@ -83,3 +84,17 @@ async def delete_all(channel: AbstractChannel, settings: Settings) -> None:
         await channel.queue_delete(name)
     await channel.exchange_delete(settings.exchange)
     await channel.exchange_delete(settings.dlx_name)
+
+
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """A persistent copy of a delivery with new headers (retry, dead-letter, replay)."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type or "application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        priority=message.priority,
+    )

@@ -71,6 +71,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, Protocol, TypeGuard
 
+from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.stages import DecodedFile, DomainConfig, Record, ValidationReport
 
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -103,14 +104,7 @@ CONSISTENCY_CODES = frozenset(
      "sleep_stage_outside_session", "sample_outside_interval"}
 )
 
-KNOWN_RECORD_TYPES: tuple[str, ...] = (
-    "BloodGlucoseRecord",
-    "HeartRateRecord",
-    "HeartRateVariabilityRmssdRecord",
-    "SleepSessionRecord",
-    "StepsRecord",
-    "ActiveCaloriesBurnedRecord",
-)
+KNOWN_RECORD_TYPES: tuple[str, ...] = SUPPORTED_RECORD_TYPES
 INSTANT_TYPES = frozenset({"BloodGlucoseRecord", "HeartRateVariabilityRmssdRecord"})
 _BY_KEY = {name.lower(): name for name in KNOWN_RECORD_TYPES}
 

@@ -41,6 +41,7 @@ from etl_engine.topology import (
     REASON_HEADER,
     STAGE_HEADER,
     Topology,
+    copy_message,
     declare,
 )
 
@@ -392,16 +393,7 @@ class Worker:
         self, channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage,
         routing_key: str, headers: dict[str, Any],
     ) -> None:
-        out = aio_pika.Message(
-            body=message.body,
-            headers=headers,
-            content_type=message.content_type or "application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
-            priority=message.priority,
-        )
+        out = copy_message(message, headers)
         await channel.default_exchange.publish(out, routing_key=routing_key, mandatory=True)
 
     def _observe(self, outcome: Outcome, seconds: float) -> None:

@@ -31,6 +31,7 @@ from etl_engine.processors._common import (
     start_offset_ms,
 )
 from etl_engine.processors.columns import Readings, Samples
+from etl_engine.record_types import TRAINING_CATEGORY
 from etl_engine.stages import DomainConfig, Lineage, Record, TrainingOutput, ValidationReport
 from etl_engine.validation import canonical_record_type
 
@@ -46,16 +47,7 @@ PROCESSORS: dict[str, ModuleType] = {
     "ActiveCaloriesBurnedRecord": calories,
 }
 
-# Private copy of record_types.TRAINING_CATEGORY (kept here so this pure module has no
-# import-order dependency on the schema-loading module; a test checks they agree).
-_TRAINING_CATEGORY: dict[str, str] = {
-    "BloodGlucoseRecord": "metabolic_diabetes",
-    "HeartRateRecord": "cardiovascular_fitness",
-    "HeartRateVariabilityRmssdRecord": "autonomic_health",
-    "SleepSessionRecord": "sleep_recovery",
-    "StepsRecord": "physical_activity",
-    "ActiveCaloriesBurnedRecord": "energy_metabolism",
-}
+_TRAINING_CATEGORY = TRAINING_CATEGORY
 GENERIC_CATEGORY = "general_health"
 
 
