@@ -736,8 +736,6 @@ def growth_file(cache: Path, record_type: str, n_items: int, per_record: int) ->
 
 def _growth_child(mode: str, record_type: str, path: str) -> dict[str, Any]:
     """In a fresh process: decode floor or the worker's CPU stages over one file."""
-    import resource
-
     import fastavro
 
     if mode != "floor":  # the floor process loads fastavro only
@@ -763,7 +761,9 @@ def _growth_child(mode: str, record_type: str, path: str) -> dict[str, Any]:
                      stages={k: round(v, 3) for k, v in res.timings.items()})
     return {"mode": mode, "seconds": time.perf_counter() - t0,
             "cpu_s": time.process_time() - c0, "file_mb": len(data) / 2**20,
-            "hwm_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # VmHWM, not ru_maxrss: after fork+exec Linux carries the parent's peak into
+            # ru_maxrss, and the parent here is the (larger) harness
+            "hwm_mb": proc_status(os.getpid(), "VmHWM") / 1024,
             "hwm_modules_mb": base / 1024, **extra}
 
 
