@@ -73,7 +73,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, _services_up: None) ->
         raise RuntimeError("moto server did not start in 30 s")
     yield url
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # busy with a large store (the chaos soak)
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture
