@@ -120,8 +120,8 @@ async def test_silent_blackhole_detected_by_heartbeats(chaos: Chaos) -> None:
             assert time.monotonic() - t0 < 60, "a silent partition went unnoticed"
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)
-        proxy.blackhole = False
         healed = time.time()
+        proxy.blackhole = False
         partition_s = time.monotonic() - t0
         await _consumers(chaos, 2, 90)
         chaos.figures.update({"heartbeat_s": 2, "detected_after_s": detected,
