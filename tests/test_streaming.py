@@ -91,3 +91,20 @@ def test_empty_stream_is_an_empty_file() -> None:
     fastavro.writer(buf, writer_schema("HeartRateRecord"), [])
     out = run_cpu_stages(buf.getvalue(), _lineage("HeartRateRecord"), LIMITS, CFG, NOW)
     assert out.quarantine_reason == "empty_file" and out.records == 0
+
+
+@pytest.mark.parametrize("path", [p for t, p in iter_sample_files(ROOT / "samples")
+                                  if t == "HeartRateRecord"], ids=lambda p: p.name)
+def test_heart_rate_counted_order_equals_sorting(path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_engine.processors import heart_rate
+
+    records = list(fastavro.reader(io.BytesIO(path.read_bytes())))
+    counted = heart_rate.compute_statistics(records, CFG)
+    monkeypatch.setattr(heart_rate, "_FEW_DISTINCT", 0)  # force the plain sort
+    assert heart_rate.compute_statistics(records, CFG) == counted
+    order = heart_rate._CountedOrder([3.0, 1.0, 2.0, 2.0, 5.0], {1.0, 2.0, 3.0, 5.0})
+    assert [order[i] for i in range(len(order))] == [1.0, 2.0, 2.0, 3.0, 5.0]
+    assert order[-1] == 5.0
+    with pytest.raises(IndexError):
+        order[5]

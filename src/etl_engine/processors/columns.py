@@ -142,8 +142,8 @@ class Samples:
         self.offsets.append(self._offsets.ms(rec.get("startZoneOffsetId")))
         self.origin_ids.append(self.origins.id(rec["metadata"]["dataOriginPackageName"]))
         samples = rec["samples"]
-        self.sample_times.extend(map(_TIME, samples))
-        self.bpms.extend(map(_BPM, samples))
+        self.sample_times.fromlist(list(map(_TIME, samples)))  # fromlist: faster than extend
+        self.bpms.fromlist(list(map(_BPM, samples)))
         self.first.append(len(self.sample_times))
 
     @classmethod

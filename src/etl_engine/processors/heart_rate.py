@@ -18,12 +18,14 @@ Why these choices:
 
 from __future__ import annotations
 
+import math
 import operator
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial
-from itertools import islice, pairwise
+from itertools import accumulate, chain, compress, islice, repeat
 from typing import Any
 
 from etl_engine.processors._common import (
@@ -60,6 +62,48 @@ def zone_index(bpm: float) -> int:
 
 
 _ZONE_OF = partial(bisect_right, ZONE_BOUNDS_BPM)  # == zone_index, in C
+# bytes.translate tables: zone z -> 1, any other zone -> 0 (a mask for itertools.compress)
+_ZONE_MASKS = [bytes(int(i == z) for i in range(256)) for z in range(len(ZONE_NAMES))]
+_FEW_DISTINCT = 4096
+
+
+class _CountedOrder(Sequence[float]):
+    """The sorted values, held as (value, count) runs: a day of heart rate has millions of
+    samples but a few hundred distinct rates, and sorting the samples is the costly part."""
+
+    def __init__(self, values: Sequence[float], distinct: set[float]) -> None:
+        counts = Counter(values)
+        self._keys = sorted(distinct)
+        self._counts = [counts[k] for k in self._keys]
+        self._ends = list(accumulate(self._counts))  # exclusive run ends
+        self._n = len(values)
+
+    def sample_sd(self, centre: float) -> float | None:
+        """``sample_sd(values, centre)``, bit for bit: the same terms, and ``math.fsum`` is
+        exact, so summing each distinct term ``count`` times gives the same float."""
+        if self._n < 2:
+            return None
+        terms = chain.from_iterable(repeat((k - centre) ** 2, c)
+                                    for k, c in zip(self._keys, self._counts, strict=True))
+        return math.sqrt(math.fsum(terms) / (self._n - 1))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k: int) -> float:  # type: ignore[override]
+        if k < 0:
+            k += self._n
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        return self._keys[bisect_right(self._ends, k)]
+
+
+def _ordered(values: Sequence[float]) -> Sequence[float]:
+    """``sorted(values)``, or the same order as counted runs when few values are distinct."""
+    distinct = set(values)
+    if len(distinct) <= _FEW_DISTINCT:
+        return _CountedOrder(values, distinct)
+    return sorted(values)
 
 
 def samples_of(records: list[Record]) -> tuple[Sequence[int], Sequence[float]]:
@@ -137,15 +181,14 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
     del groups
     times, bpms = _series(cols, chosen_records)
     n = len(bpms)
-    ordered = sorted(bpms)
+    ordered = _ordered(bpms)
     m = mean(bpms)
 
     # time in zones: sample_weights(times) summed per zone_index(bpm), at C speed (the
     # weights are whole ms, so integer sums equal the float running sums exactly)
     zone_of = {b: _ZONE_OF(b) for b in set(bpms)}  # a few hundred distinct rates
-    zones = list(map(zone_of.__getitem__, bpms))
-    edges = [0, *(bisect_left(ordered, b) for b in ZONE_BOUNDS_BPM), n]
-    zone_counts = [hi - lo for lo, hi in pairwise(edges)]
+    zones = bytes(map(zone_of.__getitem__, bpms))
+    zone_counts = [zones.count(z) for z in range(len(ZONE_NAMES))]
     zone_int = [0] * len(ZONE_NAMES)
     if n > 1:
         weights = list(map(operator.sub, islice(times, 1, None), times))
@@ -153,8 +196,10 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
         if max(weights) > cap:
             weights = [w if w <= cap else cap for w in weights]
         weights.append(weights[-1])
-        for z, w in zip(zones, weights, strict=True):
-            zone_int[z] += w
+        present = [z for z, c in enumerate(zone_counts) if c]
+        for z in present[:-1]:
+            zone_int[z] = sum(compress(weights, zones.translate(_ZONE_MASKS[z])))
+        zone_int[present[-1]] = sum(weights) - sum(zone_int)
         del weights
     del zones
     zone_ms = [float(ms) for ms in zone_int]
@@ -178,7 +223,8 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
         "span_minutes": rnd((times[-1] - times[0]) / MINUTE_MS),
         "mean_bpm": rnd(m),
         "median_bpm": rnd(percentile(ordered, 50)),
-        "sd_bpm": rnd(sample_sd(bpms, m)),
+        "sd_bpm": rnd(ordered.sample_sd(m) if isinstance(ordered, _CountedOrder)
+                      else sample_sd(bpms, m)),
         "min_bpm": rnd(ordered[0]),
         "max_bpm": rnd(ordered[-1]),
         "resting_estimate_bpm": rnd(percentile(ordered, RESTING_PERCENTILE)),
