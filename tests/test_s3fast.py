@@ -175,3 +175,52 @@ def test_unreachable_server_is_a_transient_storage_error(settings: Settings) -> 
         store.put_if_absent(settings.bucket, "training/x.jsonl", b"x", content_type="a/b",
                             metadata={})
     assert (info.value.reason, info.value.stage) == ("storage_unavailable", "write")
+
+
+async def test_async_path_outcomes_match(settings: Settings) -> None:
+    from etl_engine.errors import TransientError
+    from etl_engine.storage import AsyncStorage
+
+    store = AsyncStorage(Storage(make_client(settings)), threads=2)
+    try:
+        data = b"Obj\x01" + bytes(range(256)) * 40
+        key = "raw/StepsRecord/2026/11/01/async odd=+&é.avro"
+        store.sync.client.put_object(Bucket=settings.bucket, Key=key, Body=data)
+        got = await store.download(settings.bucket, key, max_bytes=1 << 20)
+        assert store._afast is not None  # the event-loop path was taken
+        assert got.body == data and got.sha256 == hashlib.sha256(data).hexdigest()
+        for bad_key, limit, reason in ((key + ".gone", 1 << 20, "object_missing"),
+                                       (key, 100, "object_too_large")):
+            with pytest.raises(PermanentError) as info:
+                await store.download(settings.bucket, bad_key, max_bytes=limit)
+            assert info.value.reason == reason
+        meta = {"message-id": "m-1", "record-type": "StepsRecord"}
+        rkey = "training/x/async é.jsonl"
+        assert await store.put_if_absent(settings.bucket, rkey, b"one\n",
+                                         content_type="application/x-ndjson", metadata=meta)
+        assert not await store.put_if_absent(settings.bucket, rkey, b"two\n",
+                                             content_type="application/x-ndjson",
+                                             metadata=meta)
+        head = store.sync.client.head_object(Bucket=settings.bucket, Key=rkey)
+        assert head["Metadata"] == meta and store.sync.get(settings.bucket, rkey) == b"one\n"
+        with pytest.raises(PermanentError) as info:  # NoSuchBucket: through boto3
+            await store.download("no-such-bucket-" + settings.bucket, "raw/x", max_bytes=9)
+        assert info.value.reason == "storage_rejected"
+        server = _Server()
+        try:
+            store.sync.fast = _fast(server.port)
+            store._afast = None
+            assert [await store.download("b", f"k{i}", max_bytes=100) for i in range(3)][
+                -1].body == b"payload"
+            assert server.connections == 1  # kept alive
+            server.drop_after_answer = True
+            for _ in range(3):  # the idle connection dies: retried on a fresh one
+                assert (await store.download("b", "k", max_bytes=100)).body == b"payload"
+            server.close()
+            with pytest.raises(TransientError) as terr:
+                await store.put_if_absent("b", "k", b"x", content_type="a/b", metadata={})
+            assert terr.value.reason == "storage_unavailable"
+        finally:
+            server.server.server_close()
+    finally:
+        store.close()

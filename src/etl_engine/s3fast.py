@@ -21,6 +21,7 @@ does it all).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -294,3 +295,168 @@ def _proxied(endpoint: str) -> bool:
     if urllib.request.proxy_bypass(url.hostname or ""):
         return False
     return url.scheme in proxies
+
+
+class AsyncFastS3:
+    """The same two calls on the event loop (asyncio streams): no thread hand-off per call.
+
+    Shares the signing, paths and limits of a ``FastS3``; its own keep-alive connections.
+    Same answers and exceptions as ``FastS3`` (``Fallback``: repeat through boto3).
+    """
+
+    def __init__(self, fast: FastS3) -> None:
+        self._fast = fast
+        conns = fast._conns
+        self._host, self._port = conns._host, conns._port
+        self._ssl = conns._context
+        self._connect_timeout = conns._connect_timeout
+        self._read_timeout = conns._read_timeout
+        self._size = conns._size
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
+        path = self._fast._path(bucket, key)
+        conn, status, headers = await self._send("GET", path, None, EMPTY_SHA256, {})
+        reusable = False
+        try:
+            if status == 200:
+                length = headers.get("content-length")
+                if length is not None and int(length) > max_bytes:
+                    raise TooLarge()
+                try:
+                    body = await self._body(conn[0], headers, max_bytes + 1)
+                except (asyncio.IncompleteReadError, OSError, TimeoutError,
+                        ValueError) as exc:
+                    raise Incomplete() from exc
+                if len(body) > max_bytes:
+                    raise TooLarge()
+                reusable = True
+                return body
+            data = await self._body(conn[0], headers, _MAX_ERROR_BODY)
+            reusable = True
+            if status == 404 and b"<Code>NoSuchKey</Code>" in data:
+                raise Missing()
+            raise Fallback()
+        finally:
+            self._release(conn, headers, reusable)
+
+    async def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                            metadata: dict[str, str]) -> bool:
+        extra = {"content-type": content_type, "if-none-match": "*"}
+        for name, value in metadata.items():
+            if not (name.isascii() and value.isascii()):
+                raise Fallback()
+            extra[f"x-amz-meta-{name.lower()}"] = value
+        path = self._fast._path(bucket, key)
+        conn, status, headers = await self._send("PUT", path, body,
+                                                 hashlib.sha256(body).hexdigest(), extra)
+        reusable = False
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, OSError, TimeoutError,
+                                     ValueError):
+                await self._body(conn[0], headers, _MAX_ERROR_BODY)
+                reusable = True
+            if status == 200:
+                return True
+            if status in (409, 412):
+                return False
+            raise Fallback()
+        finally:
+            self._release(conn, headers, reusable)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()
+
+    # --- HTTP/1.1 on asyncio streams --------------------------------------------------------
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(self._connect_timeout):
+            return await asyncio.open_connection(
+                self._host, self._port, ssl=self._ssl,
+                server_hostname=self._host if self._ssl is not None else None)
+
+    async def _send(
+        self, method: str, path: str, body: bytes | None, payload_sha256: str,
+        extra: dict[str, str],
+    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], int, dict[str, str]]:
+        """One request, up to three times on a network failure before the status line."""
+        for attempt in range(_ATTEMPTS):
+            headers = self._fast._sign(method, path, payload_sha256, extra)
+            if body is not None:
+                headers["content-length"] = str(len(body))
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            request = f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode()
+            reused = bool(self._idle)
+            conn = None
+            try:
+                conn = self._idle.pop() if reused else await self._connect()
+                reader, writer = conn
+                writer.write(request + body if body is not None else request)
+                async with asyncio.timeout(self._read_timeout):
+                    status, resp_headers = await self._head(reader)
+                return conn, status, resp_headers
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                if conn is not None:
+                    conn[1].close()
+                if reused and attempt == 0:
+                    continue  # an idle keep-alive connection the server had closed
+                if attempt + 1 >= _ATTEMPTS:
+                    raise Unavailable(type(exc).__name__) from exc
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise Unavailable("retries exhausted")  # pragma: no cover - loop always returns
+
+    @staticmethod
+    async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+        raw = await reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        version, code = lines[0].split(" ", 2)[:2]
+        if not version.startswith("HTTP/1."):
+            raise ValueError("not an HTTP/1.x response")
+        headers: dict[str, str] = {"_version": version}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        return int(code), headers
+
+    async def _body(self, reader: asyncio.StreamReader, headers: dict[str, str],
+                    limit: int) -> bytes:
+        """The body, up to ``limit`` bytes (a longer one: only its first ``limit`` bytes,
+        and the connection is not reused)."""
+        async with asyncio.timeout(self._read_timeout):
+            length = headers.get("content-length")
+            if length is not None:
+                n = int(length)
+                if n > limit:
+                    headers["_partial"] = "1"
+                    return await reader.readexactly(limit)
+                return await reader.readexactly(n)
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                parts: list[bytes] = []
+                size = 0
+                while True:
+                    chunk = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    if chunk == 0:
+                        await reader.readuntil(b"\r\n")  # no trailers from S3
+                        return b"".join(parts)
+                    if size + chunk > limit:
+                        headers["_partial"] = "1"
+                        parts.append(await reader.readexactly(limit - size))
+                        return b"".join(parts)
+                    parts.append(await reader.readexactly(chunk))
+                    await reader.readexactly(2)
+                    size += chunk
+            headers["_partial"] = "1"  # read to EOF: the connection cannot be reused
+            return await reader.read(limit)
+
+    def _release(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                 headers: dict[str, str], reusable: bool) -> None:
+        keep = (reusable and "_partial" not in headers
+                and headers.get("connection", "").lower() != "close"
+                and headers.get("_version") == "HTTP/1.1"
+                and len(self._idle) < self._size)
+        if keep:
+            self._idle.append(conn)
+        else:
+            conn[1].close()

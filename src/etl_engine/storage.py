@@ -72,6 +72,19 @@ def _transient_or_raise(exc: ClientError, stage: str) -> TransientError:
     raise PermanentError("storage_rejected", _code(exc), stage=stage) from None
 
 
+def _fast_error(exc: Exception, stage: str) -> Exception:
+    """The fast path's answers in the error taxonomy (others propagate unchanged)."""
+    if isinstance(exc, s3fast.Missing):
+        return PermanentError("object_missing", stage=stage)
+    if isinstance(exc, s3fast.TooLarge):
+        return PermanentError("object_too_large", stage=stage)
+    if isinstance(exc, s3fast.Incomplete):
+        return TransientError("download_incomplete", stage=stage)
+    if isinstance(exc, s3fast.Unavailable):
+        return TransientError("storage_unavailable", str(exc), stage=stage)
+    return exc
+
+
 class Storage:
     """Blocking S3 operations with the error taxonomy applied."""
 
@@ -89,21 +102,16 @@ class Storage:
             return None  # tracing on: let the botocore instrumentation see every call
         return self.fast
 
-    def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
-        fast = self._fast()
+    def download(self, bucket: str, key: str, *, max_bytes: int, use_fast: bool = True
+                 ) -> Download:
+        fast = self._fast() if use_fast else None
         if fast is not None:
             try:
                 body = fast.get(bucket, key, max_bytes=max_bytes)
-            except s3fast.Missing:
-                raise PermanentError("object_missing", stage="download") from None
-            except s3fast.TooLarge:
-                raise PermanentError("object_too_large", stage="download") from None
-            except s3fast.Incomplete:
-                raise TransientError("download_incomplete", stage="download") from None
-            except s3fast.Unavailable as exc:
-                raise TransientError("storage_unavailable", str(exc), stage="download") from None
             except s3fast.Fallback:
                 pass
+            except Exception as exc:
+                raise _fast_error(exc, "download") from None
             else:
                 return Download(body=body, size=len(body),
                                 sha256=hashlib.sha256(body).hexdigest())
@@ -131,18 +139,19 @@ class Storage:
         return Download(body=body, size=len(body), sha256=hashlib.sha256(body).hexdigest())
 
     def put_if_absent(
-        self, bucket: str, key: str, body: bytes, *, content_type: str, metadata: dict[str, str]
+        self, bucket: str, key: str, body: bytes, *, content_type: str,
+        metadata: dict[str, str], use_fast: bool = True,
     ) -> bool:
         """Create ``key`` unless it exists. False means another writer got there first."""
-        fast = self._fast()
+        fast = self._fast() if use_fast else None
         if fast is not None:
             try:
                 return fast.put_if_absent(bucket, key, body, content_type=content_type,
                                           metadata=metadata)
-            except s3fast.Unavailable as exc:
-                raise TransientError("storage_unavailable", str(exc), stage="write") from None
             except s3fast.Fallback:
                 pass
+            except Exception as exc:
+                raise _fast_error(exc, "write") from None
         try:
             self.client.put_object(
                 Bucket=bucket,
@@ -234,6 +243,19 @@ class AsyncStorage:
     def __init__(self, storage: Storage, *, threads: int) -> None:
         self.sync = storage
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3")
+        self._afast: s3fast.AsyncFastS3 | None = None
+        self._afast_loop: asyncio.AbstractEventLoop | None = None
+
+    def _async_fast(self) -> s3fast.AsyncFastS3 | None:
+        """The hot-path calls on the event loop itself (no thread hand-off), when the fast
+        path applies; its connections belong to the loop that made them."""
+        fast = self.sync._fast()
+        if fast is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._afast is None or self._afast_loop is not loop:
+            self._afast, self._afast_loop = s3fast.AsyncFastS3(fast), loop
+        return self._afast
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         # run_in_executor does not carry contextvars: copy them, so the S3 client's spans
@@ -243,12 +265,34 @@ class AsyncStorage:
         return await loop.run_in_executor(self._pool, lambda: ctx.run(fn, *args, **kwargs))
 
     async def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
-        dl: Download = await self.call(self.sync.download, bucket, key, max_bytes=max_bytes)
+        dl: Download | None = None
+        afast = self._async_fast()
+        if afast is not None:
+            try:
+                body = await afast.get(bucket, key, max_bytes=max_bytes)
+                dl = Download(body=body, size=len(body),
+                              sha256=hashlib.sha256(body).hexdigest())
+            except s3fast.Fallback:
+                pass
+            except Exception as exc:
+                raise _fast_error(exc, "download") from None
+        if dl is None:
+            dl = await self.call(self.sync.download, bucket, key, max_bytes=max_bytes,
+                                 use_fast=afast is None)
         metrics.BYTES_DOWNLOADED.inc(dl.size)  # counted here: quarantined files count too
         return dl
 
     async def put_if_absent(self, bucket: str, key: str, body: bytes, **kw: Any) -> bool:
-        return await self.call(self.sync.put_if_absent, bucket, key, body, **kw)
+        afast = self._async_fast()
+        if afast is not None:
+            try:
+                return await afast.put_if_absent(bucket, key, body, **kw)
+            except s3fast.Fallback:
+                pass
+            except Exception as exc:
+                raise _fast_error(exc, "write") from None
+        return bool(await self.call(self.sync.put_if_absent, bucket, key, body,
+                                    use_fast=afast is None, **kw))
 
     async def put(self, bucket: str, key: str, body: bytes, **kw: Any) -> None:
         await self.call(self.sync.put, bucket, key, body, **kw)
