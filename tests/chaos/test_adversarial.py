@@ -8,12 +8,13 @@ import uuid
 from typing import Any
 
 import pytest
-from corpus import RssMonitor, file_cases, message_cases
 
-from conftest import Chaos, descendants
 from etl_engine.publisher import Publisher
 from etl_engine.samples import iter_bad_files
 from helpers import SAMPLES
+
+from .corpus import RssMonitor, file_cases, message_cases
+from .harness import Chaos, descendants
 
 pytestmark = pytest.mark.chaos
 

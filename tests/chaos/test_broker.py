@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import pytest
-from services import amqp_up, rabbitmq_guard, rabbitmq_start, rabbitmq_stop
 
-from conftest import Chaos, scale
 from faultproxy import FaultProxy
+
+from .harness import Chaos, scale
+from .services import amqp_up, rabbitmq_guard, rabbitmq_start, rabbitmq_stop
 
 pytestmark = pytest.mark.chaos
 

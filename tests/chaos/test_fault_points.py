@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import Chaos, scale
+from .harness import Chaos, scale
 
 pytestmark = pytest.mark.chaos
 

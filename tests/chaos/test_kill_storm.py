@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import LONG, Chaos, scale
+from .harness import LONG, Chaos, scale
 
 pytestmark = pytest.mark.chaos
 

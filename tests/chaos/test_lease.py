@@ -18,8 +18,9 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import Chaos
 from faultproxy import FaultProxy
+
+from .harness import Chaos
 
 pytestmark = pytest.mark.chaos
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import Chaos, scale
+from .harness import Chaos, scale
 
 pytestmark = pytest.mark.chaos
 

@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 import redis
-from services import redis_guard, redis_start, redis_stop
 
-from conftest import Chaos, scale
+from .harness import Chaos, scale
+from .services import redis_guard, redis_start, redis_stop
 
 pytestmark = pytest.mark.chaos
 

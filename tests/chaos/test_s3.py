@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Chaos, scale
 from faultproxy import FaultProxy
+
+from .harness import Chaos, scale
 
 pytestmark = pytest.mark.chaos
 

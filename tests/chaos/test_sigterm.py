@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Chaos, scale
+from .harness import Chaos, scale
 
 pytestmark = pytest.mark.chaos
 FINAL = {"processed", "duplicate", "quarantined", "dead_letter"}

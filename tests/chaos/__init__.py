@@ -1,0 +1,1 @@
+"""Fault-injection and adversarial-input suite (issue 7): ``scripts/chaos.sh``."""
