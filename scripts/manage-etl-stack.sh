@@ -32,7 +32,8 @@ usage: scripts/manage-etl-stack.sh [--native|--docker] COMMAND [ARGS]
   shell         a shell with .venv and the stack's environment (or in a worker container)
   scale N       run N workers
   load-sample   upload the bundled samples, publish one message each, wait, summarise
-  test          run the test suite (pytest; starts RabbitMQ/Redis if they are down)
+  test [ARGS]   run the tests: pytest, then the fault-injection suite (scripts/chaos.sh);
+                with ARGS, only pytest with them (ETL_TEST_CHAOS=0 skips the chaos suite)
   services      make sure RabbitMQ, Redis and the S3 server are up (native)
   help          this text
 
@@ -278,6 +279,16 @@ run_tests() {
   .venv/bin/python -m pytest "$@"
   local rc=$?
   set -e
+  # With no arguments, the whole suite: then the fault-injection suite (CI variant, ~5 min).
+  # ETL_TEST_CHAOS=0 skips it.
+  if [[ $# -eq 0 && "${ETL_TEST_CHAOS:-1}" != 0 ]]; then
+    say "running the fault-injection suite (scripts/chaos.sh)"
+    set +e
+    "$ROOT/scripts/chaos.sh"
+    local chaos_rc=$?
+    set -e
+    (( rc != 0 )) || rc=$chaos_rc
+  fi
   return $rc
 }
 
