@@ -120,3 +120,29 @@ def settings(test_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type
     s = load_settings()
     Storage(make_client(s)).ensure_bucket(s.bucket)
     return s
+
+
+@pytest.fixture
+async def clean_topology(settings):  # type: ignore[no-untyped-def]
+    """Delete this test's exchanges and queues afterwards."""
+    from helpers import delete_topology
+
+    yield
+    await delete_topology(settings)
+
+
+@pytest.fixture
+async def pipeline(settings):  # type: ignore[no-untyped-def]
+    """A Pipeline on the real S3 server and Redis, decoding in a thread, no broker."""
+    from etl_engine.compute import ComputePool
+    from etl_engine.dedup import open_store
+    from etl_engine.pipeline import Pipeline
+    from etl_engine.storage import AsyncStorage, Storage, make_client
+
+    storage = AsyncStorage(Storage(make_client(settings)), threads=2)
+    dedup = open_store(settings.dedup_url, settings.dedup_prefix)
+    compute = ComputePool(0, 512, 30)
+    yield Pipeline(settings, storage, dedup, compute, owner="test-owner")
+    compute.close()
+    storage.close()
+    await dedup.close()

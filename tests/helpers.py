@@ -184,3 +184,21 @@ class WorkerProcess:
             with contextlib.suppress(orjson.JSONDecodeError):
                 out.append(orjson.loads(line))
         return out
+
+
+def varint(n: int) -> bytes:
+    """Avro's zig-zag varint, for building hostile container files by hand."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def avro_bytes(b: bytes) -> bytes:
+    return varint(len(b)) + b

@@ -13,6 +13,7 @@ import pytest
 from etl_engine.avro import decode, prescan
 from etl_engine.errors import PermanentError
 from etl_engine.record_types import reader_schema, writer_schema
+from helpers import avro_bytes, varint
 
 LIMITS = {"max_records": 100_000, "max_decompressed_bytes": 8 * 1024 * 1024}
 
@@ -89,7 +90,7 @@ def test_decompression_bomb_is_refused_without_inflating_it() -> None:
     header_end = data.index(data[-16:]) + 16  # first occurrence of sync ends the header
     sync = data[-16:]
 
-    bomb = data[:header_end] + _long(1) + _long(len(raw)) + raw + sync
+    bomb = data[:header_end] + varint(1) + varint(len(raw)) + raw + sync
     assert reason(bomb) == "decompression_limit_exceeded"
 
 
@@ -108,7 +109,7 @@ def test_deep_writer_schema_is_refused() -> None:
     meta = json.dumps(node).encode()
     # The header by hand: a map with one entry (avro.schema), then a sync marker.
     data = bytearray(b"Obj\x01")
-    data += _long(1) + _bytes(b"avro.schema") + _bytes(meta) + _long(0) + b"S" * 16
+    data += varint(1) + avro_bytes(b"avro.schema") + avro_bytes(meta) + varint(0) + b"S" * 16
     assert reason(bytes(data)) == "writer_schema_too_deep"
 
 
@@ -131,20 +132,3 @@ def test_prescan_reports_codec_and_schema() -> None:
     schema, codec = prescan(container(steps(), "deflate"), **LIMITS)
     assert codec == "deflate"
     assert schema["name"].endswith("AvroStepsRecord")
-
-
-def _long(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _bytes(b: bytes) -> bytes:
-    return _long(len(b)) + b

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from etl_engine.compact import compact_month
-from helpers import SAMPLES, delete_topology, results, running_worker, storage_for
+from helpers import SAMPLES, results, running_worker, storage_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_topology")]
 
 
 async def etl(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[int, str, str]:
@@ -24,12 +24,6 @@ async def etl(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[in
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
-
-
-@pytest.fixture(autouse=True)
-async def _cleanup(settings):  # type: ignore[no-untyped-def]
-    yield
-    await delete_topology(settings)
 
 
 async def test_load_samples_waits_and_summarises(settings, test_env) -> None:  # type: ignore[no-untyped-def]

@@ -7,29 +7,12 @@ total in ``x-etl-failed-deliveries`` and dead-letters past ``ETL_DELIVERY_LIMIT`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
-import pytest
 
-from etl_engine.compute import ComputePool
-from etl_engine.dedup import open_store
 from etl_engine.pipeline import Delivery, Pipeline
-from etl_engine.storage import AsyncStorage, Storage, make_client
 from etl_engine.topology import FAILED_DELIVERIES_HEADER
 from etl_engine.worker import _failed_deliveries
 from helpers import sample_files, upload
-
-
-@pytest.fixture
-async def pipeline(settings) -> AsyncIterator[Pipeline]:  # type: ignore[no-untyped-def]
-    storage = AsyncStorage(Storage(make_client(settings)), threads=2)
-    dedup = open_store(settings.dedup_url, settings.dedup_prefix)
-    compute = ComputePool(0, 512, 30)
-    yield Pipeline(settings, storage, dedup, compute, owner="test-owner")
-    compute.close()
-    storage.close()
-    await dedup.close()
 
 
 def test_failed_deliveries_add_the_carried_count_and_the_brokers() -> None:

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
-import pytest
 
-from etl_engine.compute import ComputePool
-from etl_engine.dedup import open_store
 from etl_engine.pipeline import Delivery, Pipeline, quarantine_key, result_key
-from etl_engine.storage import AsyncStorage, Storage, make_client
 from helpers import sample_files, upload, upload_bytes
-
-
-@pytest.fixture
-async def pipeline(settings) -> AsyncIterator[Pipeline]:  # type: ignore[no-untyped-def]
-    storage = AsyncStorage(Storage(make_client(settings)), threads=2)
-    dedup = open_store(settings.dedup_url, settings.dedup_prefix)
-    compute = ComputePool(0, 512, 30)
-    yield Pipeline(settings, storage, dedup, compute, owner="test-owner")
-    compute.close()
-    storage.close()
-    await dedup.close()
 
 
 def delivery(body: dict | bytes, attempt: int = 1) -> Delivery:

@@ -13,7 +13,6 @@ import pytest
 
 from helpers import (
     WorkerProcess,
-    delete_topology,
     drain_dlq,
     keys,
     publish,
@@ -27,13 +26,7 @@ from helpers import (
     wait_outcomes,
 )
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def _cleanup(settings):  # type: ignore[no-untyped-def]
-    yield
-    await delete_topology(settings)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_topology")]
 
 
 async def test_happy_path_every_file_gives_one_result(settings) -> None:  # type: ignore[no-untyped-def]

@@ -20,29 +20,13 @@ import fastavro
 
 from etl_engine.avro import MAGIC, SYNC_SIZE, _Cursor, _read_header
 from etl_engine.record_types import writer_schema
+from helpers import avro_bytes, varint
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
 
 
 # --- a minimal Avro container writer ------------------------------------------------------
-def varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def avro_bytes(b: bytes) -> bytes:
-    return varint(len(b)) + b
-
-
 def header(schema: Any, *, codec: str | None = "null", sync: bytes = b"\x5a" * 16,
            extra: dict[str, bytes] | None = None) -> bytes:
     raw = schema if isinstance(schema, bytes) else json.dumps(schema).encode()
