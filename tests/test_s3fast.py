@@ -224,3 +224,10 @@ async def test_async_path_outcomes_match(settings: Settings) -> None:
             server.server.server_close()
     finally:
         store.close()
+
+
+def test_fast_path_can_be_switched_off(settings) -> None:  # type: ignore[no-untyped-def]
+    from etl_engine.storage import Storage, make_client
+
+    assert Storage(make_client(settings)).fast is not None
+    assert Storage(make_client(settings), fast_path=False).fast is None

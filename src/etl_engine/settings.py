@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = SecretStr("")
     s3_connect_timeout_s: float = Field(5.0, gt=0)
     s3_read_timeout_s: float = Field(30.0, gt=0)
+    s3_fast_path: bool = True  # lean signed GET/PUT on the hot path; false: boto3 for all
     bucket: str = "health-data"
     allowed_buckets: str = ""  # empty: only ETL_BUCKET
     raw_prefix: str = "raw/"

@@ -88,11 +88,12 @@ def _fast_error(exc: Exception, stage: str) -> Exception:
 class Storage:
     """Blocking S3 operations with the error taxonomy applied."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, fast_path: bool = True) -> None:
         self.client = client
         # GetObject and the conditional PutObject skip botocore's per-call overhead when
         # the set-up allows it (s3fast); anything unusual is repeated through boto3.
-        self.fast = s3fast.FastS3.from_client(client)
+        # ETL_S3_FAST_PATH=false is the operator's way back to boto3 for every call.
+        self.fast = s3fast.FastS3.from_client(client) if fast_path else None
 
     def _fast(self) -> s3fast.FastS3 | None:
         if self.fast is None:

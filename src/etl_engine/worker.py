@@ -98,7 +98,10 @@ class Worker:
     def __init__(self, settings: Settings, *, dedup: DedupStore | None = None) -> None:
         self.s = settings
         self.state = WorkerState(worker_id=settings.effective_worker_id)
-        self.storage = AsyncStorage(Storage(make_client(settings)), threads=settings.concurrency)
+        self.storage = AsyncStorage(
+            Storage(make_client(settings), fast_path=settings.s3_fast_path),
+            threads=settings.concurrency,
+        )
         self.dedup = dedup or open_store(settings.dedup_url, settings.dedup_prefix)
         self.compute = ComputePool(
             settings.decode_processes, settings.decode_memory_limit_mb, settings.message_timeout_s
