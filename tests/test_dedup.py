@@ -57,6 +57,15 @@ async def test_outcomes_by_message_id(store: DedupStore) -> None:
     assert await store.outcomes([]) == {}
 
 
+async def test_finish_records_the_outcome_in_the_same_call(store: DedupStore) -> None:
+    assert (await store.claim("k", "a", 5000)).state == "acquired"
+    await store.finish("k", "a", "processed", 60, message_id="m9")
+    assert await store.outcomes(["m9"]) == {"m9": "processed"}
+    assert (await store.claim("k", "b", 5000)).outcome == "processed"
+    await store.finish("k2", "a", "duplicate", 60)  # no message id: no outcome record
+    assert await store.outcomes(["m9", ""]) == {"m9": "processed"}
+
+
 async def test_only_one_of_many_concurrent_claims_wins(store: DedupStore) -> None:
     results = await asyncio.gather(*(store.claim("hot", f"o{i}", 5000) for i in range(50)))
     assert sum(r.state == "acquired" for r in results) == 1

@@ -28,6 +28,7 @@ def test_defaults_are_valid() -> None:
         ("ETL_RAW_PREFIX", "../raw"),
         ("ETL_QUALITY_THRESHOLD", "1.5"),
         ("ETL_LOG_FORMAT", "xml"),
+        ("ETL_EVENT_LOOP", "tokio"),
     ],
 )
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: str,
@@ -57,3 +58,13 @@ def test_config_check_command_fails_fast_naming_the_variable() -> None:
 def test_setting_names_are_prefixed_and_unique() -> None:
     names = setting_names()
     assert len(names) == len(set(names)) and all(n.startswith("ETL_") for n in names)
+
+
+def test_event_loop_choice() -> None:
+    import uvloop
+
+    from etl_engine.worker import loop_factory
+
+    assert loop_factory("asyncio") is None
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop

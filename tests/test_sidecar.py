@@ -233,3 +233,4 @@ async def test_worker_process_binds_from_settings_and_drains_via_admin(
         await delete_topology(settings)
     listening = [line for line in w.log_lines() if line.get("event") == "sidecar_listening"]
     assert listening and listening[0]["port"] == w.port and listening[0]["host"] == "127.0.0.1"
+    assert listening[0]["event_loop"] == "uvloop"  # ETL_EVENT_LOOP=auto with uvloop installed

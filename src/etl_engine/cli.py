@@ -48,9 +48,14 @@ def _traced(name: str) -> Callable[[Command], Command]:
 # --- worker -----------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     from etl_engine import logs, telemetry
-    from etl_engine.worker import Worker
+    from etl_engine.worker import Worker, loop_factory
 
     s = _settings()
+    try:
+        factory = loop_factory(s.event_loop)
+    except ConfigError as exc:
+        print(f"etl-engine: {exc}", file=sys.stderr)
+        return 2
     logs.configure(s.log_level, s.log_format, user_hash_key=s.user_id_hash_key.get_secret_value())
     telemetry.configure(s.otlp_endpoint, "etl-worker", instance_id=s.effective_worker_id)
 
@@ -59,7 +64,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await worker.run()
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
     finally:
         telemetry.shutdown()
     return 0

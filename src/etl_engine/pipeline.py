@@ -61,6 +61,7 @@ class Outcome:
     bytes_in: int = 0
     bytes_out: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    recorded: bool = False  # the outcome record by message id was written with the done marker
 
 
 def result_key(settings: Settings, category: str, day: Any, idempotency_key: str) -> str:
@@ -166,7 +167,7 @@ class Pipeline:
             outcome.bytes_in = dl.size
             outcome.timings = timings
             self.faults.hit("after_write", msg.idempotency_key)
-            await self._finish(msg, "processed" if outcome.kind == "processed" else "duplicate")
+            outcome.recorded = await self._finish(msg, outcome.kind)
             leased = False
             self.faults.hit("after_done", msg.idempotency_key)
             return outcome
@@ -277,11 +278,12 @@ class Pipeline:
                     return Outcome("retry", reason=qreason, stage="quarantine", message=msg)
                 return Outcome("dead_letter", reason=f"quarantine_failed:{reason}",
                                stage="quarantine", message=msg)
-            await self._finish(msg, "quarantined")
+            recorded = await self._finish(msg, "quarantined")
             report = exc.__cause__.cpu if isinstance(exc.__cause__, _Report) else None
             return Outcome("quarantined", reason=reason, stage=stage, message=msg,
                            result_key=qkey, records=report.records if report else 0,
-                           quality_score=report.report.get("quality_score") if report else None)
+                           quality_score=report.report.get("quality_score") if report else None,
+                           recorded=recorded)
         if disposition is Disposition.DEAD_LETTER or isinstance(exc, PoisonMessage):
             return Outcome("dead_letter", reason=reason, stage=stage, message=msg)
         if delivery.attempt >= self.s.max_attempts:
@@ -299,12 +301,15 @@ class Pipeline:
             return "unavailable"
         return claim.state
 
-    async def _finish(self, msg: HealthDataMessage, outcome: str) -> None:
+    async def _finish(self, msg: HealthDataMessage, outcome: str) -> bool:
+        """Done marker and, in the same round trip, the delivery's outcome record."""
         try:
             await self.dedup.finish(msg.idempotency_key, self.owner, outcome,
-                                    self.s.done_ttl_s)
+                                    self.s.done_ttl_s, message_id=msg.message_id)
         except Exception as exc:
             self._on_dedup_error(exc)
+            return False
+        return bool(msg.message_id)
 
     async def _release(self, msg: HealthDataMessage) -> None:
         try:

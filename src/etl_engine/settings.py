@@ -79,6 +79,7 @@ class Settings(BaseSettings):
 
     # --- process / observability ------------------------------------------------------
     worker_id: str = ""  # empty: "{hostname}-{pid}"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"  # auto: uvloop if installed
     sidecar_host: str = "0.0.0.0"
     sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: any free port (logged)
     admin_token: SecretStr = SecretStr("")
