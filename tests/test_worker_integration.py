@@ -170,6 +170,45 @@ async def test_transient_storage_failure_is_retried_then_succeeds(settings, monk
     assert len(results(settings)) == 1
 
 
+async def test_a_stalled_message_times_out_and_is_dead_lettered_after_its_attempts(
+    settings,
+) -> None:  # type: ignore[no-untyped-def]
+    """ETL_MESSAGE_TIMEOUT_S bounds a message whose I/O hangs; the worker carries on."""
+    from faultproxy import FaultProxy
+
+    from etl_engine.dedup import open_store
+
+    proxy = FaultProxy("127.0.0.1", int(settings.s3_endpoint_url.rsplit(":", 1)[1]))
+    try:
+        proxied = settings.model_copy(update={
+            "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}", "message_timeout_s": 1.0,
+            "max_attempts": 2, "s3_read_timeout_s": 30.0})
+        rt, path = sample_files()[0]
+        stalled, later = upload(settings, rt, path, run="stall"), upload(settings, rt, path)
+        proxy.latency_s = 5.0  # every chunk through the proxy waits: the GET hangs
+        async with running_worker(proxied) as worker:
+            await publish(settings, stalled.message())
+            outcomes = await wait_outcomes(settings, [stalled.message_id], timeout=30)
+            assert outcomes == {stalled.message_id: "dead_letter"}
+            proxy.latency_s = 0.0
+            await publish(settings, later.message())
+            outcomes = await wait_outcomes(settings, [later.message_id], timeout=30)
+            assert outcomes == {later.message_id: "processed"}
+            assert worker.state.consuming
+    finally:
+        proxy.close()
+    dead = await drain_dlq(settings)
+    assert [(m.message_id, m.headers["x-etl-reason"]) for m in dead] == [
+        (stalled.message_id, "attempts_exhausted:message_timeout")]
+    assert [k for k in results(settings) if stalled.idempotency_key in k] == []
+    store = open_store(settings.dedup_url, settings.dedup_prefix)
+    try:  # the timed-out attempt gave its lease back: a replay can claim it at once
+        claim = await store.claim(stalled.idempotency_key, "someone-else", 1000)
+    finally:
+        await store.close()
+    assert claim.state == "acquired"
+
+
 async def test_sigkill_after_write_then_restart_leaves_one_result_each(
     settings, test_env, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
