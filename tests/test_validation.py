@@ -437,3 +437,123 @@ def test_throughput_few_microseconds_per_record() -> None:
     per_record_us = (time.perf_counter() - start) / len(records) * 1e6
     assert report.passed and len(report.valid_records) == len(records)
     assert per_record_us < 20  # generous for slow CI; ~1.3 µs on a laptop
+
+
+# --- whole clean chunks at once == record by record ---------------------------------------------
+class _Sub(dict):  # type: ignore[type-arg]
+    """A dict subclass: not a record (``malformed_record``)."""
+
+
+def _clean_files() -> dict[str, list[Rec]]:
+    n = 12
+    return {
+        "BloodGlucoseRecord": [glucose(f"g{i}", 60.0 + i, t=T0 + i * MIN) for i in range(n)],
+        "HeartRateVariabilityRmssdRecord": [hrv(f"v{i}", t=T0 + i * MIN) for i in range(n)],
+        "StepsRecord": [steps(f"s{i}", 10 * i) for i in range(n)],
+        "ActiveCaloriesBurnedRecord": [kcal(f"k{i}", 1.5 * i) for i in range(n)],
+        "HeartRateRecord": [heart(f"h{i}", [60 + i, 70, 80], s=T0 + i * HOUR) for i in range(n)],
+    }
+
+
+def _spoilers(rtype: str) -> list[tuple[str, Any]]:
+    """(what, how to spoil one record) — every rule a chunk check must notice."""
+    value = {"BloodGlucoseRecord": "levelInMilligramsPerDeciliter",
+             "HeartRateVariabilityRmssdRecord": "heartRateVariabilityRmssd",
+             "StepsRecord": "count", "ActiveCaloriesBurnedRecord": "energyInKilocalories",
+             "HeartRateRecord": "samples"}[rtype]
+    time_key = "timeEpochMillis" if rtype in ("BloodGlucoseRecord",
+                                              "HeartRateVariabilityRmssdRecord") else None
+    zone_keys = ["zoneOffsetId"] if time_key else ["startZoneOffsetId", "endZoneOffsetId"]
+    out: list[tuple[str, Any]] = [
+        ("not a dict", lambda r: ["x"]),
+        ("dict subclass", _Sub),
+        ("no metadata", lambda r: {k: v for k, v in r.items() if k != "metadata"}),
+        ("metadata not a dict", lambda r: {**r, "metadata": "m"}),
+        ("empty id", lambda r: {**r, "metadata": {**r["metadata"], "id": ""}}),
+        ("int id", lambda r: {**r, "metadata": {**r["metadata"], "id": 7}}),
+        ("unhashable id", lambda r: {**r, "metadata": {**r["metadata"], "id": ["a"]}}),
+        ("duplicate id", lambda r: {**r, "metadata": {**r["metadata"], "id": "dup"}}),
+        ("empty origin", lambda r: {**r, "metadata": {**r["metadata"],
+                                                       "dataOriginPackageName": ""}}),
+        ("unhashable origin", lambda r: {**r, "metadata": {**r["metadata"],
+                                                            "dataOriginPackageName": {}}}),
+        ("value None", lambda r: {**r, value: None}),
+        ("value bool", lambda r: {**r, value: True}),
+        ("value NaN", lambda r: {**r, value: math.nan}),
+        ("value huge", lambda r: {**r, value: 10**9}),
+        ("value negative", lambda r: {**r, value: -1}),
+        ("value float", lambda r: {**r, value: 1.5}),
+        ("value unhashable", lambda r: {**r, value: [1]}),
+        ("no zone", lambda r: {**r, **dict.fromkeys(zone_keys)}),
+        ("bad zone", lambda r: {**r, zone_keys[-1]: "+25:00"}),
+        ("unhashable zone", lambda r: {**r, zone_keys[0]: ["Z"]}),
+    ]
+    if time_key:
+        out += [("time float", lambda r: {**r, time_key: float(r[time_key])}),
+                ("time old", lambda r: {**r, time_key: MIN_TIMESTAMP_MS - 1}),
+                ("time future", lambda r: {**r, time_key: NOW + HOUR}),
+                ("time bool", lambda r: {**r, time_key: True})]
+    else:
+        out += [("start after end", lambda r: {**r, "startTimeEpochMillis":
+                                                r["endTimeEpochMillis"] + 1}),
+                ("end float", lambda r: {**r, "endTimeEpochMillis": 1.0 * T0}),
+                ("start None", lambda r: {**r, "startTimeEpochMillis": None}),
+                ("end future", lambda r: {**r, "endTimeEpochMillis": NOW + HOUR})]
+    if rtype == "BloodGlucoseRecord":
+        out += [("enum", lambda r: {**r, "mealType": "BRUNCH"}),
+                ("enum None", lambda r: {**r, "relationToMeal": None})]
+    if rtype == "HeartRateRecord":
+        def sample(**kw: Any) -> Any:
+            return lambda r: {**r, "samples": [*r["samples"][:-1], {**r["samples"][-1], **kw}]}
+        out += [("no samples", lambda r: {**r, "samples": []}),
+                ("samples tuple", lambda r: {**r, "samples": tuple(r["samples"])}),
+                ("sample bpm high", sample(beatsPerMinute=251)),
+                ("sample bpm NaN", sample(beatsPerMinute=math.nan)),
+                ("sample bpm None", sample(beatsPerMinute=None)),
+                ("sample outside", sample(timeEpochMillis=T0 - 1)),
+                ("sample no time", lambda r: {**r, "samples": [{"beatsPerMinute": 60}]}),
+                ("sample not a dict", lambda r: {**r, "samples": [[1, 2]]})]
+    return out
+
+
+def _report(rtype: str, records: list[Any]) -> tuple[Any, ...]:
+    rep = run(rtype, records)
+    return (rep.to_dict(), rep.quality_score, rep.components, rep.valid_records)
+
+
+@pytest.mark.parametrize("rtype", sorted(_clean_files()))
+@pytest.mark.parametrize("chunk", [1024, 5])
+def test_chunk_checks_equal_record_by_record(rtype: str, chunk: int,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import etl_engine.validation as v
+
+    monkeypatch.setattr(v, "CHUNK_DEFAULT", chunk)
+    monkeypatch.setattr(v, "CHUNK_RECORDS", {})
+    clean = _clean_files()[rtype]
+    cases: list[tuple[str, list[Any]]] = [("clean", clean)]
+    for what, spoil in _spoilers(rtype):
+        for at in (0, 6, 11):
+            records = list(clean)
+            records[at] = spoil(records[at])
+            if what == "duplicate id":
+                records[3] = spoil(records[3])
+            cases.append((f"{what}@{at}", records))
+    cases.append(("id repeated across chunks", [*clean, clean[0]]))
+    for what, records in cases:
+        fast = _report(rtype, records)
+        monkeypatch.setattr(v, "FAST_CHUNKS", False)
+        slow = _report(rtype, records)
+        monkeypatch.setattr(v, "FAST_CHUNKS", True)
+        assert fast == slow, what
+
+
+def test_chunk_sum_of_usable_matches_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partly kept heart-rate record leaves a fraction; later whole chunks add 1.0 each."""
+    import etl_engine.validation as v
+
+    monkeypatch.setattr(v, "CHUNK_RECORDS", {"HeartRateRecord": 2})
+    records = [heart("h0", [60, 300, 300]), *(heart(f"h{i}", [60], s=T0 + i * HOUR)
+                                              for i in range(1, 40))]
+    fast = _report("HeartRateRecord", records)
+    monkeypatch.setattr(v, "FAST_CHUNKS", False)
+    assert fast == _report("HeartRateRecord", records)

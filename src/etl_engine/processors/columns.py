@@ -3,8 +3,9 @@
 Why: a CGM export can hold a million readings and a watch export a million heart-rate
 samples. Kept as decoded records (nested dicts), a million readings take ~1.5 GB; the
 statistics need only a time, a zone offset, a value and an origin per reading, which fit in
-~26 bytes as typed arrays. Validation hands each valid record to ``add`` (so no record is
-kept after it was checked), and the processors compute from the columns. The list API
+~26 bytes as typed arrays. Validation hands the valid records to ``extend`` a chunk at a
+time (so no record is kept long after it was checked), and the processors compute from the
+columns. The list API
 (``compute_statistics(records, config)``) builds the same columns with ``from_records``,
 so there is one implementation of every statistic.
 """
@@ -14,13 +15,36 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 from datetime import date
-from operator import itemgetter
+from itertools import accumulate, chain, islice
+from operator import itemgetter, methodcaller
 
 from etl_engine.processors._common import local_date, offset_ms
 from etl_engine.stages import Record
 
 _TIME = itemgetter("timeEpochMillis")
 _BPM = itemgetter("beatsPerMinute")
+_START = itemgetter("startTimeEpochMillis")
+_END = itemgetter("endTimeEpochMillis")
+_SAMPLES = itemgetter("samples")
+_META = itemgetter("metadata")
+_ORIGIN = itemgetter("dataOriginPackageName")
+_ZONE = methodcaller("get", "zoneOffsetId")
+_START_ZONE = methodcaller("get", "startZoneOffsetId")
+
+
+class _Index(dict[str, int]):
+    """Origin name -> small integer; looking up a new name gives it the next number."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def __missing__(self, name: str) -> int:
+        i = self[name] = len(self.names)
+        self.names.append(name)
+        return i
 
 
 class _Origins:
@@ -30,29 +54,23 @@ class _Origins:
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.index: dict[str, int] = {}
+        self.index: dict[str, int] = _Index(self.names)
 
     def id(self, name: str) -> int:
-        i = self.index.get(name)
-        if i is None:
-            i = self.index[name] = len(self.names)
-            self.names.append(name)
-        return i
+        return self.index[name]
 
 
-class _Offsets:
-    """Zone id -> offset in ms, cached (a file repeats a handful of zones)."""
+class _Offsets(dict[object, int]):
+    """Zone id -> offset in ms, computed on first use (a file repeats a handful of zones)."""
 
-    __slots__ = ("_cache",)
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._cache: dict[object, int] = {}
+    def __missing__(self, zone: object) -> int:
+        off = self[zone] = offset_ms(zone)
+        return off
 
     def ms(self, zone: object) -> int:
-        off = self._cache.get(zone)
-        if off is None:
-            off = self._cache[zone] = offset_ms(zone)
-        return off
+        return self[zone]
 
 
 def _bounds(starts: array, ends: array, offs: array) -> tuple[int, int, date, date]:
@@ -74,38 +92,34 @@ def _bounds(starts: array, ends: array, offs: array) -> tuple[int, int, date, da
 class Readings:
     """Instant readings of one value (``timeEpochMillis``, ``zoneOffsetId``, origin)."""
 
-    __slots__ = ("_add_o", "_add_off", "_add_t", "_add_v", "_offsets", "offsets",
-                 "origin_ids", "origins", "times", "value_key", "values")
+    __slots__ = ("_offsets", "_value", "offsets", "origin_ids", "origins", "times", "value_key",
+                 "values")
 
     def __init__(self, value_key: str) -> None:
         self.value_key = value_key
+        self._value = itemgetter(value_key)
         self.times = array("q")
         self.values = array("d")
         self.offsets = array("q")
         self.origin_ids = array("H")
         self.origins = _Origins()
         self._offsets = _Offsets()
-        # bound once: ``add`` runs for every reading of a file
-        self._add_t = self.times.append
-        self._add_v = self.values.append
-        self._add_off = self.offsets.append
-        self._add_o = self.origin_ids.append
 
     def add(self, rec: Record) -> None:
-        self._add_t(rec["timeEpochMillis"])
-        self._add_v(float(rec[self.value_key]))
-        zone = rec.get("zoneOffsetId")
-        off = self._offsets._cache.get(zone)
-        self._add_off(self._offsets.ms(zone) if off is None else off)
-        name = rec["metadata"]["dataOriginPackageName"]
-        o = self.origins.index.get(name)
-        self._add_o(self.origins.id(name) if o is None else o)
+        self.extend([rec])
+
+    def extend(self, recs: list[Record]) -> None:
+        """Append validated records, column by column (``map`` at C speed, not per record)."""
+        self.times.fromlist(list(map(_TIME, recs)))  # fromlist: faster than extend
+        self.values.fromlist(list(map(float, map(self._value, recs))))
+        self.offsets.fromlist(list(map(self._offsets.__getitem__, map(_ZONE, recs))))
+        self.origin_ids.fromlist(list(map(self.origins.index.__getitem__,
+                                          map(_ORIGIN, map(_META, recs)))))
 
     @classmethod
     def from_records(cls, records: Iterable[Record], value_key: str) -> Readings:
         out = cls(value_key)
-        for rec in records:
-            out.add(rec)
+        out.extend(list(records))
         return out
 
     def __len__(self) -> int:
@@ -137,20 +151,26 @@ class Samples:
         self._offsets = _Offsets()
 
     def add(self, rec: Record) -> None:
-        self.starts.append(rec["startTimeEpochMillis"])
-        self.ends.append(rec["endTimeEpochMillis"])
-        self.offsets.append(self._offsets.ms(rec.get("startZoneOffsetId")))
-        self.origin_ids.append(self.origins.id(rec["metadata"]["dataOriginPackageName"]))
-        samples = rec["samples"]
-        self.sample_times.fromlist(list(map(_TIME, samples)))  # fromlist: faster than extend
-        self.bpms.fromlist(list(map(_BPM, samples)))
-        self.first.append(len(self.sample_times))
+        self.extend([rec])
+
+    def extend(self, recs: list[Record]) -> None:
+        """Append validated records and their samples, column by column."""
+        self.starts.fromlist(list(map(_START, recs)))
+        self.ends.fromlist(list(map(_END, recs)))
+        self.offsets.fromlist(list(map(self._offsets.__getitem__, map(_START_ZONE, recs))))
+        self.origin_ids.fromlist(list(map(self.origins.index.__getitem__,
+                                          map(_ORIGIN, map(_META, recs)))))
+        lists = list(map(_SAMPLES, recs))
+        self.sample_times.fromlist(list(map(_TIME, chain.from_iterable(lists))))
+        self.bpms.fromlist(list(map(_BPM, chain.from_iterable(lists))))
+        # record i's samples end where the running total of sample counts reaches it
+        ends = accumulate(map(len, lists), initial=self.first[-1])
+        self.first.fromlist(list(islice(ends, 1, None)))
 
     @classmethod
     def from_records(cls, records: Iterable[Record]) -> Samples:
         out = cls()
-        for rec in records:
-            out.add(rec)
+        out.extend(list(records))
         return out
 
     def __len__(self) -> int:
