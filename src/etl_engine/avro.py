@@ -4,7 +4,9 @@ fastavro does the decoding (it is the fast part). Before it runs, a cheap pre-sc
 the container structure — header, writer schema, every block's record count, size and
 sync marker — and enforces limits, so a hostile file (decompression bomb, a block that
 claims 2^31 records, a truncated block, a schema 10,000 levels deep) is refused with a
-reason code instead of eating the worker's memory.
+reason code instead of eating the worker's memory. The decoder's work is then bounded by
+the decompressed size: a writer schema with an array whose items encode in zero bytes
+(``null``, or a record of nulls) would let five bytes claim 2^62 items, and is refused.
 
 Speed: schema *resolution* (``fastavro.reader(..., reader_schema=...)``) matches the writer
 schema against ours again for every record and every nested value, which costs 2-4x the
@@ -144,6 +146,61 @@ def _recursive(node: Any, namespace: str = "", enclosing: frozenset[str] = froze
     return False
 
 
+_FIXED_SIZE = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8,
+               "bytes": 1, "string": 1, "enum": 1}
+
+
+def _zero_size_items(node: Any) -> bool:
+    """True when some array's items can encode in zero bytes (see the module docstring)."""
+    sizes: dict[str, int] = {}  # named types seen so far -> their smallest encoding
+
+    def size(n: Any, ns: str) -> int:
+        if isinstance(n, str):
+            full = n if "." in n or not ns else f"{ns}.{n}"
+            return _FIXED_SIZE.get(n, sizes.get(full, sizes.get(n, 1)))
+        if isinstance(n, list):
+            for branch in n:
+                size(branch, ns)
+            return 1  # the branch index
+        if not isinstance(n, dict):
+            return 1
+        kind = n.get("type")
+        name = str(n.get("name", ""))
+        full = name if "." in name or not n.get("namespace", ns) else (
+            f"{n.get('namespace', ns)}.{name}")
+        if kind in ("record", "error"):
+            inner = full.rsplit(".", 1)[0] if "." in full else ""
+            total = sum(size(f.get("type"), inner) for f in n.get("fields") or []
+                        if isinstance(f, dict))
+            sizes[full] = total
+            return total
+        if kind == "array":
+            if size(n.get("items"), ns) == 0:
+                raise _ZeroSize
+            return 1
+        if kind == "map":
+            size(n.get("values"), ns)
+            return 1
+        if kind == "fixed":
+            sizes[full] = int(n.get("size") or 0)
+            return sizes[full]
+        if kind == "enum":
+            sizes[full] = 1
+            return 1
+        return size(kind, ns) if isinstance(kind, dict | list) else _FIXED_SIZE.get(
+            str(kind), sizes.get(str(kind), 1))
+
+    try:
+        size(node, "")
+    except _ZeroSize:
+        return True
+    return False
+
+
+class _ZeroSize(Exception):
+    pass
+
+
 def _inflate_size(data: bytes, cap: int) -> int:
     """Decompressed size of a raw-deflate block, refusing to go past ``cap``."""
     d = zlib.decompressobj(-15)
@@ -191,6 +248,8 @@ def _writer_schema(raw_schema: bytes) -> Any:
         # fastavro recurses once per level of nested data, and a self-referencing record
         # nests as deep as the file is long: 200k levels overflow the C stack (segfault).
         raise _fail("recursive_writer_schema")
+    if _zero_size_items(writer):
+        raise _fail("writer_schema_zero_size_items")
     if len(_WRITERS) >= _CACHE_MAX:
         _WRITERS.clear()
     _WRITERS[raw_schema] = writer

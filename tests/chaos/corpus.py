@@ -232,6 +232,10 @@ def file_cases() -> list[FileCase]:
     own("schema_recursive_chain_200k",
         header(recursive) + block(1, varint(1) * 200_000 + varint(0)),
         "recursive_writer_schema")
+    padded = {**schema, "fields": [*schema["fields"],
+                                   {"name": "pad", "type": {"type": "array", "items": "null"}}]}
+    own("array_of_2pow62_nulls", header(padded) + block(1, varint(2**62) + varint(0)),
+        "writer_schema_zero_size_items")
     own("schema_other_record_type", valid, "schema_mismatch", record_type="HeartRateRecord")
 
     # values
