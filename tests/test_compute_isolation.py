@@ -47,3 +47,48 @@ async def test_a_crash_is_pinned_on_its_own_file(monkeypatch: pytest.MonkeyPatch
         assert again.records == 4
     finally:
         pool.close()
+
+
+async def test_small_files_run_in_the_worker_big_ones_in_a_child(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ETL_DECODE_INLINE_MAX_BYTES: a daily export stays in process; a file that
+    decompresses past the cap (here a deflate file 30x smaller on disk) goes to a child."""
+    from etl_engine.samples import generate_large
+
+    small, big = tmp_path / "small.avro", tmp_path / "big.avro"
+    generate_large(small, "BloodGlucoseRecord", 300)
+    generate_large(big, "BloodGlucoseRecord", 6_000, codec="deflate")
+    limits = Limits(2_000_000, 512 << 20)
+    assert compute.fits_inline(small.read_bytes(), limits, 256 << 10)
+    assert not compute.fits_inline(big.read_bytes(), limits, 256 << 10)
+    assert len(big.read_bytes()) < 256 << 10  # the compressed size alone would fit
+
+    now = datetime.now(UTC)
+    lineage = Lineage("b", "raw/k", "m", "c", "BloodGlucoseRecord", "ik")
+    pool = ComputePool(1, 1024, 60, inline_max_bytes=256 << 10)
+    try:
+        await pool.warm()
+        assert pool.child_pids() == []  # children start on first use
+        got = await pool.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
+        assert pool.child_pids() == []
+        assert got.output is not None and got.records == 300
+        got = await pool.run(big.read_bytes(), lineage, limits, DomainConfig(), now)
+        assert len(pool.child_pids()) == 1
+        assert got.output is not None and got.records == 6_000
+    finally:
+        pool.close()
+    # the same file gives the same result on either path
+    inline = compute.run_cpu_stages(big.read_bytes(), lineage, limits, DomainConfig(), now)
+    assert inline.output == got.output and inline.report == got.report
+
+
+async def test_a_file_refused_by_the_prescan_is_refused_inline_with_its_reason() -> None:
+    pool = ComputePool(1, 512, 30, inline_max_bytes=1 << 20)
+    lineage = Lineage("b", "raw/k", "m", "c", "StepsRecord", "ik")
+    try:
+        with pytest.raises(PermanentError) as info:
+            await pool.run(b"not an avro file", lineage, Limits(10, 1024), DomainConfig(),
+                           datetime.now(UTC))
+        assert info.value.reason == "not_avro"
+        assert pool.child_pids() == []
+    finally:
+        pool.close()

@@ -174,9 +174,8 @@ async def test_a_stalled_message_times_out_and_is_dead_lettered_after_its_attemp
     settings,
 ) -> None:  # type: ignore[no-untyped-def]
     """ETL_MESSAGE_TIMEOUT_S bounds a message whose I/O hangs; the worker carries on."""
-    from faultproxy import FaultProxy
-
     from etl_engine.dedup import open_store
+    from faultproxy import FaultProxy
 
     proxy = FaultProxy("127.0.0.1", int(settings.s3_endpoint_url.rsplit(":", 1)[1]))
     try:

@@ -1,9 +1,12 @@
 """The CPU stages — decode, validate, transform — and where they run.
 
-They run in a small process pool by default: a hostile file that exhausts memory or
-crashes the decoder takes down a disposable child with a memory limit, not the worker,
-and the fleet gets more than one core per worker. ``ETL_DECODE_PROCESSES=0`` runs them
-on a thread in the worker process instead (cheapest per message; used by benchmarks).
+Small files (the normal daily export: tens of kB) run on a thread of the worker: no
+pickling to another process, no second interpreter in memory. Files whose records
+decompress to more than ``inline_max_bytes`` go to a small process pool, started on first
+use: there a hostile or huge file that exhausts memory or crashes the decoder takes down
+a disposable child with a memory limit, not the worker, and its seconds of CPU do not
+hold the worker's GIL. ``ETL_DECODE_PROCESSES=0`` runs everything on the thread;
+``ETL_DECODE_INLINE_MAX_BYTES=0`` sends everything to the children.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import resource
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -103,6 +106,32 @@ def _timed(records: Iterator[Record], acc: list[float]) -> Iterator[Record]:
         yield rec
 
 
+def fits_inline(data: bytes, limits: Limits, inline_max_bytes: int) -> bool:
+    """True when the file's records decompress to at most ``inline_max_bytes``.
+
+    Reads block headers only (deflate blocks are inflated, and stop at the cap), so a
+    bomb is sent to a child after a bounded amount of work. A file the pre-scan refuses
+    for any other reason "fits": the stages refuse it again, with that reason, inline.
+    Other codecs do not record their decompressed size: they always go to a child.
+    """
+    try:
+        scan = avro.scan_container(data, max_records=limits.max_records,
+                                   max_decompressed_bytes=inline_max_bytes)
+    except PermanentError as exc:
+        return exc.reason != "decompression_limit_exceeded"
+    return scan.codec in ("null", "deflate")
+
+
+def _run_inline(
+    data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
+    processed_at: datetime, inline_max_bytes: int,
+) -> CpuResult | None:
+    """The stages on this thread, or None when the file is too big for it."""
+    if inline_max_bytes > 0 and not fits_inline(data, limits, inline_max_bytes):
+        return None
+    return run_cpu_stages(data, lineage, limits, config, processed_at)
+
+
 def _preload() -> None:
     """Parse every reader schema once, ahead of the first message of each type."""
     from etl_engine.record_types import SUPPORTED_RECORD_TYPES
@@ -119,17 +148,26 @@ def _child_init(memory_limit_bytes: int) -> None:
 
 
 class ComputePool:
-    """Runs ``run_cpu_stages`` in a thread or in child processes, with a time limit."""
+    """Runs ``run_cpu_stages`` on a thread or in child processes, with a time limit.
 
-    def __init__(self, processes: int, memory_limit_mb: int, timeout_s: float) -> None:
+    ``processes=0``: always the thread. Otherwise files up to ``inline_max_bytes``
+    (decompressed) take the thread and bigger ones a child; ``inline_max_bytes=0`` sends
+    every file to a child (the children are then started by ``warm``).
+    """
+
+    def __init__(self, processes: int, memory_limit_mb: int, timeout_s: float,
+                 inline_max_bytes: int = 0) -> None:
         self._processes = processes
         self._memory_limit = memory_limit_mb * 1024 * 1024
         self._timeout = timeout_s
-        self._executor: Executor = self._new()
+        # -1: no size check (no children to send big files to).
+        self._inline_max = -1 if processes == 0 else inline_max_bytes
+        self._thread: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
+            if processes == 0 or inline_max_bytes > 0 else None)
+        self._pool: ProcessPoolExecutor | None = None  # started on first use
 
-    def _new(self, workers: int | None = None) -> Executor:
-        if self._processes == 0:
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
+    def _new(self, workers: int | None = None) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["etl_engine.compute"])
         return ProcessPoolExecutor(
@@ -139,14 +177,23 @@ class ComputePool:
             initargs=(self._memory_limit,),
         )
 
+    def _children(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = self._new()
+        return self._pool
+
     async def warm(self) -> None:
-        """Start the children now, so the first message does not pay for their start-up."""
+        """Parse the schemas where files will be decoded, and start children that will be
+        used for every file, so the first message does not pay for their start-up."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._executor, _preload)
-                               for _ in range(max(self._processes, 1))))
+        if self._thread is not None:
+            await loop.run_in_executor(self._thread, _preload)
+        if self._thread is None:
+            await asyncio.gather(*(loop.run_in_executor(self._children(), _preload)
+                                   for _ in range(self._processes)))
 
     def child_pids(self) -> list[int]:
-        procs = getattr(self._executor, "_processes", None) or {}
+        procs = getattr(self._pool, "_processes", None) or {}
         return list(procs)
 
     async def run(
@@ -154,7 +201,24 @@ class ComputePool:
         processed_at: datetime,
     ) -> CpuResult:
         loop = asyncio.get_running_loop()
-        executor = self._executor
+        if self._thread is not None:
+            thread = self._thread
+            fut = loop.run_in_executor(thread, _run_inline, data, lineage, limits, config,
+                                       processed_at, self._inline_max)
+            try:
+                inline = await asyncio.wait_for(fut, self._timeout)
+            except TimeoutError:
+                # A thread cannot be stopped: leave it to finish and use a fresh one.
+                if self._thread is thread:
+                    thread.shutdown(wait=False, cancel_futures=True)
+                    self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
+                raise PermanentError("processing_timeout", stage="decode") from None
+            except MemoryError:
+                raise PermanentError("resource_limit_exceeded", stage="decode") from None
+            if inline is not None:
+                telemetry.record_stages(inline.stage_ns)
+                return inline
+        executor = self._children()
         fut = loop.run_in_executor(
             executor, run_cpu_stages, data, lineage, limits, config, processed_at
         )
@@ -199,14 +263,17 @@ class ComputePool:
                     os.kill(pid, signal.SIGKILL)
             alone.shutdown(wait=False, cancel_futures=True)
 
-    def _restart(self, broken: Executor) -> None:
-        if broken is not self._executor:
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        if broken is not self._pool:
             return  # someone already replaced it
         for pid in self.child_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         broken.shutdown(wait=False, cancel_futures=True)
-        self._executor = self._new()
+        self._pool = self._new()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._thread is not None:
+            self._thread.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     message_timeout_s: float = Field(300.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
     decode_processes: int = Field(1, ge=0, le=64)  # 0: decode in the worker process
+    # Files decompressing to at most this many bytes run on a thread of the worker, bigger
+    # ones in the decode processes; 0: every file in a decode process.
+    decode_inline_max_bytes: int = Field(1024 * 1024, ge=0)
     decode_memory_limit_mb: int = Field(1536, ge=64)
 
     # --- domain -----------------------------------------------------------------------

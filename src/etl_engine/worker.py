@@ -104,7 +104,8 @@ class Worker:
         )
         self.dedup = dedup or open_store(settings.dedup_url, settings.dedup_prefix)
         self.compute = ComputePool(
-            settings.decode_processes, settings.decode_memory_limit_mb, settings.message_timeout_s
+            settings.decode_processes, settings.decode_memory_limit_mb,
+            settings.message_timeout_s, inline_max_bytes=settings.decode_inline_max_bytes,
         )
         self.owner = f"{self.state.worker_id}:{time.time_ns()}"
         self.pipeline = Pipeline(
