@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def test_heart_rate_counted_order_equals_sorting(path: Path,
     counted = heart_rate.compute_statistics(records, CFG)
     monkeypatch.setattr(heart_rate, "_FEW_DISTINCT", 0)  # force the plain sort
     assert heart_rate.compute_statistics(records, CFG) == counted
-    order = heart_rate._CountedOrder([3.0, 1.0, 2.0, 2.0, 5.0], {1.0, 2.0, 3.0, 5.0})
+    values = [3.0, 1.0, 2.0, 2.0, 5.0]
+    order = heart_rate._CountedOrder(values, Counter(values))
     assert [order[i] for i in range(len(order))] == [1.0, 2.0, 2.0, 3.0, 5.0]
     assert order[-1] == 5.0
     with pytest.raises(IndexError):

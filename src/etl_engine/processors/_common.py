@@ -11,7 +11,9 @@ import math
 import operator
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from etl_engine.stages import Record
@@ -71,6 +73,45 @@ def record_id(rec: Record) -> str:
     return str(rec["metadata"]["id"])
 
 
+_get = dict.get
+_META = itemgetter("metadata")
+_ORIGIN = itemgetter("dataOriginPackageName")
+_ID = itemgetter("id")
+
+
+def _times_of(records: list[Record], key: str) -> list[int] | None:
+    """``key`` of every record, or the instant time if no record has ``key``; None when the
+    records mix both kinds (the caller then goes record by record)."""
+    out: list[Any] = list(map(_get, records, repeat(key)))
+    if None not in out:
+        return out
+    if out.count(None) == len(out):
+        return list(map(itemgetter("timeEpochMillis"), records))
+    return None
+
+
+def starts_of(records: list[Record]) -> list[int]:
+    """``start_ms`` of each record (column-wise, at C speed, for the usual list)."""
+    out = _times_of(records, "startTimeEpochMillis")
+    return list(map(start_ms, records)) if out is None else out
+
+
+def ends_of(records: list[Record]) -> list[int]:
+    """``end_ms`` of each record."""
+    out = _times_of(records, "endTimeEpochMillis")
+    return list(map(end_ms, records)) if out is None else out
+
+
+def origins_of(records: list[Record]) -> list[str]:
+    """``origin`` of each record."""
+    return list(map(str, map(_ORIGIN, map(_META, records))))
+
+
+def record_ids_of(records: list[Record]) -> list[str]:
+    """``record_id`` of each record."""
+    return list(map(str, map(_ID, map(_META, records))))
+
+
 # --- local time --------------------------------------------------------------------------------
 def local_date(epoch_ms: int, off_ms: int) -> date:
     """Calendar date on the wall clock of a zone offset."""
@@ -89,8 +130,24 @@ def local_minute_of_day(epoch_ms: int, off_ms: int) -> int:
 
 def iso_utc(epoch_ms: int) -> str:
     """ISO-8601 UTC timestamp with milliseconds and a ``Z`` suffix."""
+    if type(epoch_ms) is int and _ISO_FAST_MIN <= epoch_ms < _ISO_FAST_MAX:
+        days, ms = divmod(epoch_ms, DAY_MS)
+        h, ms = divmod(ms, HOUR_MS)
+        m, ms = divmod(ms, MINUTE_MS)
+        s, ms = divmod(ms, 1000)
+        return f"{_iso_day(days)}T{h:02d}:{m:02d}:{s:02d}.{ms:03d}Z"
     dt = _EPOCH + timedelta(milliseconds=epoch_ms)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+# Years 1000-9999, where ``date.isoformat`` writes the year as ``%Y`` does (four digits).
+_ISO_FAST_MIN = (date(1000, 1, 1).toordinal() - _EPOCH_ORDINAL) * DAY_MS
+_ISO_FAST_MAX = (date(9999, 12, 31).toordinal() - _EPOCH_ORDINAL + 1) * DAY_MS
+
+
+@lru_cache(maxsize=256)
+def _iso_day(index: int) -> str:
+    return day_from_index(index).isoformat()
 
 
 def hhmm(minute_of_day: float) -> str:

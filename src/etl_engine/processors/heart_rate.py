@@ -23,9 +23,9 @@ import operator
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from itertools import accumulate, chain, compress, islice, repeat
+from itertools import accumulate, chain, compress, count, islice, repeat
 from typing import Any
 
 from etl_engine.processors._common import (
@@ -62,18 +62,19 @@ def zone_index(bpm: float) -> int:
 
 
 _ZONE_OF = partial(bisect_right, ZONE_BOUNDS_BPM)  # == zone_index, in C
-# bytes.translate tables: zone z -> 1, any other zone -> 0 (a mask for itertools.compress)
-_ZONE_MASKS = [bytes(int(i == z) for i in range(256)) for z in range(len(ZONE_NAMES))]
 _FEW_DISTINCT = 4096
+# Series up to this many samples are worked on as lists rather than typed arrays: reading
+# an array element builds a new int or float each time, and the statistics read each
+# sample several times. Longer series stay arrays (8 bytes a value instead of ~32).
+_LIST_MAX = 200_000
 
 
 class _CountedOrder(Sequence[float]):
     """The sorted values, held as (value, count) runs: a day of heart rate has millions of
     samples but a few hundred distinct rates, and sorting the samples is the costly part."""
 
-    def __init__(self, values: Sequence[float], distinct: set[float]) -> None:
-        counts = Counter(values)
-        self._keys = sorted(distinct)
+    def __init__(self, values: Sequence[float], counts: Mapping[float, int]) -> None:
+        self._keys = sorted(counts)
         self._counts = [counts[k] for k in self._keys]
         self._ends = list(accumulate(self._counts))  # exclusive run ends
         self._n = len(values)
@@ -98,11 +99,11 @@ class _CountedOrder(Sequence[float]):
         return self._keys[bisect_right(self._ends, k)]
 
 
-def _ordered(values: Sequence[float]) -> Sequence[float]:
-    """``sorted(values)``, or the same order as counted runs when few values are distinct."""
-    distinct = set(values)
-    if len(distinct) <= _FEW_DISTINCT:
-        return _CountedOrder(values, distinct)
+def _ordered(values: Sequence[float], counts: Mapping[float, int]) -> Sequence[float]:
+    """``sorted(values)``, or the same order as counted runs when few values are distinct
+    (``counts``: how often each value occurs)."""
+    if len(counts) <= _FEW_DISTINCT:
+        return _CountedOrder(values, counts)
     return sorted(values)
 
 
@@ -131,6 +132,8 @@ def _series(cols: Samples, records: Sequence[int]) -> tuple[Sequence[int], Seque
             lo, hi = first[r], first[r + 1]
             times.extend(all_times[lo:hi])
             bpms.extend(all_bpms[lo:hi])
+    if len(times) <= _LIST_MAX:  # every later pass reads these values again: box them once
+        times, bpms = times.tolist(), bpms.tolist()
     if not all(map(operator.lt, times, islice(times, 1, None))):  # strictly increasing?
         order = sorted(range(len(times)), key=lambda i: (times[i], bpms[i]))
         t_out = array("q")
@@ -154,6 +157,39 @@ def sample_weights(times: Sequence[int]) -> list[int]:
     weights = [min(times[i + 1] - times[i], cap) for i in range(n - 1)]
     weights.append(weights[-1])
     return weights
+
+
+def _zone_ms(times: Sequence[int], zones: bytes, zone_counts: list[int]) -> list[int]:
+    """``sample_weights(times)`` summed per zone (``zones[i]``: sample i's zone), in whole ms.
+
+    The weights are whole ms, so the sums are exact in any order: the zone holding most
+    samples gets the total minus the others, and the others are summed over their own
+    samples only (found with ``bytes.find``, at C speed).
+    """
+    zone_int = [0] * len(zone_counts)
+    n = len(times)
+    if n < 2:
+        return zone_int
+    weights = list(map(operator.sub, islice(times, 1, None), times))
+    cap = SAMPLE_WEIGHT_CAP_MS
+    for i in compress(count(), map(operator.gt, weights, repeat(cap))):  # long gaps: few
+        weights[i] = cap
+    weights.append(weights[-1])
+    main = max(range(len(zone_counts)), key=zone_counts.__getitem__)
+    for z, c in enumerate(zone_counts):
+        if c and z != main:
+            zone_int[z] = sum(map(weights.__getitem__, _positions(zones, z)))
+    zone_int[main] = sum(weights) - sum(zone_int)
+    return zone_int
+
+
+def _positions(data: bytes, value: int) -> Iterator[int]:
+    """Indices of ``value`` in ``data``."""
+    find = data.find
+    i = find(value)
+    while i >= 0:
+        yield i
+        i = find(value, i + 1)
 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
@@ -181,38 +217,25 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
     del groups
     times, bpms = _series(cols, chosen_records)
     n = len(bpms)
-    ordered = _ordered(bpms)
+    counts = Counter(bpms)
+    ordered = _ordered(bpms, counts)
     m = mean(bpms)
-
-    # time in zones: sample_weights(times) summed per zone_index(bpm), at C speed (the
-    # weights are whole ms, so integer sums equal the float running sums exactly)
-    zone_of = {b: _ZONE_OF(b) for b in set(bpms)}  # a few hundred distinct rates
+    zone_of = {b: _ZONE_OF(b) for b in counts}  # a few hundred distinct rates
     zones = bytes(map(zone_of.__getitem__, bpms))
     zone_counts = [zones.count(z) for z in range(len(ZONE_NAMES))]
-    zone_int = [0] * len(ZONE_NAMES)
-    if n > 1:
-        weights = list(map(operator.sub, islice(times, 1, None), times))
-        cap = SAMPLE_WEIGHT_CAP_MS
-        if max(weights) > cap:
-            weights = [w if w <= cap else cap for w in weights]
-        weights.append(weights[-1])
-        present = [z for z, c in enumerate(zone_counts) if c]
-        for z in present[:-1]:
-            zone_int[z] = sum(compress(weights, zones.translate(_ZONE_MASKS[z])))
-        zone_int[present[-1]] = sum(weights) - sum(zone_int)
-        del weights
-    del zones
+    zone_int = _zone_ms(times, zones, zone_counts)
     zone_ms = [float(ms) for ms in zone_int]
     shares = percentages(zone_ms if sum(zone_ms) > 0 else zone_counts)
 
     origins = {}
     for name in sorted(names):
         if len(names) == 1:
-            own = bpms
+            own, own_mean = bpms, m
         else:
             o = cols.origins.index[name]
             own = _series(cols, [r for r, x in enumerate(cols.origin_ids) if x == o])[1]
-        origins[name] = {"samples": len(own), "mean_bpm": rnd(mean(own))}
+            own_mean = mean(own)
+        origins[name] = {"samples": len(own), "mean_bpm": rnd(own_mean)}
 
     return {
         "sample_count": n,

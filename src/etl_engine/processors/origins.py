@@ -18,22 +18,45 @@ with the same timestamp are kept once; overlapping sleep sessions keep the longe
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import count, groupby, repeat
+from operator import itemgetter
+from typing import Any
 
 from etl_engine.processors._common import (
     DAY_MS,
     day_from_index,
     end_ms,
+    ends_of,
     offset_ms,
     origin,
     record_id,
+    record_ids_of,
     start_ms,
+    starts_of,
 )
 from etl_engine.stages import Record
 
 Coverage = Callable[[list[Record]], float]
+_get = dict.get
+_TIME = itemgetter("timeEpochMillis")
+_META = itemgetter("metadata")
+_ORIGIN = itemgetter("dataOriginPackageName")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+class _Offsets(dict[object, int]):
+    """Zone id -> offset in ms, computed on first use."""
+
+    __slots__ = ()
+
+    def __missing__(self, zone: object) -> int:
+        off = self[zone] = offset_ms(zone)
+        return off
 
 
 def choose_origin(coverage: Mapping[str, float], priority: Sequence[str] = ()) -> str:
@@ -63,12 +86,12 @@ def union_length(intervals: Iterable[tuple[int, int]]) -> int:
 
 def interval_coverage(records: list[Record]) -> float:
     """Covered time (ms) of interval records, overlaps counted once."""
-    return float(union_length((start_ms(r), end_ms(r)) for r in records))
+    return float(union_length(zip(starts_of(records), ends_of(records), strict=True)))
 
 
 def reading_coverage(records: list[Record]) -> float:
     """Distinct timestamps of instant records: how much of the period they cover."""
-    return float(len({r["timeEpochMillis"] for r in records}))
+    return float(len(set(map(_TIME, records))))
 
 
 def by_origin(records: Iterable[Record]) -> dict[str, list[Record]]:
@@ -94,7 +117,15 @@ def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
     total = 0.0
     max_end: int | None = None
     instants: set[int] = set()
-    for s, e, value, _ in sorted(items, key=lambda it: (it[0], -it[1], it[3])):
+    columns = list(zip(*items, strict=True))
+    if not columns:
+        return total
+    starts, ends, values, ids = columns
+    # (start, -end, id, position): a stable sort by (start, longest first, id), in C
+    order = sorted(zip(starts, map(operator.neg, ends), ids, count(), strict=False))
+    for s, _, _, i in order:
+        e = ends[i]
+        value = values[i]
         if e == s:  # zero-length record: covered if inside an earlier interval or repeated
             if (max_end is None or s >= max_end) and s not in instants:
                 instants.add(s)
@@ -112,10 +143,28 @@ def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
 def group_by_day(records: Iterable[Record]) -> dict[date, dict[str, list[Record]]]:
     """Records by local date of their start (own zone offset), then by origin.
 
-    Hot path (every record of a file passes here), hence the inlined field access.
+    Hot path (every record of a file passes here): interval records are keyed column-wise
+    and grouped by runs of equal keys (an export is mostly in time order, one origin).
     """
     by_index: dict[int, dict[str, list[Record]]] = {}
     offsets: dict[object, int] = {}
+    records = records if isinstance(records, list) else list(records)
+    starts: list[Any] = list(map(_get, records, repeat("startTimeEpochMillis")))
+    if None not in starts:
+        zones = map(_get, records, repeat("startZoneOffsetId"))
+        offs = map(_Offsets().__getitem__, zones)
+        days = map(operator.floordiv, map(operator.add, starts, offs), repeat(DAY_MS))
+        names = map(_ORIGIN, map(_META, records))
+        keys = zip(days, names, strict=True)
+        for (idx, name), run in groupby(zip(keys, records, strict=True), key=_FIRST):
+            by_origin = by_index.get(idx)
+            if by_origin is None:
+                by_origin = by_index[idx] = {}
+            bucket = by_origin.get(name)
+            if bucket is None:
+                bucket = by_origin[name] = []
+            bucket.extend(map(_SECOND, run))
+        return {day_from_index(idx): groups for idx, groups in by_index.items()}
     for rec in records:
         s = rec.get("startTimeEpochMillis")
         if s is None:
@@ -178,9 +227,9 @@ def daily_totals(records: Iterable[Record], value_key: str, priority: Sequence[s
         cov: dict[str, float] = {}
         for name, recs in sorted(by_origin.items()):
             cov[name] = interval_coverage(recs)
-            total = additive_total(
-                (start_ms(r), end_ms(r), float(r[value_key]), record_id(r)) for r in recs
-            )
+            total = additive_total(zip(starts_of(recs), ends_of(recs),
+                                       map(float, map(itemgetter(value_key), recs)),
+                                       record_ids_of(recs), strict=True))
             result.per_origin.setdefault(name, {})[day] = total
         chosen = choose_origin(cov, priority)
         result.chosen[day] = chosen
