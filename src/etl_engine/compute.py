@@ -205,6 +205,7 @@ class ComputePool:
             thread = self._thread
             fut = loop.run_in_executor(thread, _run_inline, data, lineage, limits, config,
                                        processed_at, self._inline_max)
+            inline: CpuResult | None
             try:
                 inline = await asyncio.wait_for(fut, self._timeout)
             except TimeoutError:
@@ -219,11 +220,11 @@ class ComputePool:
                 telemetry.record_stages(inline.stage_ns)
                 return inline
         executor = self._children()
-        fut = loop.run_in_executor(
+        pooled = loop.run_in_executor(
             executor, run_cpu_stages, data, lineage, limits, config, processed_at
         )
         try:
-            result = await asyncio.wait_for(fut, self._timeout)
+            result = await asyncio.wait_for(pooled, self._timeout)
         except TimeoutError:
             self._restart(executor)
             raise PermanentError("processing_timeout", stage="decode") from None
