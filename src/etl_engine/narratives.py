@@ -13,6 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 Stats = Mapping[str, Any]
@@ -110,6 +111,7 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+@lru_cache(maxsize=64)
 def readable_type(record_type: str) -> str:
     """``BodyTemperatureRecord`` -> ``body temperature``."""
     name = record_type.removesuffix("Record")

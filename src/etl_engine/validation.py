@@ -35,7 +35,7 @@ File
   ``empty_file`` (no records at all).
 
 Streaming: ``validate`` takes any iterable of records (``avro.decode_stream`` decodes them
-one at a time) and takes them a chunk at a time (a thousand records; sixteen heart-rate
+one at a time) and takes them a chunk at a time (256 records; sixteen heart-rate
 records, which carry many samples each); given a ``sink``, it hands each chunk's valid
 records to ``sink.extend`` instead of keeping them, so a million-record file is never held
 as a million dicts. A chunk in which every record passes every rule is checked with a few
@@ -358,7 +358,7 @@ def _digest(rid: str) -> bytes:
 # it unchanged (tests compare the two). Heart-rate chunks are short: a record can carry
 # thousands of samples, and a chunk is held in memory while it is checked.
 FAST_CHUNKS = True
-CHUNK_DEFAULT = 1024
+CHUNK_DEFAULT = 256
 CHUNK_RECORDS = {"HeartRateRecord": 16}
 _ONLY_DICT = frozenset({dict})
 _ONLY_STR = frozenset({str})

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from itertools import compress, repeat
-from operator import eq
 from types import ModuleType
 from typing import Any
 
@@ -25,12 +23,12 @@ from etl_engine.processors import (
     steps,
 )
 from etl_engine.processors._common import (
-    ends_of,
+    end_ms,
     iso_utc,
     local_date,
     origins_of,
+    start_ms,
     start_offset_ms,
-    starts_of,
 )
 from etl_engine.processors.columns import Readings, Samples
 from etl_engine.record_types import TRAINING_CATEGORY
@@ -95,17 +93,21 @@ def _column_statistics(rtype: str, cols: Readings | Samples,
 
 
 def _bounds(records: list[Record]) -> tuple[int, int, date, date]:
-    """Earliest start, latest end, and the local dates of the earliest and latest start.
-
-    Ties on a start time: the earlier local date for the first, the later for the last,
-    whatever the input order.
-    """
-    starts = starts_of(records)
-    first_s, last_s = min(starts), max(starts)
-    first_off = min(map(start_offset_ms, compress(records, map(eq, starts, repeat(first_s)))))
-    last_off = max(map(start_offset_ms, compress(records, map(eq, starts, repeat(last_s)))))
-    return (first_s, max(ends_of(records)), local_date(first_s, first_off),
-            local_date(last_s, last_off))
+    """Earliest start, latest end, and the local dates of the earliest and latest start."""
+    first = last = records[0]
+    first_s = last_s = start_ms(first)
+    latest_end = end_ms(first)
+    for rec in records:
+        s = start_ms(rec)
+        if s < first_s or (s == first_s and start_offset_ms(rec) < start_offset_ms(first)):
+            first, first_s = rec, s  # ties: the earlier local date, whatever the input order
+        if s > last_s or (s == last_s and start_offset_ms(rec) > start_offset_ms(last)):
+            last, last_s = rec, s
+        e = end_ms(rec)
+        if e > latest_end:
+            latest_end = e
+    return (first_s, latest_end, local_date(first_s, start_offset_ms(first)),
+            local_date(last_s, start_offset_ms(last)))
 
 
 def _warnings(report: ValidationReport, valid: int, origins: int) -> list[str]:

@@ -50,6 +50,7 @@ BAND_NAMES = ("very_low_below_54", "low_54_69", "in_range_70_180", "high_181_250
 EPISODE_MIN_MS = 15 * MINUTE_MS
 EPISODE_MAX_GAP_MS = 30 * MINUTE_MS
 CV_STABLE_MAX = 36.0
+_LIST_MAX = 200_000  # longer series stay typed arrays (memory), see heart_rate._LIST_MAX
 
 
 def band_index(level: float) -> int:
@@ -119,6 +120,9 @@ def _select(cols: Readings, priority: Sequence[str]) -> _Selection:
     level of a repeated one), and every origin's own levels (one per timestamp).
     """
     times, levels, offsets, oids = cols.times, cols.values, cols.offsets, cols.origin_ids
+    if len(times) <= _LIST_MAX:  # read several times below: box each value once, not per pass
+        times, levels, offsets, oids = (times.tolist(), levels.tolist(), offsets.tolist(),
+                                        oids.tolist())
     names = cols.origins.names
     distinct = all(map(operator.lt, times, islice(times, 1, None)))
     coverage: dict[int, dict[int, int]] = {}  # day -> origin -> distinct timestamps
@@ -217,6 +221,9 @@ def statistics(cols: Readings, config: DomainConfig) -> dict[str, Any]:
     else:
         assessment = "below_targets"
     cv_out = rnd(cv)
+    # episodes need a reading under the threshold: none at all when the lowest is not
+    low_70 = count_episodes(zip(pt_times, values, strict=True), 70) if ordered[0] < 70 else 0
+    low_54 = count_episodes(zip(pt_times, values, strict=True), 54) if ordered[0] < 54 else 0
     variability = None if cv_out is None else ("stable" if cv_out <= CV_STABLE_MAX else "variable")
 
     origins = {}
@@ -240,8 +247,8 @@ def statistics(cols: Readings, config: DomainConfig) -> dict[str, Any]:
         "above_180_percent": above_180,
         "gmi_percent": rnd(3.31 + 0.02392 * m),
         "estimated_a1c_percent": rnd((m + 46.7) / 28.7),
-        "hypo_episodes_below_70": count_episodes(zip(pt_times, values, strict=True), 70),
-        "hypo_episodes_below_54": count_episodes(zip(pt_times, values, strict=True), 54),
+        "hypo_episodes_below_70": low_70,
+        "hypo_episodes_below_54": low_54,
         "targets_met": targets,
         "control_assessment": assessment,
         "variability": variability,

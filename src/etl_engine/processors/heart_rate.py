@@ -163,23 +163,29 @@ def _zone_ms(times: Sequence[int], zones: bytes, zone_counts: list[int]) -> list
     """``sample_weights(times)`` summed per zone (``zones[i]``: sample i's zone), in whole ms.
 
     The weights are whole ms, so the sums are exact in any order: the zone holding most
-    samples gets the total minus the others, and the others are summed over their own
-    samples only (found with ``bytes.find``, at C speed).
+    samples gets the total minus the others, the others are summed over their own samples
+    only (found with ``bytes.find``), and the total is the span less what the capped gaps
+    lose, so no list of weights is built.
     """
     zone_int = [0] * len(zone_counts)
     n = len(times)
     if n < 2:
         return zone_int
-    weights = list(map(operator.sub, islice(times, 1, None), times))
     cap = SAMPLE_WEIGHT_CAP_MS
-    for i in compress(count(), map(operator.gt, weights, repeat(cap))):  # long gaps: few
-        weights[i] = cap
-    weights.append(weights[-1])
+    gaps = map(operator.sub, islice(times, 1, None), times)
+    capped = set(compress(count(), map(operator.gt, gaps, repeat(cap))))  # long gaps: few
+
+    def weight(i: int) -> int:  # sample i stands for the time to the next (the last: as i-1)
+        if i == n - 1:
+            i -= 1
+        return cap if i in capped else times[i + 1] - times[i]
+
     main = max(range(len(zone_counts)), key=zone_counts.__getitem__)
     for z, c in enumerate(zone_counts):
         if c and z != main:
-            zone_int[z] = sum(map(weights.__getitem__, _positions(zones, z)))
-    zone_int[main] = sum(weights) - sum(zone_int)
+            zone_int[z] = sum(map(weight, _positions(zones, z)))
+    total = times[n - 1] - times[0] - sum(times[i + 1] - times[i] - cap for i in capped)
+    zone_int[main] = total + weight(n - 1) - sum(zone_int)
     return zone_int
 
 

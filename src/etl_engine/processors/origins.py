@@ -22,7 +22,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import count, groupby, repeat
+from itertools import groupby, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -117,15 +117,7 @@ def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
     total = 0.0
     max_end: int | None = None
     instants: set[int] = set()
-    columns = list(zip(*items, strict=True))
-    if not columns:
-        return total
-    starts, ends, values, ids = columns
-    # (start, -end, id, position): a stable sort by (start, longest first, id), in C
-    order = sorted(zip(starts, map(operator.neg, ends), ids, count(), strict=False))
-    for s, _, _, i in order:
-        e = ends[i]
-        value = values[i]
+    for s, e, value, _ in sorted(items, key=lambda it: (it[0], -it[1], it[3])):
         if e == s:  # zero-length record: covered if inside an earlier interval or repeated
             if (max_end is None or s >= max_end) and s not in instants:
                 instants.add(s)
@@ -226,8 +218,9 @@ def daily_totals(records: Iterable[Record], value_key: str, priority: Sequence[s
     for day, by_origin in sorted(group_by_day(records).items()):
         cov: dict[str, float] = {}
         for name, recs in sorted(by_origin.items()):
-            cov[name] = interval_coverage(recs)
-            total = additive_total(zip(starts_of(recs), ends_of(recs),
+            starts, ends = starts_of(recs), ends_of(recs)
+            cov[name] = float(union_length(zip(starts, ends, strict=True)))  # coverage
+            total = additive_total(zip(starts, ends,
                                        map(float, map(itemgetter(value_key), recs)),
                                        record_ids_of(recs), strict=True))
             result.per_origin.setdefault(name, {})[day] = total
