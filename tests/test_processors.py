@@ -721,3 +721,23 @@ def _walk(value: Any) -> list[Any]:
     if isinstance(value, list):
         return [x for v in value for x in _walk(v)]
     return [value]
+
+
+@pytest.mark.parametrize("rest_share", [0.0, 0.5, 0.9, 0.99, 1.0])
+def test_heart_rate_zone_ms_equals_summed_sample_weights(rest_share: float) -> None:
+    """Both ways of summing time in zones (few / many samples outside the main zone)
+    equal summing ``sample_weights`` per zone."""
+    rng = random.Random(int(rest_share * 100))
+    for n in [1, 2, 3, 4, 5] * 20 + [50, 400] * 20:
+        t = MIDNIGHT
+        times = []
+        for _ in range(n):
+            t += rng.choice([1_000, 60_000, 299_999, 300_000, 300_001, 3 * HOUR])
+            times.append(t)
+        zones = bytes(0 if rng.random() < rest_share else rng.randrange(1, 6)
+                      for _ in range(n))
+        counts = [zones.count(z) for z in range(6)]
+        want = [0] * 6
+        for z, w in zip(zones, hr_mod.sample_weights(times), strict=True):
+            want[z] += w
+        assert hr_mod._zone_ms(times, zones, counts) == want, (n, rest_share)

@@ -50,7 +50,7 @@ BAND_NAMES = ("very_low_below_54", "low_54_69", "in_range_70_180", "high_181_250
 EPISODE_MIN_MS = 15 * MINUTE_MS
 EPISODE_MAX_GAP_MS = 30 * MINUTE_MS
 CV_STABLE_MAX = 36.0
-_LIST_MAX = 200_000  # longer series stay typed arrays (memory), see heart_rate._LIST_MAX
+_LIST_MAX = 50_000  # longer series stay typed arrays (memory), see heart_rate._LIST_MAX
 
 
 def band_index(level: float) -> int:

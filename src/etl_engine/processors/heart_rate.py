@@ -62,11 +62,13 @@ def zone_index(bpm: float) -> int:
 
 
 _ZONE_OF = partial(bisect_right, ZONE_BOUNDS_BPM)  # == zone_index, in C
+# bytes.translate tables: zone z -> 1, any other zone -> 0 (a mask for itertools.compress)
+_ZONE_MASKS = [bytes(int(i == z) for i in range(256)) for z in range(len(ZONE_NAMES))]
 _FEW_DISTINCT = 4096
 # Series up to this many samples are worked on as lists rather than typed arrays: reading
 # an array element builds a new int or float each time, and the statistics read each
 # sample several times. Longer series stay arrays (8 bytes a value instead of ~32).
-_LIST_MAX = 200_000
+_LIST_MAX = 50_000
 
 
 class _CountedOrder(Sequence[float]):
@@ -163,9 +165,10 @@ def _zone_ms(times: Sequence[int], zones: bytes, zone_counts: list[int]) -> list
     """``sample_weights(times)`` summed per zone (``zones[i]``: sample i's zone), in whole ms.
 
     The weights are whole ms, so the sums are exact in any order: the zone holding most
-    samples gets the total minus the others, the others are summed over their own samples
-    only (found with ``bytes.find``), and the total is the span less what the capped gaps
-    lose, so no list of weights is built.
+    samples gets the total minus the others. When the other zones hold few samples (a day
+    mostly at rest), they are summed over their own samples only (found with
+    ``bytes.find``) and the total is the span less what the capped gaps lose; otherwise
+    over a list of weights, one C-speed pass per zone.
     """
     zone_int = [0] * len(zone_counts)
     n = len(times)
@@ -173,17 +176,27 @@ def _zone_ms(times: Sequence[int], zones: bytes, zone_counts: list[int]) -> list
         return zone_int
     cap = SAMPLE_WEIGHT_CAP_MS
     gaps = map(operator.sub, islice(times, 1, None), times)
-    capped = set(compress(count(), map(operator.gt, gaps, repeat(cap))))  # long gaps: few
+    capped = list(compress(count(), map(operator.gt, gaps, repeat(cap))))  # long gaps: few
+    main = max(range(len(zone_counts)), key=zone_counts.__getitem__)
+    others = [z for z, c in enumerate(zone_counts) if c and z != main]
+    if (n - zone_counts[main]) * 8 > n:
+        weights = list(map(operator.sub, islice(times, 1, None), times))
+        for i in capped:
+            weights[i] = cap
+        weights.append(weights[-1])
+        for z in others:
+            zone_int[z] = sum(compress(weights, zones.translate(_ZONE_MASKS[z])))
+        zone_int[main] = sum(weights) - sum(zone_int)
+        return zone_int
+    long_gaps = set(capped)
 
     def weight(i: int) -> int:  # sample i stands for the time to the next (the last: as i-1)
         if i == n - 1:
             i -= 1
-        return cap if i in capped else times[i + 1] - times[i]
+        return cap if i in long_gaps else times[i + 1] - times[i]
 
-    main = max(range(len(zone_counts)), key=zone_counts.__getitem__)
-    for z, c in enumerate(zone_counts):
-        if c and z != main:
-            zone_int[z] = sum(map(weight, _positions(zones, z)))
+    for z in others:
+        zone_int[z] = sum(map(weight, _positions(zones, z)))
     total = times[n - 1] - times[0] - sum(times[i + 1] - times[i] - cap for i in capped)
     zone_int[main] = total + weight(n - 1) - sum(zone_int)
     return zone_int
