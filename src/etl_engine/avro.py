@@ -18,12 +18,13 @@ before. Parsed writer schemas and the comparison are cached by the schema's raw 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.read import SchemaResolutionError
@@ -37,12 +38,8 @@ SYNC_SIZE = 16
 MAX_SCHEMA_BYTES = 256 * 1024
 MAX_SCHEMA_DEPTH = 32
 SUPPORTED_CODECS = {"null", "deflate"}
-try:  # optional codecs, only when their library is installed
-    import cramjam
-
+if importlib.util.find_spec("cramjam") is not None:  # fastavro's optional codecs
     SUPPORTED_CODECS |= {"snappy", "zstandard"}
-except ImportError:  # pragma: no cover - depends on the environment
-    cramjam = None
 
 
 def _fail(reason: str, detail: str = "") -> PermanentError:
@@ -378,7 +375,7 @@ def decode_stream(
 def _records(data: bytes, reader_schema: dict | None) -> Iterator[Record]:
     try:
         reader = fastavro.reader(io.BytesIO(data), reader_schema=reader_schema)
-        yield from reader
+        yield from cast(Iterator[Record], reader)
     except SchemaResolutionError:
         raise _fail("schema_mismatch") from None
     except UnicodeDecodeError:

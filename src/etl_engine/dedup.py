@@ -119,7 +119,8 @@ class RedisDedup:
         if not message_ids:
             return {}
         values = await self._redis.mget([f"{self._prefix}:outcome:{m}" for m in message_ids])
-        return {m: v.decode() for m, v in zip(message_ids, values, strict=True) if v}
+        return {m: v.decode() if isinstance(v, bytes) else str(v)
+                for m, v in zip(message_ids, values, strict=True) if v}
 
     async def ping(self) -> None:
         await self._redis.ping()

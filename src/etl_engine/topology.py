@@ -24,7 +24,7 @@ STAGE_HEADER = "x-etl-stage"
 FAILED_DELIVERIES_HEADER = "x-etl-failed-deliveries"
 
 
-def work_queue_arguments(settings: Settings) -> dict[str, object]:
+def work_queue_arguments(settings: Settings) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": settings.delivery_limit,
