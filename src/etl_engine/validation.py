@@ -442,8 +442,9 @@ def _clean_chunk(
         origins = set(map(_get, metas, repeat("dataOriginPackageName")))
         if set(map(type, origins)) != _ONLY_STR or "" in origins:
             return None
-        keys = set(ids if digest is None else map(digest, ids))
-        if len(keys) != len(ids) or not keys.isdisjoint(seen):
+        keys = ids if digest is None else list(map(digest, ids))
+        unique = set(keys)
+        if len(unique) != len(keys) or not unique.isdisjoint(seen):
             return None  # a repeated id
         if instant:
             starts = ends = list(map(_get, chunk, repeat("timeEpochMillis")))
@@ -465,7 +466,7 @@ def _clean_chunk(
             return None
     except (TypeError, KeyError):  # unhashable or malformed values: record by record
         return None
-    seen.update(keys)
+    seen.update(keys)  # from a list, not a set: ``seen`` then grows as with one add each
     if None not in zones:
         return 0
     if instant:
