@@ -142,8 +142,8 @@ ensure_s3() {
       MINIO_ROOT_USER="$ETL_S3_ACCESS_KEY_ID" MINIO_ROOT_PASSWORD="$ETL_S3_SECRET_ACCESS_KEY" \
         nohup minio server "$RUN/minio-data" --address "127.0.0.1:$port" >"$RUN/s3.log" 2>&1 &
     else
-      say "starting the S3 server (moto) on port $port"
-      nohup .venv/bin/python -m moto.server -H 127.0.0.1 -p "$port" >"$RUN/s3.log" 2>&1 &
+      say "starting the S3 server (moto, keep-alive: etl_engine.dev_s3) on port $port"
+      nohup .venv/bin/python -m etl_engine.dev_s3 -H 127.0.0.1 -p "$port" >"$RUN/s3.log" 2>&1 &
     fi
     echo $! >"$RUN/s3.pid"
     wait_until 60 "S3 server" s3_ready

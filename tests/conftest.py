@@ -49,13 +49,13 @@ def _services_up() -> None:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, _services_up: None) -> Iterator[str]:
-    """A moto S3 server in its own process, like MinIO would be."""
+    """A moto S3 server (etl_engine.dev_s3: keep-alive) in its own process, like MinIO."""
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"

@@ -154,7 +154,7 @@ def _parse_ts(text: str) -> float:
 
 
 class MotoServer:
-    """An S3 server of our own (moto), like the test suite's."""
+    """An S3 server of our own: moto behind a keep-alive HTTP server (etl_engine.dev_s3)."""
 
     def __init__(self, log_path: Path) -> None:
         import urllib.request
@@ -164,7 +164,7 @@ class MotoServer:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + 30
