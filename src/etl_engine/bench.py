@@ -3,13 +3,16 @@
     etl-engine bench [--quick]          (or scripts/benchmark.sh [--quick])
 
 One run measures, on this machine and against real RabbitMQ and Redis plus an S3 server
-(a moto server started on a free port unless ``--s3-endpoint`` is given):
+(``etl_engine.dev_s3``: moto behind a keep-alive server, started on a free port, unless
+``--s3-endpoint`` is given; ``--s3-server moto`` starts plain ``moto.server`` instead):
 
 1. **decode floor** - plain ``fastavro.reader`` over the sample mix, in process;
 2. **storage ceiling** - GET of an input + conditional PUT of an output with boto3 (the
    worker's own ``Storage``), same concurrency, from one and from two client processes;
-3. **the fleet** - ``etl-engine worker`` processes (1 and 2, ``ETL_DECODE_PROCESSES`` 0
-   and 1) consuming N messages with unique idempotency keys over the generated sample mix:
+3. **the fleet** - ``etl-engine worker`` processes (1 and 2; decode mode ``1``: the
+   default, ordinary files on the worker's thread, or ``1c``: every file in a decode child,
+   ``ETL_DECODE_INLINE_MAX_BYTES=0``; ``0``: no children at all) consuming
+   N messages with unique idempotency keys over the generated sample mix:
    messages/s from first publish to last settle, CPU seconds per message from
    ``/proc/PID/stat`` (worker plus its decode children), peak RSS (``VmHWM``), latency
    publish -> settled at saturation and at about half that rate, exactly-once check;
@@ -156,7 +159,7 @@ def _parse_ts(text: str) -> float:
 class MotoServer:
     """An S3 server of our own: moto behind a keep-alive HTTP server (etl_engine.dev_s3)."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, server: str = "dev") -> None:
         import urllib.request
 
         self.port = free_port()
@@ -164,7 +167,8 @@ class MotoServer:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server" if server == "moto" else "etl_engine.dev_s3",
+             "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + 30
@@ -192,7 +196,7 @@ class Plan:
     quick: bool
     messages: int
     workers: list[int]
-    decode_processes: list[int]
+    decode_modes: list[str]  # "0", "1" (the default routing), "1c" (every file in a child)
     concurrency: int
     paced_seconds: float
     growth_sizes: list[int]
@@ -209,8 +213,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         quick=quick,
         messages=args.messages or (600 if quick else 5000),
         workers=[int(w) for w in (args.workers or ("1" if quick else "1,2")).split(",")],
-        decode_processes=[int(d) for d in (
-            args.decode_processes or ("0" if quick else "0,1")).split(",")],
+        decode_modes=[_decode_mode(d) for d in (
+            args.decode_processes or ("1" if quick else "1,1c")).split(",")],
         concurrency=args.concurrency,
         paced_seconds=args.paced_seconds or (6.0 if quick else 20.0),
         growth_sizes=[10_000, 100_000] if quick else [10_000, 100_000, 1_000_000],
@@ -219,6 +223,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ceiling_pairs=args.ceiling_pairs or (300 if quick else 1200),
         profile=bool(args.profile),
     )
+
+
+def _decode_mode(text: str) -> str:
+    mode = text.strip()
+    if not (mode.isdigit() or (mode.endswith("c") and mode[:-1].isdigit() and mode != "0c")):
+        raise SystemExit(f"etl-engine bench: --decode-processes: {text!r} is not N or Nc")
+    return mode
+
+
+def decode_env(mode: str) -> dict[str, str]:
+    """``N``: N decode children for big files (default routing); ``Nc``: every file."""
+    if mode.endswith("c"):
+        return {"ETL_DECODE_PROCESSES": mode[:-1], "ETL_DECODE_INLINE_MAX_BYTES": "0"}
+    return {"ETL_DECODE_PROCESSES": mode}
 
 
 def base_env(plan: Plan, s3_url: str, amqp: str, redis_url: str) -> dict[str, str]:
@@ -516,16 +534,16 @@ def _results(env: dict[str, str], bucket: str) -> list[str]:
 
 
 def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
-              workers: int, decode_processes: int, moto_pid: int | None) -> dict[str, Any]:
+              workers: int, decode_mode: str, moto_pid: int | None) -> dict[str, Any]:
     """One setting: start the workers, warm up, saturate, pace at half rate, check."""
     from etl_engine.settings import load_settings
     from etl_engine.storage import Storage, make_client
 
-    tag = f"w{workers}d{decode_processes}"
+    tag = f"w{workers}d{decode_mode}"
     out_bucket = f"bench-{plan.run_id}-{tag}"
     env = {**env0, "ETL_BUCKET": out_bucket,
            "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"],
-           "ETL_DECODE_PROCESSES": str(decode_processes)}
+           **decode_env(decode_mode)}
     s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
                       s3_secret_access_key="test")
     Storage(make_client(s)).ensure_bucket(out_bucket)
@@ -616,7 +634,7 @@ def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Pa
     duplicated = sum(c - 1 for c in stems.values() if c > 1) + len(set(stems) - expected)
     all_out = Counter(outcomes.values()) + Counter(paced_out.values())
     return {
-        "setting": tag, "workers": workers, "decode_processes": decode_processes,
+        "setting": tag, "workers": workers, "decode_mode": decode_mode,
         "concurrency": plan.concurrency, "messages": n, "paced_messages": n_paced,
         "throughput_msg_s": throughput, "elapsed_s": last - first,
         "cpu_ms_per_msg": 1000 * fleet_cpu / n,
@@ -816,8 +834,8 @@ def _print_growth_row(r: dict[str, Any]) -> None:
 
 
 def print_fleet(r: dict[str, Any]) -> None:
-    say(f"  [{r['setting']}] workers={r['workers']} ETL_DECODE_PROCESSES="
-        f"{r['decode_processes']} concurrency={r['concurrency']}")
+    env = " ".join(f"{k}={v}" for k, v in decode_env(r["decode_mode"]).items())
+    say(f"  [{r['setting']}] workers={r['workers']} {env} concurrency={r['concurrency']}")
     say(f"    throughput        {r['throughput_msg_s']:8.1f} msg/s   ({r['messages']} messages"
         f" in {r['elapsed_s']:.1f} s)")
     say(f"    worker CPU        {r['cpu_ms_per_msg']:8.2f} ms/msg  (main "
@@ -869,8 +887,8 @@ def summarise(report: dict[str, Any]) -> None:
             say(f"  throughput / storage ceiling   [{r['setting']}] {r['throughput_msg_s']:.1f} /"
                 f" {c['pairs_per_s']:.1f} = {r['throughput_msg_s'] / c['pairs_per_s']:.0%}"
                 f"   (target >= 80% for one worker)")
-    by = {(r["workers"], r["decode_processes"]): r for r in fleet}
-    for d in sorted({r["decode_processes"] for r in fleet}):
+    by = {(r["workers"], r["decode_mode"]): r for r in fleet}
+    for d in sorted({r["decode_mode"] for r in fleet}):
         one, two = by.get((1, d)), by.get((2, d))
         if one and two:
             c1, c2 = ceil.get(1), ceil.get(2)
@@ -988,7 +1006,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"etl-engine bench {'--quick ' if plan.quick else ''}run {plan.run_id}  "
         f"{started:%Y-%m-%d %H:%M} UTC  {report['machine'].get('cpu', '?')}, "
         f"{report['machine']['cpus']} CPUs, {report['machine'].get('memory_gb', '?')} GB")
-    moto = None if args.s3_endpoint else MotoServer(workdir / "moto.log")
+    moto = None if args.s3_endpoint else MotoServer(workdir / "moto.log", args.s3_server)
     s3_url = args.s3_endpoint or (moto.url if moto else "")
     env = base_env(plan, s3_url, os.environ.get("ETL_AMQP_URL", DEFAULT_AMQP),
                    os.environ.get("ETL_BENCH_REDIS_URL", DEFAULT_REDIS))
@@ -998,7 +1016,7 @@ def run(args: argparse.Namespace) -> int:
         inputs, files = _inputs(env, workdir)
         say(f"sample mix: {len(inputs)} files, {sum(i.size for i in inputs) / 1024:.0f} KiB, "
             f"types {len({i.record_type for i in inputs})}; S3 {s3_url} "
-            f"({'own moto server' if moto else 'given'})")
+            f"({'own ' + args.s3_server + ' server' if moto else 'given'})")
 
         say("\n== 1. decode floor (fastavro.reader over the mix, in process)")
         floor = decode_floor(files, plan.floor_seconds)
@@ -1042,7 +1060,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"\n== 3. the fleet ({plan.messages} messages at saturation, then about half "
             f"that rate for {plan.paced_seconds:.0f} s)")
         report["fleet"] = []
-        for d in plan.decode_processes:
+        for d in plan.decode_modes:
             for w in plan.workers:
                 r = run_fleet(plan, env, inputs, workdir, w, d,
                               moto.proc.pid if moto else None)
@@ -1078,7 +1096,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
     p.add_argument("--messages", type=int, default=0, help="messages per setting (5000)")
     p.add_argument("--workers", default="", help="worker counts to run, e.g. 1,2")
-    p.add_argument("--decode-processes", default="", help="ETL_DECODE_PROCESSES values, e.g. 0,1")
+    p.add_argument("--decode-processes", default="",
+                   help="decode modes: N = ETL_DECODE_PROCESSES=N (ordinary files on the "
+                        "worker's thread), Nc = every file in N children; e.g. 1,1c")
     p.add_argument("--concurrency", type=int, default=8, help="ETL_CONCURRENCY per worker")
     p.add_argument("--paced-seconds", type=float, default=0.0,
                    help="duration of the half-rate latency run")
@@ -1086,7 +1106,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true",
                    help="sample the workers with py-spy during the saturation run")
     p.add_argument("--no-growth", action="store_true", help="skip the large-file runs")
-    p.add_argument("--s3-endpoint", default="", help="use this S3 server instead of moto")
+    p.add_argument("--s3-endpoint", default="", help="use this S3 server (MinIO, ...)")
+    p.add_argument("--s3-server", choices=("dev", "moto"), default="dev",
+                   help="the S3 server to start: dev = moto behind a keep-alive server "
+                        "(etl_engine.dev_s3), moto = plain moto.server (a connection per "
+                        "request)")
     p.add_argument("--cache-dir", default="", help=f"large files cache ({DEFAULT_CACHE})")
     p.add_argument("--json", default="", help="write the figures here (.run/bench-ID.json)")
 
