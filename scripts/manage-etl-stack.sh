@@ -3,7 +3,7 @@
 #
 # Docker mode when a Docker engine answers (deployment/docker-compose.yml), native mode
 # otherwise or with --native: RabbitMQ and Redis on localhost (started if installed but
-# stopped), an S3 server (MinIO if on PATH, else moto's server from .venv), and
+# stopped), an S3 server (MinIO if on PATH, else moto via etl_engine.dev_s3 from .venv), and
 # ETL_WORKERS worker processes; pids and logs under .run/. `stop` ends only those pids.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
