@@ -274,11 +274,20 @@ run_tests() {
   ensure_venv
   ensure_rabbitmq
   ensure_redis
+  local rc=0
+  if [[ $# -eq 0 ]]; then  # the whole suite: the static checks first (~30 s)
+    say "static checks: ruff, mypy"
+    set +e
+    .venv/bin/ruff check src tests && .venv/bin/mypy
+    rc=$?
+    set -e
+  fi
   say "running the tests"
   set +e
   .venv/bin/python -m pytest "$@"
-  local rc=$?
+  local test_rc=$?
   set -e
+  (( rc != 0 )) || rc=$test_rc
   # With no arguments, the whole suite: then the fault-injection suite (CI variant, ~5 min).
   # ETL_TEST_CHAOS=0 skips it.
   if [[ $# -eq 0 && "${ETL_TEST_CHAOS:-1}" != 0 ]]; then

@@ -701,7 +701,7 @@ def stop_profile(spies: list[subprocess.Popen[bytes] | None]) -> dict[str, Any] 
         spy.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy.wait(30)
-        outs.append(Path(spy.args[-1]))  # type: ignore[index]
+        outs.append(Path(str(spy.args[-1])))  # type: ignore[index]
     if not outs:
         return None
     buckets: Counter[str] = Counter()

@@ -364,7 +364,7 @@ _ONLY_DICT = frozenset({dict})
 _ONLY_STR = frozenset({str})
 _ONLY_INT = frozenset({int})
 _NUMBER_TYPES = frozenset({int, float})
-_get = dict.get
+_get: Callable[..., Any] = dict.get  # map(_get, records, repeat(key)): C-speed field reads
 _CleanValues = Callable[[list[Record], list[Any], list[Any]], bool]
 
 

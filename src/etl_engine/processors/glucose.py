@@ -89,7 +89,7 @@ def count_episodes(points: Iterable[tuple[int, float]], threshold: float) -> int
     return episodes
 
 
-def _time_order(times: array, values: array) -> Iterable[int]:
+def _time_order(times: Sequence[int], values: Sequence[float]) -> Iterable[int]:
     """Reading indices in (time, level) order: ``range`` when already so (the usual)."""
     n = len(times)
     if not any(t2 < t1 or (t2 == t1 and v2 < v1)
@@ -119,10 +119,13 @@ def _select(cols: Readings, priority: Sequence[str]) -> _Selection:
     times and levels in (time, level) order with one reading per timestamp (the lowest
     level of a repeated one), and every origin's own levels (one per timestamp).
     """
-    times, levels, offsets, oids = cols.times, cols.values, cols.offsets, cols.origin_ids
+    times: Sequence[int] = cols.times
+    levels: Sequence[float] = cols.values
+    offsets: Sequence[int] = cols.offsets
+    oids: Sequence[int] = cols.origin_ids
     if len(times) <= _LIST_MAX:  # read several times below: box each value once, not per pass
-        times, levels, offsets, oids = (times.tolist(), levels.tolist(), offsets.tolist(),
-                                        oids.tolist())
+        times, levels, offsets, oids = (cols.times.tolist(), cols.values.tolist(),
+                                        cols.offsets.tolist(), cols.origin_ids.tolist())
     names = cols.origins.names
     distinct = all(map(operator.lt, times, islice(times, 1, None)))
     coverage: dict[int, dict[int, int]] = {}  # day -> origin -> distinct timestamps
@@ -157,14 +160,15 @@ def _select(cols: Readings, priority: Sequence[str]) -> _Selection:
         if len(names) == 1:
             return choices, times, levels, [levels]
         mask = list(map(operator.eq, map(chosen.__getitem__, days), oids))
-        own = [array("d", compress(levels, map(operator.eq, oids, repeat(o))))
-               for o in range(len(names))]
+        own: list[Sequence[float]] = [
+            array("d", compress(levels, map(operator.eq, oids, repeat(o))))
+            for o in range(len(names))]
         return (choices, array("q", compress(times, mask)), array("d", compress(levels, mask)),
                 own)
 
     pt_times = array("q")
     values = array("d")
-    own = [array("d") for _ in names]
+    own_arrays = [array("d") for _ in names]
     own_last: list[int | None] = [None] * len(names)
     last_t: int | None = None
     for i in order:
@@ -172,12 +176,12 @@ def _select(cols: Readings, priority: Sequence[str]) -> _Selection:
         o = oids[i]
         if own_last[o] != t:
             own_last[o] = t
-            own[o].append(levels[i])
+            own_arrays[o].append(levels[i])
         if t != last_t and chosen[(t + offsets[i]) // DAY_MS] == o:
             last_t = t
             pt_times.append(t)
             values.append(levels[i])
-    return choices, pt_times, values, own
+    return choices, pt_times, values, list[Sequence[float]](own_arrays)
 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:

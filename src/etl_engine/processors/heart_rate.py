@@ -125,17 +125,19 @@ def _series(cols: Samples, records: Sequence[int]) -> tuple[Sequence[int], Seque
     starts, first = cols.starts, cols.first
     all_times, all_bpms = cols.sample_times, cols.bpms
     ordered = sorted(records, key=starts.__getitem__)
+    times: Sequence[int]
+    bpms: Sequence[float]
     if len(ordered) == len(cols) and ordered == list(range(len(cols))):
         times, bpms = all_times, all_bpms  # every record, already in order: no copy
     else:
-        times = array("q")
-        bpms = array("d")
+        picked_times, picked_bpms = array("q"), array("d")
         for r in ordered:
             lo, hi = first[r], first[r + 1]
-            times.extend(all_times[lo:hi])
-            bpms.extend(all_bpms[lo:hi])
+            picked_times.extend(all_times[lo:hi])
+            picked_bpms.extend(all_bpms[lo:hi])
+        times, bpms = picked_times, picked_bpms
     if len(times) <= _LIST_MAX:  # every later pass reads these values again: box them once
-        times, bpms = times.tolist(), bpms.tolist()
+        times, bpms = list(times), list(bpms)
     if not all(map(operator.lt, times, islice(times, 1, None))):  # strictly increasing?
         order = sorted(range(len(times)), key=lambda i: (times[i], bpms[i]))
         t_out = array("q")
