@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers import start_s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -50,27 +49,7 @@ def _services_up() -> None:
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, _services_up: None) -> Iterator[str]:
     """A moto S3 server (etl_engine.dev_s3: keep-alive) in its own process, like MinIO."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited: {log.read_text()[-2000:]}") from None
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start in 30 s")
+    proc, url = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log", _free_port())
     yield url
     proc.terminate()
     try:

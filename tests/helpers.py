@@ -26,6 +26,29 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 
+def start_s3_server(log: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Our local S3 server (etl_engine.dev_s3, keep-alive like MinIO) in its own process;
+    returns it and its URL once it answers."""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"S3 server did not start: {log.read_text()[-2000:]}"
+                                   ) from None
+            time.sleep(0.1)
+
+
 def storage_for(settings: Settings) -> Storage:
     return Storage(make_client(settings))
 

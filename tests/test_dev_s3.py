@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import http.client
-import os
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from helpers import start_s3_server
 
 pytest.importorskip("cheroot")
 
@@ -29,31 +26,16 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def dev_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    """A server of this module's own: it must also stop cleanly (exit 0) on SIGTERM."""
     log = tmp_path_factory.mktemp("dev_s3") / "dev_s3.log"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
+    port = _free_port()
+    proc, _ = start_s3_server(log, port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/moto-api/")
-                conn.getresponse().read()
-                conn.close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dev_s3 did not start: {Path(log).read_text()}") from None
-                time.sleep(0.1)
         yield "127.0.0.1", port
     finally:
         proc.terminate()
         proc.wait(10)
-    assert proc.returncode == 0, Path(log).read_text()[-2000:]
+    assert proc.returncode == 0, log.read_text()[-2000:]
 
 
 def _client(host: str, port: int) -> Any:
