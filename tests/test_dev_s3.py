@@ -38,17 +38,19 @@ def dev_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     assert proc.returncode == 0, log.read_text()[-2000:]
 
 
-def _client(host: str, port: int) -> Any:
-    return boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test",
-                        config=Config(s3={"addressing_style": "path"}))
+def _new_bucket(host: str, port: int, prefix: str) -> tuple[Any, str]:
+    """A boto3 client on the server and a bucket of the test's own."""
+    s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test",
+                      config=Config(s3={"addressing_style": "path"}))
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    return s3, bucket
 
 
 def test_one_socket_serves_several_requests(dev_s3: tuple[str, int]) -> None:
     host, port = dev_s3
-    bucket = f"ka-{uuid.uuid4().hex[:8]}"
-    s3 = _client(host, port)
-    s3.create_bucket(Bucket=bucket)
+    s3, bucket = _new_bucket(host, port, "ka")
     s3.put_object(Bucket=bucket, Key="k", Body=b"hello",
                   ACL="public-read")
 
@@ -74,10 +76,7 @@ def test_one_socket_serves_several_requests(dev_s3: tuple[str, int]) -> None:
 
 
 def test_conditional_put_on_an_existing_key_is_412(dev_s3: tuple[str, int]) -> None:
-    host, port = dev_s3
-    bucket = f"cond-{uuid.uuid4().hex[:8]}"
-    s3 = _client(host, port)
-    s3.create_bucket(Bucket=bucket)
+    s3, bucket = _new_bucket(*dev_s3, "cond")
     s3.put_object(Bucket=bucket, Key="out", Body=b"first",
                   IfNoneMatch="*", Metadata={"message-id": "m1", "under_score": "kept"})
     with pytest.raises(ClientError) as err:
