@@ -34,6 +34,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -204,6 +205,7 @@ class Plan:
     floor_seconds: float
     ceiling_pairs: int
     profile: bool = False
+    instructions: int = 0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -222,6 +224,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         floor_seconds=1.0 if quick else 3.0,
         ceiling_pairs=args.ceiling_pairs or (300 if quick else 1200),
         profile=bool(args.profile),
+        instructions=args.instructions,
     )
 
 
@@ -263,45 +266,49 @@ def base_env(plan: Plan, s3_url: str, amqp: str, redis_url: str) -> dict[str, st
 
 
 # --- 1. decode floor ---------------------------------------------------------------------------
-def decode_floor(files: list[tuple[str, bytes]], seconds: float) -> dict[str, Any]:
-    """Plain fastavro over the mix; also the worker's CPU stages over the same bytes."""
+def floor_pass(files: list[tuple[str, bytes]]) -> None:
+    """The floor: plain fastavro iterating every record of every file."""
     import fastavro
 
+    for _, data in files:
+        for _rec in fastavro.reader(io.BytesIO(data)):
+            pass
+
+
+def stages_pass(files: list[tuple[str, bytes]]) -> None:
+    """The worker's CPU stages (decode + validate + statistics + narrative) over the mix."""
     from etl_engine.compute import Limits, run_cpu_stages
     from etl_engine.stages import DomainConfig, Lineage
 
-    def floor_once() -> None:
-        for _, data in files:
-            for _rec in fastavro.reader(io.BytesIO(data)):
-                pass
-
     limits = Limits(2_000_000, 512 * 1024 * 1024)
     config = DomainConfig()
+    now = datetime.now(UTC)
+    for rt, data in files:
+        lin = Lineage("b", "raw/x.avro", "m", "c", rt, "bench")
+        out = run_cpu_stages(data, lin, limits, config, now)
+        if out.output is None:
+            raise RuntimeError(f"sample did not pass: {out.quarantine_reason}")
 
-    def stages_once() -> None:
-        now = datetime.now(UTC)
-        for rt, data in files:
-            lin = Lineage("b", "raw/x.avro", "m", "c", rt, "bench")
-            out = run_cpu_stages(data, lin, limits, config, now)
-            if out.output is None:
-                raise RuntimeError(f"sample did not pass: {out.quarantine_reason}")
+
+def decode_floor(files: list[tuple[str, bytes]], seconds: float) -> dict[str, Any]:
+    """Plain fastavro over the mix; also the worker's CPU stages over the same bytes."""
 
     def timed(fn: Any) -> float:
         """CPU per file: the best of five rounds (other load on the machine only adds)."""
-        fn()  # warm
+        fn(files)  # warm
         best = float("inf")
         for _ in range(5):
             loops = 0
             cpu0 = time.thread_time()
             t0 = time.perf_counter()
             while loops < 2 or time.perf_counter() - t0 < seconds / 5:
-                fn()
+                fn(files)
                 loops += 1
             best = min(best, (time.thread_time() - cpu0) / (loops * len(files)))
         return best
 
-    floor = timed(floor_once)
-    stages = timed(stages_once)
+    floor = timed(floor_pass)
+    stages = timed(stages_pass)
     return {"files": len(files), "floor_ms_per_file": floor * 1000,
             "floor_files_per_s": 1 / floor, "stages_ms_per_file": stages * 1000}
 
@@ -376,7 +383,8 @@ class Input:
 
 
 class WorkerProc:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path,
+                 prefix: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -384,7 +392,7 @@ class WorkerProc:
         self._settled: dict[str, tuple[float, str]] = {}
         self.events: Counter[str] = Counter()  # every settle, redeliveries included
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.cli", "worker"],
+            [*prefix, sys.executable, "-m", "etl_engine.cli", "worker"],
             env={**os.environ, **env, "ETL_SIDECAR_PORT": str(self.port)},
             stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -657,6 +665,85 @@ def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Pa
     }
 
 
+# --- 6. instruction counts (valgrind) -------------------------------------------------------------
+# Instructions executed do not depend on what else the host's CPUs are doing, so this ratio
+# is repeatable where CPU seconds on a shared VM are not (they moved 40 % within an hour).
+def _ir_child(mode: str, sample_dir: str, rounds: int) -> None:
+    """Run under cachegrind by ``instruction_counts``: one warm pass over the mix (lazy
+    imports, schema caches), then ``rounds`` passes."""
+    from etl_engine.samples import iter_sample_files
+
+    files = [(rt, path.read_bytes()) for rt, path in iter_sample_files(Path(sample_dir))]
+    fn = floor_pass if mode == "floor" else stages_pass
+    for _ in range(rounds + 1):
+        fn(files)
+
+
+def _ir_summary(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {path}")
+
+
+def _ir_per_pass(mode: str, sample_dir: Path, workdir: Path, rounds: int = 3) -> float:
+    """Instructions of one pass over the mix: (``rounds`` passes - 0 passes) / rounds."""
+    counts = []
+    for n in (0, rounds):
+        out = workdir / f"ir-{mode}-{n}.cachegrind"
+        subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+             f"--cachegrind-out-file={out}", sys.executable, "-m", "etl_engine.bench",
+             "_ir", mode, str(sample_dir), str(n)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        counts.append(_ir_summary(out))
+    return (counts[1] - counts[0]) / rounds
+
+
+def instruction_counts(plan: Plan, env0: dict[str, str], inputs: list[Input],
+                       workdir: Path) -> dict[str, Any]:
+    """User-space instructions (valgrind): the floor and the CPU stages per file, and one
+    worker per message, counted between two callgrind dumps around ``n`` messages."""
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    n = plan.instructions
+    sample_dir = workdir / "samples"
+    floor = _ir_per_pass("floor", sample_dir, workdir) / len(inputs)
+    stages = _ir_per_pass("stages", sample_dir, workdir) / len(inputs)
+
+    out_bucket = f"bench-{plan.run_id}-instr"
+    env = {**env0, "ETL_BUCKET": out_bucket, "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"],
+           **decode_env("1"), "ETL_MESSAGE_TIMEOUT_S": "600", "ETL_LEASE_TTL_S": "600"}
+    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
+                      s3_secret_access_key="test")
+    Storage(make_client(s)).ensure_bucket(out_bucket)
+    fleet = Fleet(env, inputs, env0["ETL_BUCKET"])
+    dump = workdir / "instr-worker.callgrind"
+    proc = WorkerProc(env, workdir / "instr-worker.log",
+                      prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"])
+    try:
+        proc.wait_ready(timeout=900)
+        warm = asyncio.run(fleet.publish(f"{plan.run_id}-instr-warm", 2 * len(inputs), None))
+        got = asyncio.run(fleet.wait_settled(list(warm), 900, [proc]))
+        if len(got) != len(warm):
+            raise RuntimeError(f"instruction run: warm-up settled {len(got)} of {len(warm)}")
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        sent = asyncio.run(fleet.publish(f"{plan.run_id}-instr", n, None))
+        got = asyncio.run(fleet.wait_settled(list(sent), 300 + 5 * n, [proc]))
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        if len(got) != n or set(got.values()) != {"processed"}:
+            raise RuntimeError(f"instruction run: {Counter(got.values())} of {n}")
+    finally:
+        proc.stop()
+    worker = _ir_summary(Path(f"{dump}.1")) / n
+    return {"messages": n, "floor_ir_per_file": floor, "stages_ir_per_file": stages,
+            "worker_ir_per_msg": worker, "stages_ratio": stages / floor,
+            "worker_ratio": worker / floor, "callgrind_dump": f"{dump}.1"}
+
+
 # --- profiling (py-spy) -------------------------------------------------------------------------
 # Where a worker's CPU goes, by the outermost library or module a sampled stack is in.
 PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
@@ -881,6 +968,11 @@ def summarise(report: dict[str, Any]) -> None:
         say(f"  worker CPU / decode floor      [{r['setting']}] {r['cpu_ms_per_msg']:.2f} / "
             f"{floor['floor_ms_per_file']:.2f} = "
             f"{r['cpu_ms_per_msg'] / floor['floor_ms_per_file']:.2f}x   (target <= 3x)")
+    ir = report.get("instructions")
+    if ir:
+        say(f"  worker instructions / floor    [w1d1] {ir['worker_ir_per_msg'] / 1e6:.2f} M / "
+            f"{ir['floor_ir_per_file'] / 1e6:.2f} M = {ir['worker_ratio']:.2f}x   "
+            f"(CPU stages alone {ir['stages_ratio']:.2f}x; user space, valgrind)")
     for r in fleet:
         c = ceil.get(r["workers"])
         if c:
@@ -1073,6 +1165,19 @@ def run(args: argparse.Namespace) -> int:
         ceiling_again()
         report["storage_ceiling"] = ceiling
 
+        if plan.instructions:
+            say(f"\n== 6. instructions (valgrind; the host's load does not change them): "
+                f"1 worker, {plan.instructions} messages")
+            if shutil.which("valgrind") is None:
+                say("  skipped: valgrind is not installed")
+            else:
+                ir = instruction_counts(plan, env, inputs, workdir)
+                buckets.append(f"bench-{plan.run_id}-instr")
+                report["instructions"] = ir
+                say(f"  decode floor {ir['floor_ir_per_file'] / 1e6:8.2f} M/file   "
+                    f"CPU stages {ir['stages_ir_per_file'] / 1e6:6.2f} M/file   "
+                    f"worker {ir['worker_ir_per_msg'] / 1e6:6.2f} M/msg")
+
         report["growth"] = []
         if plan.growth_large:
             say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
@@ -1105,6 +1210,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ceiling-pairs", type=int, default=0, help="GET+PUT pairs per client")
     p.add_argument("--profile", action="store_true",
                    help="sample the workers with py-spy during the saturation run")
+    p.add_argument("--instructions", type=int, default=0, metavar="N",
+                   help="also count instructions with valgrind: the floor and the CPU stages "
+                        "per file, one worker per message over N messages (e.g. 150; slow)")
     p.add_argument("--no-growth", action="store_true", help="skip the large-file runs")
     p.add_argument("--s3-endpoint", default="", help="use this S3 server (MinIO, ...)")
     p.add_argument("--s3-server", choices=("dev", "moto"), default="dev",
@@ -1119,6 +1227,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_ceiling"]:
         print(json.dumps(_ceiling_child(json.loads(argv[1]))))
+        return 0
+    if argv[:1] == ["_ir"]:
+        _ir_child(argv[1], argv[2], int(argv[3]))
         return 0
     if argv[:1] == ["_growth"]:
         print(json.dumps(_growth_child(argv[1], argv[2], argv[3])))
