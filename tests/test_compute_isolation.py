@@ -92,3 +92,66 @@ async def test_a_file_refused_by_the_prescan_is_refused_inline_with_its_reason()
         assert pool.child_pids() == []
     finally:
         pool.close()
+
+
+async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
+    tmp_path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """ETL_DECODE_ON_LOOP_MAX_BYTES: no thread hand-off for the smallest files."""
+    import threading
+
+    from etl_engine.samples import generate_large
+
+    small, bigger = tmp_path / "small.avro", tmp_path / "bigger.avro"
+    generate_large(small, "BloodGlucoseRecord", 200)
+    generate_large(bigger, "BloodGlucoseRecord", 3_000)
+    assert len(small.read_bytes()) < 64 << 10 < len(bigger.read_bytes()) < 1 << 20
+    ran_on: list[int] = []
+    real = compute.run_cpu_stages
+
+    def spy(*args: object) -> CpuResult:
+        ran_on.append(threading.get_ident())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compute, "run_cpu_stages", spy)
+    limits = Limits(2_000_000, 512 << 20)
+    lineage = Lineage("b", "raw/k", "m", "c", "BloodGlucoseRecord", "ik")
+    now = datetime.now(UTC)
+    pool = ComputePool(1, 512, 30, inline_max_bytes=1 << 20, on_loop_max_bytes=64 << 10)
+    try:
+        on_loop = await pool.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
+        on_thread = await pool.run(bigger.read_bytes(), lineage, limits, DomainConfig(), now)
+    finally:
+        pool.close()
+    assert ran_on[0] == threading.get_ident() != ran_on[1]
+    assert pool.child_pids() == []
+    assert on_loop.records == 200 and on_thread.records == 3_000
+    assert on_loop.output is not None and on_thread.output is not None
+    # the same file gives the same result on the thread
+    off = ComputePool(1, 512, 30, inline_max_bytes=1 << 20, on_loop_max_bytes=0)
+    try:
+        again = await off.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
+    finally:
+        off.close()
+    assert ran_on[2] != ran_on[0]
+    assert again.output == on_loop.output and again.report == on_loop.report
+
+
+def test_many_tiny_records_are_not_small_enough_for_the_loop() -> None:
+    """A file of 1-byte records is small in bytes but not in work: at least 8 bytes a
+    record on average, or it goes to the thread (where the file's real limits apply)."""
+    import io
+
+    import fastavro
+
+    schema = {"type": "record", "name": "X", "fields": [{"name": "a", "type": "int"}]}
+    buf = io.BytesIO()
+    fastavro.writer(buf, schema, ({"a": 0} for _ in range(10_000)))
+    data = buf.getvalue()
+    limits = Limits(2_000_000, 512 << 20)
+    assert len(data) < 64 << 10
+    assert compute.fits_inline(data, limits, 64 << 10)
+    assert not compute.fits_loop(data, limits, 64 << 10)
+    assert compute.fits_loop(data, limits, 128 << 10)  # 16k records allowed there
+    # a file over the file's own record limit is refused wherever it runs
+    assert compute.fits_loop(data, Limits(5_000, 512 << 20), 64 << 10)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Files decompressing to at most this many bytes run on a thread of the worker, bigger
     # ones in the decode processes; 0: every file in a decode process.
     decode_inline_max_bytes: int = Field(1024 * 1024, ge=0)
+    # Files decompressing to at most this many bytes run on the event loop itself (no
+    # thread hand-off); 0: never.
+    decode_on_loop_max_bytes: int = Field(64 * 1024, ge=0, le=1024 * 1024)
     decode_memory_limit_mb: int = Field(1536, ge=64)
 
     # --- domain -----------------------------------------------------------------------

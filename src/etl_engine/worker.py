@@ -106,6 +106,7 @@ class Worker:
         self.compute = ComputePool(
             settings.decode_processes, settings.decode_memory_limit_mb,
             settings.message_timeout_s, inline_max_bytes=settings.decode_inline_max_bytes,
+            on_loop_max_bytes=settings.decode_on_loop_max_bytes,
         )
         self.owner = f"{self.state.worker_id}:{time.time_ns()}"
         self.pipeline = Pipeline(
