@@ -744,6 +744,77 @@ def instruction_counts(plan: Plan, env0: dict[str, str], inputs: list[Input],
             "worker_ratio": worker / floor, "callgrind_dump": f"{dump}.1"}
 
 
+# --- side by side: two worker configurations under the same noise -------------------------------
+def _env_pairs(text: str) -> dict[str, str]:
+    """``"ETL_X=1,ETL_Y=2"`` -> {"ETL_X": "1", "ETL_Y": "2"}; empty: the defaults."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.startswith("ETL_"):
+            raise SystemExit(f"etl-engine bench --ab: {part!r} is not ETL_NAME=value")
+        out[key] = value
+    return out
+
+
+def compare(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
+            configs: tuple[dict[str, str], dict[str, str]], rate: float,
+            rounds: int) -> dict[str, Any]:
+    """Worker A and worker B (one process each, own queues and buckets) consume the same
+    paced load at the same time, so the host's noise, which moves CPU seconds by tens of
+    per cent between runs, hits both alike; B/A is the figure. Run A/A to see its spread."""
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    storage = Storage(make_client(load_settings(
+        s3_endpoint_url=env0["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
+        s3_secret_access_key="test")))
+    envs, procs, fleets = [], [], []
+    for name, extra in zip("ab", configs, strict=True):
+        rid = f"{plan.run_id}{name}"
+        env = {**env0, "ETL_EXCHANGE": f"bench.{rid}.exchange", "ETL_QUEUE": f"bench.{rid}.work",
+               "ETL_DEDUP_PREFIX": f"bench:{rid}", "ETL_BUCKET": f"bench-{rid}",
+               "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"], **extra}
+        storage.ensure_bucket(env["ETL_BUCKET"])
+        envs.append(env)
+        procs.append(WorkerProc(env, workdir / f"ab-{name}.log"))
+        fleets.append(Fleet(env, inputs, env0["ETL_BUCKET"]))
+
+    async def publish(tag: str, n: int, pace: float | None) -> list[dict[str, float]]:
+        return list(await asyncio.gather(*(f.publish(f"{tag}-{i}", n, pace)
+                                           for i, f in enumerate(fleets))))
+
+    def settle(sent: list[dict[str, float]], timeout: float) -> None:
+        for f, p, ids in zip(fleets, procs, sent, strict=True):
+            got = asyncio.run(f.wait_settled(list(ids), timeout, [p]))
+            if len(got) != len(ids) or set(got.values()) != {"processed"}:
+                raise RuntimeError(f"--ab: {Counter(got.values())} of {len(ids)}; see "
+                                   f"{p.log_path}")
+
+    results = []
+    try:
+        for p in procs:
+            p.wait_ready()
+        settle(asyncio.run(publish(f"{plan.run_id}-abwarm", 4 * len(inputs), None)), 120)
+        for r in range(rounds):
+            cpu0 = [proc_cpu(p.pid) for p in procs]
+            sent = asyncio.run(publish(f"{plan.run_id}-ab{r}", plan.messages, rate))
+            settle(sent, 120 + plan.messages / rate)
+            a, b = (1000 * (proc_cpu(p.pid) - c) / plan.messages
+                    for p, c in zip(procs, cpu0, strict=True))
+            results.append({"a_ms_per_msg": a, "b_ms_per_msg": b, "b_over_a": b / a})
+            say(f"  round {r + 1}: A {a:6.3f} ms/msg   B {b:6.3f} ms/msg   B/A {b / a:.3f}")
+    finally:
+        for p in procs:
+            p.stop()
+        for env in envs:
+            _cleanup(env, [])
+    ratios = [x["b_over_a"] for x in results]
+    return {"a": configs[0], "b": configs[1], "rate_msg_s": rate,
+            "messages": plan.messages, "rounds": results,
+            "b_over_a_mean": sum(ratios) / len(ratios), "b_over_a_min": min(ratios),
+            "b_over_a_max": max(ratios), "buckets": [e["ETL_BUCKET"] for e in envs]}
+
+
 # --- profiling (py-spy) -------------------------------------------------------------------------
 # Where a worker's CPU goes, by the outermost library or module a sampled stack is in.
 PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
@@ -1084,12 +1155,92 @@ def _cleanup(env: dict[str, str], buckets: list[str]) -> None:
         asyncio.run(redis())
 
 
+def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: list[Input],
+             files: list[tuple[str, bytes]], workdir: Path, moto: MotoServer | None,
+             buckets: list[str], report: dict[str, Any]) -> None:
+    """Sections 1-6 and the summary (the default run)."""
+    cache = Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE
+    say("\n== 1. decode floor (fastavro.reader over the mix, in process)")
+    floor = decode_floor(files, plan.floor_seconds)
+    report["decode_floor"] = floor
+    say(f"  {floor['floor_files_per_s']:8.0f} files/s  {floor['floor_ms_per_file']:6.2f} "
+        f"ms/file   (worker CPU stages in process: {floor['stages_ms_per_file']:.2f} "
+        f"ms/file)")
+
+    say(f"\n== 2. storage ceiling (boto3 GET input + conditional PUT output, "
+        f"{plan.concurrency} threads per client process)")
+    ceiling = []
+    out_bucket = f"bench-{plan.run_id}-ceiling"
+    buckets.append(out_bucket)
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import Storage, make_client
+
+    Storage(make_client(load_settings())).ensure_bucket(out_bucket)
+    for procs in sorted(set(plan.workers)):
+        c = storage_ceiling(env, [i.key for i in inputs], out_bucket, 3000,
+                            plan.concurrency, procs, plan.ceiling_pairs,
+                            moto.proc.pid if moto else None)
+        ceiling.append(c)
+        server = (f", server {c['server_cpu_ms_per_pair']:.2f}"
+                  if c["server_cpu_ms_per_pair"] is not None else "")
+        say(f"  {procs} client process(es): {c['pairs_per_s']:7.1f} GET+PUT/s  "
+            f"(CPU ms/pair: client {c['client_cpu_ms_per_pair']:.2f}{server})")
+    report["storage_ceiling"] = ceiling
+
+    def ceiling_again() -> None:
+        for i, c in enumerate(ceiling):
+            again = storage_ceiling(env, [x.key for x in inputs], out_bucket, 3000,
+                                    plan.concurrency, c["processes"], plan.ceiling_pairs,
+                                    moto.proc.pid if moto else None)
+            say(f"  {c['processes']} client process(es): {again['pairs_per_s']:7.1f} "
+                f"GET+PUT/s (again, after the fleet)")
+            if again["pairs_per_s"] > c["pairs_per_s"]:
+                ceiling[i] = {**again, "first_pairs_per_s": c["pairs_per_s"]}
+            else:
+                c["again_pairs_per_s"] = again["pairs_per_s"]
+
+    say(f"\n== 3. the fleet ({plan.messages} messages at saturation, then about half "
+        f"that rate for {plan.paced_seconds:.0f} s)")
+    report["fleet"] = []
+    for d in plan.decode_modes:
+        for w in plan.workers:
+            r = run_fleet(plan, env, inputs, workdir, w, d,
+                          moto.proc.pid if moto else None)
+            buckets.append(f"bench-{plan.run_id}-{r['setting']}")
+            report["fleet"].append(r)
+            print_fleet(r)
+
+    say("\n== 2b. storage ceiling again (the machine's load varies: the higher of the two "
+        "counts)")
+    ceiling_again()
+    report["storage_ceiling"] = ceiling
+
+    if plan.instructions:
+        say(f"\n== 6. instructions (valgrind; the host's load does not change them): "
+            f"1 worker, {plan.instructions} messages")
+        if shutil.which("valgrind") is None:
+            say("  skipped: valgrind is not installed")
+        else:
+            ir = instruction_counts(plan, env, inputs, workdir)
+            buckets.append(f"bench-{plan.run_id}-instr")
+            report["instructions"] = ir
+            say(f"  decode floor {ir['floor_ir_per_file'] / 1e6:8.2f} M/file   "
+                f"CPU stages {ir['stages_ir_per_file'] / 1e6:6.2f} M/file   "
+                f"worker {ir['worker_ir_per_msg'] / 1e6:6.2f} M/msg")
+
+    report["growth"] = []
+    if plan.growth_large:
+        say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
+            "iterating the file)")
+        report["growth"] = growth(plan, cache)
+    summarise(report)
+
+
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     started = datetime.now(UTC)
     t_start = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix=f"etl-bench-{plan.run_id}-"))
-    cache = Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"),
                               "machine": machine(), "quick": plan.quick,
                               "command": " ".join(["etl-engine bench", *sys.argv[2:]])
@@ -1109,81 +1260,17 @@ def run(args: argparse.Namespace) -> int:
         say(f"sample mix: {len(inputs)} files, {sum(i.size for i in inputs) / 1024:.0f} KiB, "
             f"types {len({i.record_type for i in inputs})}; S3 {s3_url} "
             f"({'own ' + args.s3_server + ' server' if moto else 'given'})")
-
-        say("\n== 1. decode floor (fastavro.reader over the mix, in process)")
-        floor = decode_floor(files, plan.floor_seconds)
-        report["decode_floor"] = floor
-        say(f"  {floor['floor_files_per_s']:8.0f} files/s  {floor['floor_ms_per_file']:6.2f} "
-            f"ms/file   (worker CPU stages in process: {floor['stages_ms_per_file']:.2f} "
-            f"ms/file)")
-
-        say(f"\n== 2. storage ceiling (boto3 GET input + conditional PUT output, "
-            f"{plan.concurrency} threads per client process)")
-        ceiling = []
-        out_bucket = f"bench-{plan.run_id}-ceiling"
-        buckets.append(out_bucket)
-        from etl_engine.settings import load_settings
-        from etl_engine.storage import Storage, make_client
-
-        Storage(make_client(load_settings())).ensure_bucket(out_bucket)
-        for procs in sorted(set(plan.workers)):
-            c = storage_ceiling(env, [i.key for i in inputs], out_bucket, 3000,
-                                plan.concurrency, procs, plan.ceiling_pairs,
-                                moto.proc.pid if moto else None)
-            ceiling.append(c)
-            server = (f", server {c['server_cpu_ms_per_pair']:.2f}"
-                      if c["server_cpu_ms_per_pair"] is not None else "")
-            say(f"  {procs} client process(es): {c['pairs_per_s']:7.1f} GET+PUT/s  "
-                f"(CPU ms/pair: client {c['client_cpu_ms_per_pair']:.2f}{server})")
-        report["storage_ceiling"] = ceiling
-
-        def ceiling_again() -> None:
-            for i, c in enumerate(ceiling):
-                again = storage_ceiling(env, [x.key for x in inputs], out_bucket, 3000,
-                                        plan.concurrency, c["processes"], plan.ceiling_pairs,
-                                        moto.proc.pid if moto else None)
-                say(f"  {c['processes']} client process(es): {again['pairs_per_s']:7.1f} "
-                    f"GET+PUT/s (again, after the fleet)")
-                if again["pairs_per_s"] > c["pairs_per_s"]:
-                    ceiling[i] = {**again, "first_pairs_per_s": c["pairs_per_s"]}
-                else:
-                    c["again_pairs_per_s"] = again["pairs_per_s"]
-
-        say(f"\n== 3. the fleet ({plan.messages} messages at saturation, then about half "
-            f"that rate for {plan.paced_seconds:.0f} s)")
-        report["fleet"] = []
-        for d in plan.decode_modes:
-            for w in plan.workers:
-                r = run_fleet(plan, env, inputs, workdir, w, d,
-                              moto.proc.pid if moto else None)
-                buckets.append(f"bench-{plan.run_id}-{r['setting']}")
-                report["fleet"].append(r)
-                print_fleet(r)
-
-        say("\n== 2b. storage ceiling again (the machine's load varies: the higher of the two "
-            "counts)")
-        ceiling_again()
-        report["storage_ceiling"] = ceiling
-
-        if plan.instructions:
-            say(f"\n== 6. instructions (valgrind; the host's load does not change them): "
-                f"1 worker, {plan.instructions} messages")
-            if shutil.which("valgrind") is None:
-                say("  skipped: valgrind is not installed")
-            else:
-                ir = instruction_counts(plan, env, inputs, workdir)
-                buckets.append(f"bench-{plan.run_id}-instr")
-                report["instructions"] = ir
-                say(f"  decode floor {ir['floor_ir_per_file'] / 1e6:8.2f} M/file   "
-                    f"CPU stages {ir['stages_ir_per_file'] / 1e6:6.2f} M/file   "
-                    f"worker {ir['worker_ir_per_msg'] / 1e6:6.2f} M/msg")
-
-        report["growth"] = []
-        if plan.growth_large:
-            say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
-                "iterating the file)")
-            report["growth"] = growth(plan, cache)
-        summarise(report)
+        if args.ab is not None:
+            a, b = (_env_pairs(x) for x in args.ab)
+            say(f"== side by side: A {a or 'defaults'} / B {b or 'defaults'}; each "
+                f"{plan.messages} messages a round at {args.ab_rate:g} msg/s, the same minutes")
+            ab = compare(plan, env, inputs, workdir, (a, b), args.ab_rate, args.ab_rounds)
+            buckets += ab.pop("buckets")
+            report["ab"] = ab
+            say(f"  B/A mean {ab['b_over_a_mean']:.3f} (min {ab['b_over_a_min']:.3f}, "
+                f"max {ab['b_over_a_max']:.3f}) worker CPU per message")
+        else:
+            _measure(plan, args, env, inputs, files, workdir, moto, buckets, report)
     finally:
         _cleanup(env, buckets)
         if moto:
@@ -1213,6 +1300,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instructions", type=int, default=0, metavar="N",
                    help="also count instructions with valgrind: the floor and the CPU stages "
                         "per file, one worker per message over N messages (e.g. 150; slow)")
+    p.add_argument("--ab", nargs=2, metavar=("A_ENV", "B_ENV"), default=None,
+                   help="instead of the run: worker A and worker B side by side on the same "
+                        "paced load, e.g. --ab ETL_DECODE_ON_LOOP_MAX_BYTES=0 '' (comma-"
+                        "separated ETL_ settings; '' = defaults); prints B/A CPU per message")
+    p.add_argument("--ab-rate", type=float, default=65.0,
+                   help="messages/s to each of A and B (keep the sum under saturation)")
+    p.add_argument("--ab-rounds", type=int, default=3, help="rounds of --messages each")
     p.add_argument("--no-growth", action="store_true", help="skip the large-file runs")
     p.add_argument("--s3-endpoint", default="", help="use this S3 server (MinIO, ...)")
     p.add_argument("--s3-server", choices=("dev", "moto"), default="dev",
