@@ -31,6 +31,11 @@ def fake_stages(data: bytes, *_: object) -> CpuResult:
     return CpuResult(len(data), {}, None, None)
 
 
+def pid_stages(*_: object) -> CpuResult:
+    """Stands in for run_cpu_stages: says which process ran it."""
+    return CpuResult(os.getpid(), {}, None, None)
+
+
 async def test_a_crash_is_pinned_on_its_own_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compute, "run_cpu_stages", fake_stages)
     pool = ComputePool(1, 512, 30)
@@ -135,6 +140,14 @@ async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
         off.close()
     assert ran_on[2] != ran_on[0]
     assert again.output == on_loop.output and again.report == on_loop.report
+    # ETL_DECODE_INLINE_MAX_BYTES=0 still sends every file to a child
+    monkeypatch.setattr(compute, "run_cpu_stages", pid_stages)
+    isolated = ComputePool(1, 512, 30, inline_max_bytes=0, on_loop_max_bytes=64 << 10)
+    try:
+        got = await isolated.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
+    finally:
+        isolated.close()
+    assert got.records != os.getpid()  # ran in the child
 
 
 def test_many_tiny_records_are_not_small_enough_for_the_loop() -> None:

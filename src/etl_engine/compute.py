@@ -174,7 +174,10 @@ class ComputePool:
     def __init__(self, processes: int, memory_limit_mb: int, timeout_s: float,
                  inline_max_bytes: int = 0, on_loop_max_bytes: int = 0) -> None:
         self._processes = processes
-        self._on_loop_max = on_loop_max_bytes
+        # With children, nothing runs in process beyond the inline cap: inline_max_bytes=0
+        # keeps its meaning (every file in a child, full isolation).
+        self._on_loop_max = (on_loop_max_bytes if processes == 0
+                             else min(on_loop_max_bytes, inline_max_bytes))
         self._memory_limit = memory_limit_mb * 1024 * 1024
         self._timeout = timeout_s
         # -1: no size check (no children to send big files to).
