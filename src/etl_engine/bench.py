@@ -790,7 +790,7 @@ def compare(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path
                 raise RuntimeError(f"--ab: {Counter(got.values())} of {len(ids)}; see "
                                    f"{p.log_path}")
 
-    results = []
+    results: list[dict[str, Any]] = []
     try:
         for p in procs:
             p.wait_ready()
@@ -801,14 +801,22 @@ def compare(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path
             settle(sent, 120 + plan.messages / rate)
             a, b = (1000 * (proc_cpu(p.pid) - c) / plan.messages
                     for p, c in zip(procs, cpu0, strict=True))
-            results.append({"a_ms_per_msg": a, "b_ms_per_msg": b, "b_over_a": b / a})
-            say(f"  round {r + 1}: A {a:6.3f} ms/msg   B {b:6.3f} ms/msg   B/A {b / a:.3f}")
+            lat = []
+            for p, ids in zip(procs, sent, strict=True):
+                done = p.settled()
+                ms = [(done[m][0] - t) * 1000 for m, t in ids.items() if m in done]
+                lat.append({"p50": pctl(ms, 50), "p99": pctl(ms, 99)})
+            results.append({"a_ms_per_msg": a, "b_ms_per_msg": b, "b_over_a": b / a,
+                            "a_latency_ms": lat[0], "b_latency_ms": lat[1]})
+            say(f"  round {r + 1}: A {a:6.3f} ms/msg   B {b:6.3f} ms/msg   B/A {b / a:.3f}   "
+                f"latency p50/p99 A {lat[0]['p50']:.1f}/{lat[0]['p99']:.1f} ms, "
+                f"B {lat[1]['p50']:.1f}/{lat[1]['p99']:.1f} ms")
     finally:
         for p in procs:
             p.stop()
         for env in envs:
             _cleanup(env, [])
-    ratios = [x["b_over_a"] for x in results]
+    ratios = [float(x["b_over_a"]) for x in results]
     return {"a": configs[0], "b": configs[1], "rate_msg_s": rate,
             "messages": plan.messages, "rounds": results,
             "b_over_a_mean": sum(ratios) / len(ratios), "b_over_a_min": min(ratios),
