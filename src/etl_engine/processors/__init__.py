@@ -30,7 +30,7 @@ from etl_engine.processors._common import (
     start_ms,
     start_offset_ms,
 )
-from etl_engine.processors.columns import Readings, Samples
+from etl_engine.processors.columns import Intervals, Readings, Samples
 from etl_engine.record_types import TRAINING_CATEGORY
 from etl_engine.stages import DomainConfig, Lineage, Record, TrainingOutput, ValidationReport
 from etl_engine.validation import canonical_record_type
@@ -72,10 +72,15 @@ def compute_statistics(
     return compute(records, config)
 
 
-def column_sink(record_type: str) -> Readings | Samples | None:
+def column_sink(record_type: str) -> Readings | Samples | Intervals | None:
     """A column store for validation to stream into, for the types whose files can hold
-    millions of values (CGM readings, heart-rate samples); None: keep records as a list."""
+    millions of values (CGM readings, heart-rate samples, minute-level steps or calories);
+    None: keep records as a list."""
     rtype = canonical_record_type(record_type)
+    if rtype == "StepsRecord":
+        return Intervals(steps.VALUE_KEY)
+    if rtype == "ActiveCaloriesBurnedRecord":
+        return Intervals(calories.VALUE_KEY)
     if rtype == "BloodGlucoseRecord":
         return Readings(glucose.VALUE_KEY)
     if rtype == "HeartRateRecord":
@@ -83,10 +88,12 @@ def column_sink(record_type: str) -> Readings | Samples | None:
     return None
 
 
-def _column_statistics(rtype: str, cols: Readings | Samples,
+def _column_statistics(rtype: str, cols: Readings | Samples | Intervals,
                        config: DomainConfig) -> dict[str, Any]:
     if isinstance(cols, Samples):
         return heart_rate.statistics(cols, config)
+    if isinstance(cols, Intervals):
+        return (steps if rtype == "StepsRecord" else calories).statistics(cols, config)
     if rtype == "BloodGlucoseRecord":
         return glucose.statistics(cols, config)
     raise TypeError(f"no column statistics for {rtype}")

@@ -10,13 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from etl_engine.processors._common import mean, rnd
-from etl_engine.processors.origins import daily_totals
+from etl_engine.processors.columns import Intervals
+from etl_engine.processors.origins import interval_daily_totals
 from etl_engine.stages import DomainConfig, Record
+
+VALUE_KEY = "energyInKilocalories"
 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
+    """The list API: the same column store the streaming path fills."""
+    return statistics(Intervals.from_records(records, VALUE_KEY), config)
+
+
+def statistics(cols: Intervals, config: DomainConfig) -> dict[str, Any]:
     """Daily totals (chosen origin), total, average per day, per-origin totals."""
-    daily = daily_totals(records, "energyInKilocalories", config.origin_priority)
+    daily = interval_daily_totals(cols, config.origin_priority)
     days = {d.isoformat(): rnd(v) or 0.0 for d, v in daily.totals.items()}
     values = list(days.values())
     origins = {}

@@ -19,6 +19,7 @@ with the same timestamp are kept once; overlapping sleep sessions keep the longe
 from __future__ import annotations
 
 import operator
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -34,10 +35,10 @@ from etl_engine.processors._common import (
     offset_ms,
     origin,
     record_id,
-    record_ids_of,
     start_ms,
     starts_of,
 )
+from etl_engine.processors.columns import Intervals
 from etl_engine.stages import Record
 
 Coverage = Callable[[list[Record]], float]
@@ -107,7 +108,7 @@ def by_origin(records: Iterable[Record]) -> dict[str, list[Record]]:
     return out
 
 
-def additive_total(items: Iterable[tuple[int, int, float, str]]) -> float:
+def additive_total(items: Iterable[tuple[int, int, float, str | bytes]]) -> float:
     """Sum ``value`` over one origin's ``(start, end, value, id)`` items, overlaps once.
 
     Items are taken in (start, longest first, id) order; each adds the share of its value
@@ -214,20 +215,40 @@ class DailyTotals:
 
 def daily_totals(records: Iterable[Record], value_key: str, priority: Sequence[str]) -> DailyTotals:
     """Local-day totals of ``value_key``: one origin per day, overlaps within it once."""
+    return interval_daily_totals(Intervals.from_records(records, value_key), priority)
+
+
+def interval_daily_totals(cols: Intervals, priority: Sequence[str]) -> DailyTotals:
+    """``daily_totals`` over a column store: records grouped by (local day of their start,
+    origin) as index arrays, each group's coverage and overlap-free total as before."""
+    by_day: dict[int, dict[int, array[int]]] = {}
+    days = map(operator.floordiv, map(operator.add, cols.starts, cols.offsets), repeat(DAY_MS))
+    for (idx, oid), run in groupby(enumerate(zip(days, cols.origin_ids, strict=True)),
+                                   key=_SECOND):
+        by_origin = by_day.get(idx)
+        if by_origin is None:
+            by_origin = by_day[idx] = {}
+        ixs = by_origin.get(oid)
+        if ixs is None:
+            ixs = by_origin[oid] = array("q")
+        ixs.extend(map(_FIRST, run))
+    names = cols.origins.names
+    starts, ends, values, ids = (cols.starts.__getitem__, cols.ends.__getitem__,
+                                 cols.values.__getitem__, cols.id_key)
     result = DailyTotals()
-    for day, by_origin in sorted(group_by_day(records).items()):
+    for idx in sorted(by_day):
+        day = day_from_index(idx)
+        groups = sorted((names[oid], ixs) for oid, ixs in by_day[idx].items())
         cov: dict[str, float] = {}
-        for name, recs in sorted(by_origin.items()):
-            starts, ends = starts_of(recs), ends_of(recs)
-            cov[name] = float(union_length(zip(starts, ends, strict=True)))  # coverage
-            total = additive_total(zip(starts, ends,
-                                       map(float, map(itemgetter(value_key), recs)),
-                                       record_ids_of(recs), strict=True))
+        for name, ixs in groups:
+            s_, e_ = list(map(starts, ixs)), list(map(ends, ixs))
+            cov[name] = float(union_length(zip(s_, e_, strict=True)))  # coverage
+            total = additive_total(zip(s_, e_, map(values, ixs), map(ids, ixs), strict=True))
             result.per_origin.setdefault(name, {})[day] = total
         chosen = choose_origin(cov, priority)
         result.chosen[day] = chosen
         result.totals[day] = result.per_origin[chosen][day]
-        if len(by_origin) > 1:
+        if len(groups) > 1:
             result.multi_origin_days += 1
     return result
 

@@ -13,17 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 from etl_engine.processors._common import mean, rnd
-from etl_engine.processors.origins import daily_totals
+from etl_engine.processors.columns import Intervals
+from etl_engine.processors.origins import interval_daily_totals
 from etl_engine.stages import DomainConfig, Record
 
 SEDENTARY_BELOW = 5_000
 MODERATE_GOAL = 7_000
 CLASSIC_GOAL = 10_000
+VALUE_KEY = "count"
 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
+    """The list API: the same column store the streaming path fills."""
+    return statistics(Intervals.from_records(records, VALUE_KEY), config)
+
+
+def statistics(cols: Intervals, config: DomainConfig) -> dict[str, Any]:
     """Daily totals (chosen origin), average, goal days, sedentary days, per-origin totals."""
-    daily = daily_totals(records, "count", config.origin_priority)
+    daily = interval_daily_totals(cols, config.origin_priority)
     days = {d.isoformat(): round(v) for d, v in daily.totals.items()}
     values = list(days.values())
     best_day = min(days, key=lambda d: (-days[d], d))
