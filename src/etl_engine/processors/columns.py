@@ -23,7 +23,6 @@ from etl_engine.processors._common import (
     ends_of,
     local_date,
     offset_ms,
-    record_ids_of,
     start_offset_ms,
     starts_of,
 )
@@ -36,6 +35,7 @@ _END = itemgetter("endTimeEpochMillis")
 _SAMPLES = itemgetter("samples")
 _META = itemgetter("metadata")
 _ORIGIN = itemgetter("dataOriginPackageName")
+_ID = itemgetter("id")
 _ZONE = methodcaller("get", "zoneOffsetId")
 _START_ZONE = methodcaller("get", "startZoneOffsetId")
 
@@ -219,16 +219,20 @@ class Intervals:
 
     def extend(self, recs: list[Record]) -> None:
         """Append validated records, column by column."""
-        self.starts.fromlist(starts_of(recs))
-        self.ends.fromlist(ends_of(recs))
-        if all(map(methodcaller("__contains__", "startTimeEpochMillis"), recs)):
-            self.offsets.fromlist(list(map(self._offsets.__getitem__, map(_START_ZONE, recs))))
-        else:  # instant records mixed in (not in our schemas): their own zone
-            self.offsets.fromlist(list(map(start_offset_ms, recs)))
+        try:  # our schemas: every record has both times
+            starts, ends = list(map(_START, recs)), list(map(_END, recs))
+            offsets = list(map(self._offsets.__getitem__, map(_START_ZONE, recs)))
+        except KeyError:  # instant records mixed in: their time and their own zone
+            starts, ends = starts_of(recs), ends_of(recs)
+            offsets = list(map(start_offset_ms, recs))
+        self.starts.fromlist(starts)
+        self.ends.fromlist(ends)
+        self.offsets.fromlist(offsets)
         self.values.fromlist(list(map(float, map(self._value, recs))))
+        metas = list(map(_META, recs))
         self.origin_ids.fromlist(list(map(self.origins.index.__getitem__,
-                                          map(str, map(_ORIGIN, map(_META, recs))))))
-        encoded = list(map(str.encode, record_ids_of(recs)))
+                                          map(str, map(_ORIGIN, metas)))))
+        encoded = list(map(str.encode, map(str, map(_ID, metas))))
         self._id_first.fromlist(list(islice(
             accumulate(map(len, encoded), initial=self._id_first[-1]), 1, None)))
         self._id_blob += b"".join(encoded)

@@ -243,7 +243,10 @@ def interval_daily_totals(cols: Intervals, priority: Sequence[str]) -> DailyTota
         for name, ixs in groups:
             s_, e_ = list(map(starts, ixs)), list(map(ends, ixs))
             cov[name] = float(union_length(zip(s_, e_, strict=True)))  # coverage
-            total = additive_total(zip(s_, e_, map(values, ixs), map(ids, ixs), strict=True))
+            # ids only order identical intervals: read them only when there are some
+            tie = len(set(zip(s_, e_, strict=True))) < len(s_)
+            id_col = map(ids, ixs) if tie else repeat(b"")
+            total = additive_total(zip(s_, e_, map(values, ixs), id_col, strict=False))
             result.per_origin.setdefault(name, {})[day] = total
         chosen = choose_origin(cov, priority)
         result.chosen[day] = chosen
