@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from datetime import date
 from itertools import accumulate, chain, islice
 from operator import itemgetter, methodcaller
+from typing import Self
 
 from etl_engine.processors._common import (
     ends_of,
@@ -97,24 +98,52 @@ def _bounds(starts: array, ends: array, offs: array) -> tuple[int, int, date, da
     return first_s, latest_end, local_date(first_s, first_o), local_date(last_s, last_o)
 
 
-class Readings:
-    """Instant readings of one value (``timeEpochMillis``, ``zoneOffsetId``, origin)."""
+class _Store:
+    """What every column store shares: one record at a time, the origins seen."""
 
-    __slots__ = ("_offsets", "_value", "offsets", "origin_ids", "origins", "times", "value_key",
-                 "values")
+    __slots__ = ()
+    origins: _Origins
+
+    def extend(self, recs: list[Record]) -> None:
+        raise NotImplementedError
+
+    def add(self, rec: Record) -> None:
+        self.extend([rec])
+
+    def origin_count(self) -> int:
+        return len(self.origins.names)
+
+
+class _ValueStore(_Store):
+    """A store of one named value a record (``value_key``), with its zone offsets and
+    origins; the subclasses add the times."""
+
+    __slots__ = ("_offsets", "_value", "offsets", "origin_ids", "origins", "value_key", "values")
 
     def __init__(self, value_key: str) -> None:
         self.value_key = value_key
         self._value = itemgetter(value_key)
-        self.times = array("q")
         self.values = array("d")
         self.offsets = array("q")
         self.origin_ids = array("H")
         self.origins = _Origins()
         self._offsets = _Offsets()
 
-    def add(self, rec: Record) -> None:
-        self.extend([rec])
+    @classmethod
+    def from_records(cls, records: Iterable[Record], value_key: str) -> Self:
+        out = cls(value_key)
+        out.extend(list(records))
+        return out
+
+
+class Readings(_ValueStore):
+    """Instant readings of one value (``timeEpochMillis``, ``zoneOffsetId``, origin)."""
+
+    __slots__ = ("times",)
+
+    def __init__(self, value_key: str) -> None:
+        super().__init__(value_key)
+        self.times = array("q")
 
     def extend(self, recs: list[Record]) -> None:
         """Append validated records, column by column (``map`` at C speed, not per record)."""
@@ -124,23 +153,14 @@ class Readings:
         self.origin_ids.fromlist(list(map(self.origins.index.__getitem__,
                                           map(_ORIGIN, map(_META, recs)))))
 
-    @classmethod
-    def from_records(cls, records: Iterable[Record], value_key: str) -> Readings:
-        out = cls(value_key)
-        out.extend(list(records))
-        return out
-
     def __len__(self) -> int:
         return len(self.times)
-
-    def origin_count(self) -> int:
-        return len(self.origins.names)
 
     def bounds(self) -> tuple[int, int, date, date]:
         return _bounds(self.times, self.times, self.offsets)
 
 
-class Samples:
+class Samples(_Store):
     """Interval records carrying a series of samples (heart rate): per-record columns and
     the samples of all records back to back (record ``i`` owns ``[first[i], first[i+1])``)."""
 
@@ -157,9 +177,6 @@ class Samples:
         self.bpms = array("d")
         self.origins = _Origins()
         self._offsets = _Offsets()
-
-    def add(self, rec: Record) -> None:
-        self.extend([rec])
 
     def extend(self, recs: list[Record]) -> None:
         """Append validated records and their samples, column by column."""
@@ -184,38 +201,25 @@ class Samples:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def origin_count(self) -> int:
-        return len(self.origins.names)
-
     def bounds(self) -> tuple[int, int, date, date]:
         return _bounds(self.starts, self.ends, self.offsets)
 
 
-class Intervals:
+class Intervals(_ValueStore):
     """Interval records of one additive value (steps, active kcal): start, end, zone offset
     at the start, value, origin and record id (``origins.daily_totals`` needs every interval
     of a day for the overlap rules). ~80 bytes a record instead of ~1.5 kB of nested dicts:
     the ids, which only break ties between identical intervals, are kept as UTF-8 back to
     back (their byte order is their string order)."""
 
-    __slots__ = ("_id_blob", "_id_first", "_offsets", "_value", "ends", "offsets",
-                 "origin_ids", "origins", "starts", "value_key", "values")
+    __slots__ = ("_id_blob", "_id_first", "ends", "starts")
 
     def __init__(self, value_key: str) -> None:
-        self.value_key = value_key
-        self._value = itemgetter(value_key)
+        super().__init__(value_key)
         self.starts = array("q")
         self.ends = array("q")
-        self.offsets = array("q")
-        self.values = array("d")
-        self.origin_ids = array("H")
         self._id_blob = bytearray()
         self._id_first = array("q", [0])  # record i's id is _id_blob[first[i]:first[i+1]]
-        self.origins = _Origins()
-        self._offsets = _Offsets()
-
-    def add(self, rec: Record) -> None:
-        self.extend([rec])
 
     def extend(self, recs: list[Record]) -> None:
         """Append validated records, column by column."""
@@ -242,17 +246,8 @@ class Intervals:
         first = self._id_first
         return bytes(self._id_blob[first[i]:first[i + 1]])
 
-    @classmethod
-    def from_records(cls, records: Iterable[Record], value_key: str) -> Intervals:
-        out = cls(value_key)
-        out.extend(list(records))
-        return out
-
     def __len__(self) -> int:
         return len(self.starts)
-
-    def origin_count(self) -> int:
-        return len(self.origins.names)
 
     def bounds(self) -> tuple[int, int, date, date]:
         return _bounds(self.starts, self.ends, self.offsets)
