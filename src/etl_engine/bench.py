@@ -1222,6 +1222,12 @@ def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: 
     ceiling_again()
     report["storage_ceiling"] = ceiling
 
+    report["growth"] = []
+    if plan.growth_large:
+        say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
+            "iterating the file)")
+        report["growth"] = growth(plan, cache)
+
     if plan.instructions:
         say(f"\n== 6. instructions (valgrind; the host's load does not change them): "
             f"1 worker, {plan.instructions} messages")
@@ -1234,12 +1240,6 @@ def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: 
             say(f"  decode floor {ir['floor_ir_per_file'] / 1e6:8.2f} M/file   "
                 f"CPU stages {ir['stages_ir_per_file'] / 1e6:6.2f} M/file   "
                 f"worker {ir['worker_ir_per_msg'] / 1e6:6.2f} M/msg")
-
-    report["growth"] = []
-    if plan.growth_large:
-        say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
-            "iterating the file)")
-        report["growth"] = growth(plan, cache)
     summarise(report)
 
 

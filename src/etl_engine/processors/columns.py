@@ -20,13 +20,7 @@ from itertools import accumulate, chain, islice
 from operator import itemgetter, methodcaller
 from typing import Self
 
-from etl_engine.processors._common import (
-    ends_of,
-    local_date,
-    offset_ms,
-    start_offset_ms,
-    starts_of,
-)
+from etl_engine.processors._common import local_date, offset_ms
 from etl_engine.stages import Record
 
 _TIME = itemgetter("timeEpochMillis")
@@ -223,15 +217,9 @@ class Intervals(_ValueStore):
 
     def extend(self, recs: list[Record]) -> None:
         """Append validated records, column by column."""
-        try:  # our schemas: every record has both times
-            starts, ends = list(map(_START, recs)), list(map(_END, recs))
-            offsets = list(map(self._offsets.__getitem__, map(_START_ZONE, recs)))
-        except KeyError:  # instant records mixed in: their time and their own zone
-            starts, ends = starts_of(recs), ends_of(recs)
-            offsets = list(map(start_offset_ms, recs))
-        self.starts.fromlist(starts)
-        self.ends.fromlist(ends)
-        self.offsets.fromlist(offsets)
+        self.starts.fromlist(list(map(_START, recs)))  # both times: required by the schemas
+        self.ends.fromlist(list(map(_END, recs)))
+        self.offsets.fromlist(list(map(self._offsets.__getitem__, map(_START_ZONE, recs))))
         self.values.fromlist(list(map(float, map(self._value, recs))))
         metas = list(map(_META, recs))
         self.origin_ids.fromlist(list(map(self.origins.index.__getitem__,
