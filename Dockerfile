@@ -41,6 +41,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY schemas ./schemas
 COPY samples ./samples
+COPY tests/fixtures/app-writer-schemas ./tests/fixtures/app-writer-schemas
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install "setuptools==80.9.0" "wheel==0.45.1" \
     && pip install --no-deps --no-build-isolation -e . \

@@ -12,7 +12,8 @@ import pytest
 
 from etl_engine.avro import decode, prescan
 from etl_engine.errors import PermanentError
-from etl_engine.record_types import reader_schema, writer_schema
+from etl_engine.record_types import reader_schema
+from etl_engine.samples import app_writer_schema
 from helpers import avro_bytes, varint
 
 LIMITS = {"max_records": 100_000, "max_decompressed_bytes": 8 * 1024 * 1024}
@@ -37,7 +38,7 @@ def steps(n: int = 3) -> list[dict]:
 def container(records: list[dict], codec: str = "null", schema: dict | None = None,
               block: int = 16000) -> bytes:
     buf = io.BytesIO()
-    fastavro.writer(buf, schema or writer_schema("StepsRecord"), records, codec=codec,
+    fastavro.writer(buf, schema or app_writer_schema("StepsRecord"), records, codec=codec,
                     sync_interval=block)
     return buf.getvalue()
 
@@ -121,7 +122,7 @@ def test_deep_writer_schema_is_refused() -> None:
 def test_array_of_zero_byte_items_is_refused_before_decoding(items: object) -> None:
     """Five bytes could claim 2^62 items that take no bytes: an endless decode (measured:
     10^8 null items in a 4.7 kB file took 2.3 s of fastavro), whatever the file size."""
-    schema = writer_schema("StepsRecord")
+    schema = app_writer_schema("StepsRecord")
     forged_schema = {**schema, "fields": [*schema["fields"],
                                           {"name": "pad", "type": {"type": "array",
                                                                    "items": items}}]}

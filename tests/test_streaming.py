@@ -14,7 +14,8 @@ from etl_engine import validation
 from etl_engine.avro import decode
 from etl_engine.compute import Limits, run_cpu_stages
 from etl_engine.processors import column_sink, transform
-from etl_engine.record_types import reader_schema, writer_schema
+from etl_engine.record_types import reader_schema
+from etl_engine.samples import app_writer_schema
 from etl_engine.samples import iter_bad_files, iter_sample_files
 from etl_engine.stages import DecodedFile, DomainConfig, Lineage
 
@@ -89,7 +90,7 @@ def test_digested_ids_find_the_same_duplicates(monkeypatch: pytest.MonkeyPatch) 
 
 def test_empty_stream_is_an_empty_file() -> None:
     buf = io.BytesIO()
-    fastavro.writer(buf, writer_schema("HeartRateRecord"), [])
+    fastavro.writer(buf, app_writer_schema("HeartRateRecord"), [])
     out = run_cpu_stages(buf.getvalue(), _lineage("HeartRateRecord"), LIMITS, CFG, NOW)
     assert out.quarantine_reason == "empty_file" and out.records == 0
 

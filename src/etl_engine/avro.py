@@ -10,10 +10,13 @@ the decompressed size: a writer schema with an array whose items encode in zero 
 
 Speed: schema *resolution* (``fastavro.reader(..., reader_schema=...)``) matches the writer
 schema against ours again for every record and every nested value, which costs 2-4x the
-plain decode. When the writer schema has the same Parsing Canonical Form as our reader
-schema (the app writes our contract, so that is the normal case) resolution cannot change
-a single value, and the file is read without it. Any other writer schema is resolved as
-before. Parsed writer schemas and the comparison are cached by the schema's raw bytes.
+plain decode. Our reader schemas list the fields of the Health Sync app's own writer
+schemas (``tests/fixtures/app-writer-schemas``) in the app's order with the app's names, so
+the app's files have the same Parsing Canonical Form as ours: resolution cannot change a
+single value, and they are read without it. Any other writer schema (an older or newer app,
+another exporter) is first checked against ours as a whole (``schema_check``: a changed
+type is refused as ``schema_mismatch`` naming the field, even in a file with no records)
+and then resolved. Parsed writer schemas and the comparison are cached by the raw bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
 from etl_engine.errors import PermanentError
+from etl_engine.schema_check import first_mismatch
 from etl_engine.stages import DecodedFile, Record
 
 MAGIC = b"Obj\x01"
@@ -303,9 +307,27 @@ def _writer_name(schema: Any) -> str:
     return ""
 
 
-# (raw writer schema, id of the reader schema) -> resolution needed?  The reader schema
-# object is kept in the value so a recycled id() can never match a different schema.
-_RESOLVE: dict[tuple[bytes, int], tuple[Any, bool]] = {}
+# (raw writer schema, id of the reader schema) -> (reader schema, resolution needed?, first
+# mismatching field or None). The reader schema object is kept in the value so a recycled
+# id() can never match a different schema.
+_RESOLVE: dict[tuple[bytes, int], tuple[Any, bool, str | None]] = {}
+
+
+def _compare(writer: Any, raw_schema: bytes, reader_schema: dict) -> tuple[bool, str | None]:
+    """(resolution needed?, first mismatching field) for a writer schema, cached."""
+    key = (raw_schema, id(reader_schema))
+    hit = _RESOLVE.get(key)
+    if hit is not None and hit[0] is reader_schema:
+        return hit[1], hit[2]
+    try:
+        same = to_parsing_canonical_form(writer) == to_parsing_canonical_form(reader_schema)
+    except Exception:  # an odd writer schema: the field check below decides (and reports)
+        same = False
+    bad = None if same else first_mismatch(writer, reader_schema)
+    if len(_RESOLVE) >= _CACHE_MAX:
+        _RESOLVE.clear()
+    _RESOLVE[key] = (reader_schema, not same, bad)
+    return not same, bad
 
 
 def needs_resolution(writer: Any, raw_schema: bytes, reader_schema: dict) -> bool:
@@ -315,18 +337,12 @@ def needs_resolution(writer: Any, raw_schema: bytes, reader_schema: dict) -> boo
     what it leaves out (docs, aliases, defaults, logical types) only matters when the two
     differ, or is applied from the writer schema either way (logical types).
     """
-    key = (raw_schema, id(reader_schema))
-    hit = _RESOLVE.get(key)
-    if hit is not None and hit[0] is reader_schema:
-        return bool(hit[1])
-    try:
-        same = to_parsing_canonical_form(writer) == to_parsing_canonical_form(reader_schema)
-    except Exception:  # an odd writer schema: let resolution decide (and report)
-        same = False
-    if len(_RESOLVE) >= _CACHE_MAX:
-        _RESOLVE.clear()
-    _RESOLVE[key] = (reader_schema, not same)
-    return not same
+    return _compare(writer, raw_schema, reader_schema)[0]
+
+
+def _reader_names(reader_schema: dict) -> set[str]:
+    names = [str(reader_schema.get("name", "")), *(reader_schema.get("aliases") or [])]
+    return {str(n).rsplit(".", 1)[-1] for n in names}
 
 
 @dataclass(slots=True)
@@ -358,10 +374,11 @@ def decode_stream(
         data, max_records=max_records, max_decompressed_bytes=max_decompressed_bytes
     )
     writer_name = _writer_name(scan.writer)
-    expected = str(reader_schema.get("name", ""))
-    if writer_name.rsplit(".", 1)[-1] != expected.rsplit(".", 1)[-1]:
+    if writer_name.rsplit(".", 1)[-1] not in _reader_names(reader_schema):
         raise _fail("schema_mismatch", "writer record name differs from record_type")
-    resolve = needs_resolution(scan.writer, scan.raw_schema, reader_schema)
+    resolve, bad_field = _compare(scan.writer, scan.raw_schema, reader_schema)
+    if bad_field is not None:
+        raise _fail("schema_mismatch", f"field {bad_field}")
     return DecodeStream(
         record_type=record_type,
         codec=scan.codec,

@@ -237,6 +237,7 @@ class Pipeline:
         report = exc.__cause__.cpu.report if isinstance(exc.__cause__, _Report) else None
         reason = {
             "reason": exc.reason,
+            "detail": exc.detail,  # a field path or a decoder's error class, never a value
             "stage": exc.stage,
             "message_id": msg.message_id,
             "idempotency_key": msg.idempotency_key,

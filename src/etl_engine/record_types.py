@@ -1,9 +1,11 @@
 """The Health Connect record types the engine understands, and their Avro reader schemas.
 
-The ``.avsc`` files in the repository's top-level ``schemas/`` directory are the wire
-contract with the phone app: record full names must equal the app's writer names
-(``io.github.hitoshura25.healthsyncapp.data.avro.Avro<RecordType>``) or fastavro's schema
-resolution rejects the app's files. Shared named types (``AvroMetadata``, ``AvroDevice``)
+The ``.avsc`` files in the repository's top-level ``schemas/`` directory read the Health
+Sync app's exports. The app is the authority: its writer schemas (copied from real
+exports into ``tests/fixtures/app-writer-schemas``) list the fields, names and order ours
+repeat, so the app's files decode without schema resolution; named types that were once
+spelled differently carry the old name as an alias (``AvroSleepStageRecord``, alias
+``AvroSleepStage``). Shared named types (``AvroMetadata``, ``AvroDevice``)
 live in their own files named ``<full name>.avsc``, which is the convention
 ``fastavro.schema.load_schema`` uses to find referenced types, so loading needs no custom
 resolver and the result is a fully expanded, parsed schema.
@@ -86,11 +88,6 @@ def reader_schema(record_type: str) -> dict[str, Any]:
     schema = _load(_check(record_type))
     assert isinstance(schema, dict)
     return schema
-
-
-def writer_schema(record_type: str) -> dict[str, Any]:
-    """Schema the sample generator writes with; identical to the reader schema on purpose."""
-    return reader_schema(record_type)
 
 
 _BY_FULL_NAME: dict[str, str] = {f"{AVRO_NAMESPACE}.Avro{rt}": rt for rt in SUPPORTED_RECORD_TYPES}

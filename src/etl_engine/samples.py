@@ -18,11 +18,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from functools import cache
 from typing import Any
 
 import fastavro
+from fastavro.schema import parse_schema
 
-from etl_engine.record_types import SUPPORTED_RECORD_TYPES, writer_schema
+from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 
 Record = dict[str, Any]
 
@@ -48,6 +50,22 @@ _DEVICES: dict[str, Record] = {
 }
 
 BAD_MANIFEST = "manifest.json"
+# The writer schemas the Health Sync app embeds in its exports, copied from real files (the
+# contract). Files are written with these, never with our reader schemas, so every sample,
+# test and benchmark input looks like what the phone uploads.
+APP_SCHEMA_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "app-writer-schemas"
+
+
+@cache
+def app_writer_schema(record_type: str) -> dict[str, Any]:
+    """The app's parsed writer schema for ``record_type`` (callers must not mutate it)."""
+    path = APP_SCHEMA_DIR / f"{record_type}.avsc"
+    if not path.is_file():
+        raise FileNotFoundError(f"no app writer schema for {record_type!r} at {path} "
+                                "(a source checkout has them under tests/fixtures)")
+    parsed = parse_schema(json.loads(path.read_text()))
+    assert isinstance(parsed, dict)
+    return parsed
 
 
 # --------------------------------------------------------------------------------------
@@ -105,7 +123,7 @@ def _write(
     with path.open("wb") as fo:
         fastavro.writer(
             fo,
-            schema if schema is not None else writer_schema(record_type),
+            schema if schema is not None else app_writer_schema(record_type),
             records,
             codec=codec,
             validator=validate,
@@ -708,7 +726,8 @@ def _generate_bad(bad_dir: Path, seed: int, plan: _DayPlan, fetch: int) -> list[
 
     incompatible = json.loads(
         json.dumps(
-            {k: v for k, v in writer_schema("BloodGlucoseRecord").items() if not k.startswith("__")}
+            {k: v for k, v in app_writer_schema("BloodGlucoseRecord").items()
+             if not k.startswith("__")}
         )
     )
     for fld in incompatible["fields"]:

@@ -19,7 +19,7 @@ from typing import Any
 import fastavro
 
 from etl_engine.avro import MAGIC, SYNC_SIZE, _Cursor, _read_header
-from etl_engine.record_types import writer_schema
+from etl_engine.samples import app_writer_schema
 from helpers import avro_bytes, varint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def block(count: int, payload: bytes, sync: bytes = b"\x5a" * 16) -> bytes:
 
 
 def clean_schema(record_type: str) -> dict[str, Any]:
-    return json.loads(json.dumps({k: v for k, v in writer_schema(record_type).items()
+    return json.loads(json.dumps({k: v for k, v in app_writer_schema(record_type).items()
                                   if not k.startswith("__")}))
 
 
