@@ -10,6 +10,7 @@ import pytest
 
 from etl_engine.stages import DecodedFile, DomainConfig
 from etl_engine.validation import (
+    IN_PROGRESS_KEY,
     MIN_TIMESTAMP_MS,
     canonical_record_type,
     parse_zone_offset,
@@ -220,11 +221,80 @@ def test_timestamp_in_future_respects_skew() -> None:
     assert_ok(single("BloodGlucoseRecord", glucose("a", t=NOW + skew)))
     rec = glucose("a", t=NOW + skew + 1)
     assert_rejected(single("BloodGlucoseRecord", rec), "timestamp_in_future")
-    # the end of an interval counts too
-    late = steps("b", s=NOW - HOUR, e=NOW + skew + 1)
+    # an interval that starts after its export time (+ skew) is in the future
+    late = steps("b", s=NOW + skew + 1, e=NOW + skew + HOUR)
     assert_rejected(single("StepsRecord", late), "timestamp_in_future")
     # a larger configured skew accepts it
     assert run("StepsRecord", [late], max_future_skew_ms=skew + 10).passed
+
+
+# --- days in progress: the app exports a running-total day while it is still going ----------
+DAY = 24 * HOUR
+MIDNIGHT = NOW - 16 * HOUR  # 2024-03-09T00:00Z
+
+
+def running_day(rid: str, fetch: int, *, start: int = MIDNIGHT) -> Rec:
+    """Samsung Health's steps record: the local day, 00:00 to 23:59:59.999, written mid-day."""
+    rec = steps(rid, count=6234, s=start, e=MIDNIGHT + DAY - 1, zone="Z")
+    rec["appRecordFetchTimeEpochMillis"] = fetch
+    return rec
+
+
+def validate_at(records: list[Rec], *, now: int, upload: int | None) -> Any:
+    return validate(DecodedFile("StepsRecord", records, "null", "StepsRecord", 0), now_ms=now,
+                    config=CFG, upload_ms=upload)
+
+
+def test_day_in_progress_is_kept_and_ends_at_its_export_time() -> None:
+    export = MIDNIGHT + 17 * HOUR + 25 * MIN  # exported at 17:25
+    report = validate_at([running_day("a", export)], now=export + MIN, upload=export + MIN)
+    assert report.passed and report.issue_counts == {}
+    [kept] = report.valid_records
+    assert kept["endTimeEpochMillis"] == export and kept[IN_PROGRESS_KEY] is True
+    assert report.in_progress_records == 1 and report.export_ms == export
+
+
+def test_a_day_in_progress_stays_partial_when_processed_a_day_later() -> None:
+    export = MIDNIGHT + 10 * HOUR
+    now = validate_at([running_day("a", export)], now=export + MIN, upload=export + MIN)
+    later = validate_at([running_day("a", export)], now=export + DAY, upload=export + MIN)
+    assert later.valid_records == now.valid_records and later.in_progress_records == 1
+
+
+def test_a_complete_day_is_not_in_progress() -> None:
+    rec = running_day("a", MIDNIGHT + DAY + HOUR)  # exported the next morning
+    report = validate_at([rec], now=MIDNIGHT + 2 * DAY, upload=MIDNIGHT + DAY + 2 * HOUR)
+    assert report.in_progress_records == 0
+    assert report.valid_records[0]["endTimeEpochMillis"] == MIDNIGHT + DAY - 1
+
+
+@pytest.mark.parametrize("fetch", [MIDNIGHT - HOUR, MIDNIGHT + 20 * HOUR])
+def test_an_implausible_export_time_is_replaced_by_the_upload_time(fetch: int) -> None:
+    """Before the record's start, or after the upload (+ skew): the file is hostile input."""
+    upload = MIDNIGHT + 12 * HOUR
+    report = validate_at([running_day("a", fetch)], now=MIDNIGHT + 2 * DAY, upload=upload)
+    [kept] = report.valid_records
+    assert kept["endTimeEpochMillis"] == upload and report.export_ms == upload
+
+
+def test_without_an_upload_time_the_workers_clock_bounds_the_export_time() -> None:
+    now = MIDNIGHT + 9 * HOUR
+    report = validate_at([running_day("a", MIDNIGHT + 20 * HOUR)], now=now, upload=None)
+    assert report.valid_records[0]["endTimeEpochMillis"] == now
+    # an upload time in the worker's future counts no later than the worker's clock
+    report = validate_at([running_day("a", MIDNIGHT + 20 * HOUR)], now=now, upload=now + DAY)
+    assert report.valid_records[0]["endTimeEpochMillis"] == now
+
+
+def test_a_record_starting_after_its_export_time_is_in_the_future() -> None:
+    export = MIDNIGHT + 10 * HOUR
+    rec = running_day("a", export, start=export + CFG.max_future_skew_ms + 1)
+    report = validate_at([rec], now=export + MIN, upload=export)
+    assert_rejected(report, "timestamp_in_future")
+    # a start within the skew is kept, as a zero-length interval still in progress
+    rec = running_day("a", export, start=export + CFG.max_future_skew_ms)
+    [kept] = validate_at([rec], now=export + MIN, upload=export).valid_records
+    assert kept["endTimeEpochMillis"] == kept["startTimeEpochMillis"]
 
 
 def test_bad_zone_offset() -> None:
@@ -427,6 +497,7 @@ def test_to_dict_is_stable() -> None:
         "quality_score": 0.7167,
         "components": {"completeness": 1.0, "consistency": 0.6667, "validity": 0.6667},
         "issue_counts": {"duplicate_record_id": 1}, "passed": True, "quarantine_reason": None,
+        "in_progress_records": 0,
     }
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from etl_engine import avro, telemetry, validation
 from etl_engine.errors import PermanentError
@@ -78,7 +78,8 @@ def run_cpu_stages(
     stream.records = _timed(stream.records, decode_s)
     now_ms = int(processed_at.timestamp() * 1000)
     report = validation.validate(stream, now_ms=now_ms, config=config,
-                                 sink=column_sink(lineage.record_type))
+                                 sink=column_sink(lineage.record_type),
+                                 upload_ms=_epoch_ms(lineage.upload_timestamp_utc))
     t2, w2 = time.perf_counter(), time.time_ns()
     w1 = w0 + int(decode_s[0] * 1e9)  # stage spans: decode first, then the rest
     timings = {"decode": decode_s[0], "validate": t2 - t0 - decode_s[0]}
@@ -92,6 +93,19 @@ def run_cpu_stages(
     timings["transform"] = time.perf_counter() - t2
     stage_ns["transform"] = (w2, time.time_ns())
     return CpuResult(count, report.to_dict(), output, None, timings, stage_ns)
+
+
+def _epoch_ms(iso: str | None) -> int | None:
+    """The message's upload time in epoch ms (naive means UTC); None if absent or odd."""
+    if not iso:
+        return None
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _timed(records: Iterator[Record], acc: list[float]) -> Iterator[Record]:

@@ -63,6 +63,10 @@ class ValidationReport:
     # them (-1: count ``valid_records``).
     columns: Any = None
     valid_count: int = -1
+    # Records still in progress at their export time (kept, ending then), and the latest
+    # export time of the kept records (epoch ms; None when nothing was kept).
+    in_progress_records: int = 0
+    export_ms: int | None = None
 
     @property
     def kept(self) -> int:
@@ -79,6 +83,7 @@ class ValidationReport:
             "issue_counts": dict(sorted(self.issue_counts.items())),
             "passed": self.passed,
             "quarantine_reason": self.quarantine_reason,
+            "in_progress_records": self.in_progress_records,
         }
 
 

@@ -14,9 +14,20 @@ Structure and metadata (record excluded)
   ``metadata.id`` in the file; the first occurrence is kept).
 Timestamps (record excluded)
   ``missing_timestamp`` (absent or not an integer); ``start_after_end``;
-  ``timestamp_before_2000`` (before 2000-01-01T00:00Z); ``timestamp_in_future`` (later than
-  ``now_ms + config.max_future_skew_ms``); ``bad_zone_offset`` (not ``Z``, ``±HH``,
-  ``±HHMM``, ``±HH:MM`` or ``±HH:MM:SS`` within ±18:00).
+  ``timestamp_before_2000`` (before 2000-01-01T00:00Z); ``timestamp_in_future`` (the record
+  starts later than its export time plus ``config.max_future_skew_ms``, see below);
+  ``bad_zone_offset`` (not ``Z``, ``±HH``, ``±HHMM``, ``±HH:MM`` or ``±HH:MM:SS`` within
+  ±18:00).
+Days in progress (record kept, not an issue)
+  The app exports a running-total day while it is still going: Samsung Health's steps record
+  runs 00:00-23:59:59.999 local time and is written at, say, 17:25. Each record's *export
+  time* is its ``appRecordFetchTimeEpochMillis`` when that lies between the record's start
+  and the upload time plus the allowed skew (the file is hostile input, so the value is
+  bounded), else the upload time (``upload_ms``, never later than ``now_ms``), else
+  ``now_ms``. An interval that ends after its export time is *in progress*: it is kept with
+  the export time as its effective end (a shallow copy, ``endTimeEpochMillis`` replaced and
+  ``IN_PROGRESS_KEY`` set) and counted in ``ValidationReport.in_progress_records``. So the
+  outcome depends on the file and the message, not on when a worker reads them.
 Values (record excluded)
   ``missing_value`` (measurement absent or not a number); ``unknown_enum_value``;
   ``glucose_out_of_range`` (20-600 mg/dL); ``hrv_out_of_range`` (RMSSD 1-300 ms);
@@ -108,6 +119,10 @@ CONSISTENCY_CODES = frozenset(
     {"duplicate_record_id", "start_after_end", "sleep_stage_overlap",
      "sleep_stage_outside_session", "sample_outside_interval"}
 )
+
+# Set (True) on the copy of a record that was still in progress at its export time.
+IN_PROGRESS_KEY = "etlInProgress"
+FETCH_KEY = "appRecordFetchTimeEpochMillis"
 
 KNOWN_RECORD_TYPES: tuple[str, ...] = SUPPORTED_RECORD_TYPES
 INSTANT_TYPES = frozenset({"BloodGlucoseRecord", "HeartRateVariabilityRmssdRecord"})
@@ -427,9 +442,11 @@ _CLEAN_VALUES: dict[str, _CleanValues] = {
 def _clean_chunk(
     chunk: list[Record], clean_values: _CleanValues, instant: bool, seen: set[str | bytes],
     digest: Callable[[str], bytes] | None, min_ms: int, max_ms: int,
-) -> int | None:
-    """If every record of ``chunk`` passes every rule: add their ids to ``seen`` and return
-    how many lack a zone offset (kept, but incomplete). Otherwise None, nothing changed."""
+) -> tuple[int, int] | None:
+    """If every record of ``chunk`` passes every rule and none is in progress: add their ids
+    to ``seen`` and return how many lack a zone offset (kept, but incomplete) and the latest
+    export time. Otherwise None, nothing changed. ``max_ms``: the latest export time a
+    record may claim (upload time plus skew)."""
     try:
         if set(map(type, chunk)) != _ONLY_DICT:
             return None
@@ -456,9 +473,12 @@ def _clean_chunk(
             zones2 = list(map(_get, chunk, repeat("endZoneOffsetId")))
             if set(map(type, ends)) != _ONLY_INT or not all(map(le, starts, ends)):
                 return None
-        if (set(map(type, starts)) != _ONLY_INT or min(starts) < min_ms
-                or max(ends) > max_ms):
+        if set(map(type, starts)) != _ONLY_INT or min(starts) < min_ms:
             return None
+        fetches = list(map(_get, chunk, repeat(FETCH_KEY)))
+        if (set(map(type, fetches)) != _ONLY_INT or max(fetches) > max_ms
+                or not all(map(le, ends, fetches))):
+            return None  # an export time out of bounds, or a record still in progress
         zones = set(zones1).union(zones2)
         if any(zone_offset_seconds(z) is None for z in zones):
             return None
@@ -467,11 +487,29 @@ def _clean_chunk(
     except (TypeError, KeyError):  # unhashable or malformed values: record by record
         return None
     seen.update(keys)  # from a list, not a set: ``seen`` then grows as with one add each
+    latest = max(fetches)
     if None not in zones:
-        return 0
+        return 0, latest
     if instant:
-        return zones1.count(None)
-    return sum(map(or_, map(is_, zones1, repeat(None)), map(is_, zones2, repeat(None))))
+        return zones1.count(None), latest
+    return sum(map(or_, map(is_, zones1, repeat(None)), map(is_, zones2, repeat(None)))), latest
+
+
+def _export_ms(rec: Record, start: int, ceiling: int, max_ms: int) -> int:
+    """The record's export time: the app's fetch time when it is plausible (not before the
+    record's start, not after the upload plus skew), else the upload time (``ceiling``)."""
+    fetch = rec.get(FETCH_KEY)
+    if type(fetch) is int and start <= fetch <= max_ms:
+        return fetch
+    return ceiling
+
+
+def _in_progress(rec: Record, end: int) -> Record:
+    """A copy of a record that was still going at its export time, ending then."""
+    out = dict(rec)
+    out["endTimeEpochMillis"] = end
+    out[IN_PROGRESS_KEY] = True
+    return out
 
 
 def _add_ones(total: float, n: int) -> float:
@@ -486,10 +524,12 @@ def _add_ones(total: float, n: int) -> float:
 
 def validate(
     decoded: DecodedFile | Decoded, *, now_ms: int, config: DomainConfig,
-    sink: RecordSink | None = None,
+    sink: RecordSink | None = None, upload_ms: int | None = None,
 ) -> ValidationReport:
     """Check every record once; keep the usable ones (in ``valid_records``, or handed to
-    ``sink``); score the file (see module doc)."""
+    ``sink``); score the file (see module doc). ``upload_ms``: the message's upload time,
+    which bounds the export times the file may claim (the worker's clock ``now_ms`` bounds
+    it in turn)."""
     rtype = canonical_record_type(decoded.record_type)
     records = decoded.records
     expected = getattr(decoded, "record_count", None)
@@ -501,7 +541,9 @@ def validate(
     known_instant: bool | None = (
         True if rtype in INSTANT_TYPES else False if rtype in _VALUE_CHECKS else None
     )
-    max_ms = now_ms + config.max_future_skew_ms
+    ceiling = now_ms if upload_ms is None else min(upload_ms, now_ms)
+    skew = config.max_future_skew_ms
+    max_ms = ceiling + skew
     min_ms = MIN_TIMESTAMP_MS
     offset = zone_offset_seconds
     issues: dict[str, int] = {}
@@ -515,13 +557,17 @@ def validate(
     inconsistent = 0
     total = 0
     kept_count = 0
+    in_progress = 0
+    latest_export = 0
 
     it = iter(records)
     while chunk := list(islice(it, chunk_size)):
         if clean is not None:
-            missing = _clean_chunk(chunk, clean, bool(known_instant), seen, digest, min_ms,
-                                   max_ms)
-            if missing is not None:  # every record kept whole: count them all at once
+            clean_chunk = _clean_chunk(chunk, clean, bool(known_instant), seen, digest, min_ms,
+                                       max_ms)
+            if clean_chunk is not None:  # every record kept whole: count them all at once
+                missing, chunk_export = clean_chunk
+                latest_export = max(latest_export, chunk_export)
                 n = len(chunk)
                 total += n
                 kept_count += n
@@ -577,6 +623,7 @@ def validate(
                 incomplete += 1
                 issues["sleep_no_stages"] = issues.get("sleep_no_stages", 0) + 1
 
+            export = 0
             if code is None:
                 if type(s) is not int or type(e) is not int:
                     code = "missing_timestamp"
@@ -584,7 +631,7 @@ def validate(
                     code = "start_after_end"
                 elif s < min_ms:
                     code = "timestamp_before_2000"
-                elif e > max_ms:
+                elif s > (export := _export_ms(rec, s, ceiling, max_ms)) + skew:
                     code = "timestamp_in_future"
                 elif offset(z1) is None or (z2 is not z1 and offset(z2) is None):
                     code = "bad_zone_offset"
@@ -594,6 +641,10 @@ def validate(
                     inconsistent += 1
                 continue
 
+            started = e > export and not instant  # still going when it was exported
+            if started:
+                e = max(s, export)
+                rec = _in_progress(rec, e)
             vcode, kept, usable, bad_consistency, drops = check(rec, s, e)
             if drops:
                 for k, n in drops.items():
@@ -605,6 +656,8 @@ def validate(
                 continue
             usable_sum += usable
             kept_count += 1
+            in_progress += started
+            latest_export = max(latest_export, export)
             batch.append(kept)
         keep(batch)
 
@@ -638,4 +691,6 @@ def validate(
         quarantine_reason=reason,
         columns=sink,
         valid_count=-1 if sink is None else kept_count,
+        in_progress_records=in_progress,
+        export_ms=latest_export or None,
     )
