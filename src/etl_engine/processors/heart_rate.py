@@ -2,9 +2,13 @@
 
 Why these choices:
 
-* **Resting estimate** = 5th percentile of all samples. Without activity context we cannot
-  pick "resting" moments, and the low tail of a day's samples tracks resting heart rate
-  closely while ignoring the odd artefact below it.
+* **Lowest sustained heart rate** = 5th percentile of all samples, sleep included. It is
+  *not* a resting heart rate: this engine reads no other record type (no sleep, no
+  activity), so it cannot tell samples taken awake and at rest from samples taken asleep,
+  and in real exports most samples are often taken asleep (heart rate during sleep runs
+  below the awake resting rate). So the figure is never compared with awake resting norms
+  (60-100 bpm) and no lifestyle or fitness inference is drawn from it. The low tail rather
+  than the minimum, so that the odd artefact below it does not set the figure.
 * **Zones** use a fixed, age-free reference maximum of 190 bpm (the exports carry no age;
   190 is 220 - 30 and close to Tanaka's 208 - 0.7 x age at 25). Zones by % of that maximum:
   below zone 1 < 50 %, zone 1 50-60 %, zone 2 60-70 %, zone 3 70-80 %, zone 4 80-90 %,
@@ -13,7 +17,13 @@ Why these choices:
   sparsely at rest: each sample stands for the time until the next one, capped at 5 min
   (the last sample repeats the previous gap, capped). A single sample falls back to counts.
   Shares are rounded to add up to exactly 100.
-* One origin per local day (``origins.py``); samples with the same timestamp, once.
+* **Sufficiency** says how much the figures rest on: ``days_covered`` (local calendar days,
+  by the record's start zone offset, holding samples of the chosen origin),
+  ``hours_covered`` (union of the chosen records' intervals) and ``samples_per_hour``
+  (samples / hours covered; None when the records cover no time).
+* One origin per local day: ``origin_priority``, else the most covered time, then the most
+  samples (both apps sample the same windows: the denser series wins); samples with the same
+  timestamp, once.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from typing import Any
 
 from etl_engine.processors._common import (
     DAY_MS,
+    HOUR_MS,
     MINUTE_MS,
     day_from_index,
     iso_utc,
@@ -40,7 +51,7 @@ from etl_engine.processors._common import (
     sample_sd,
 )
 from etl_engine.processors.columns import Samples
-from etl_engine.processors.origins import choose_origin, union_length
+from etl_engine.processors.origins import union_length
 from etl_engine.stages import DomainConfig, Record
 
 HR_MAX_BPM = 190
@@ -48,7 +59,8 @@ ZONE_NAMES = ("below_zone_1", "zone_1", "zone_2", "zone_3", "zone_4", "zone_5")
 ZONE_LOWER_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9)
 ZONE_BOUNDS_BPM = tuple(round(HR_MAX_BPM * f) for f in ZONE_LOWER_FRACTIONS)  # 95..171
 SAMPLE_WEIGHT_CAP_MS = 5 * MINUTE_MS
-RESTING_PERCENTILE = 5
+LOW_PERCENTILE = 5
+LOW_METHOD = "p5_of_all_samples_sleep_included"
 
 
 def zone_index(bpm: float) -> int:
@@ -214,28 +226,104 @@ def _positions(data: bytes, value: int) -> Iterator[int]:
 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
-    """Mean/min/max, resting estimate, time in zones, span, per-origin figures."""
+    """Mean/min/max, lowest sustained rate, time in zones, span, coverage, per-origin."""
     return statistics(Samples.from_records(records), config)
 
 
-def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
-    """``compute_statistics`` over column-stored records (validation streams into them)."""
+def _choose_records(cols: Samples,
+                    config: DomainConfig) -> tuple[list[int], list[tuple[str, str, int]]]:
+    """Records of the chosen origin of each local day (of the record's start), and per day
+    (local date, origin, origins present): one origin a day, so nothing counts twice."""
     names = cols.origins.names
-    # records by local day of their start, then origin (input order kept)
     groups: dict[int, dict[int, list[int]]] = {}
     for r, (s, off, o) in enumerate(zip(cols.starts, cols.offsets, cols.origin_ids,
                                         strict=True)):
         groups.setdefault((s + off) // DAY_MS, {}).setdefault(o, []).append(r)
     chosen_records: list[int] = []
-    choices: list[tuple[str, str, int]] = []  # (local date, origin, origins present)
+    choices: list[tuple[str, str, int]] = []
     for day in sorted(groups):
         by_o = groups[day]
         cov = {names[o]: float(union_length((cols.starts[r], cols.ends[r]) for r in recs))
                for o, recs in by_o.items()}
-        name = choose_origin(dict(sorted(cov.items())), config.origin_priority)
+        dense = {names[o]: sum(cols.first[r + 1] - cols.first[r] for r in recs)
+                 for o, recs in by_o.items()}
+        name = next((p for p in config.origin_priority if p in cov), None) or min(
+            cov, key=lambda n: (-cov[n], -dense[n], n))  # same windows: the denser series
         chosen_records.extend(by_o[cols.origins.index[name]])
         choices.append((day_from_index(day).isoformat(), name, len(by_o)))
-    del groups
+    return chosen_records, choices
+
+
+def _local_days(cols: Samples, records: Sequence[int], starts: Sequence[int],
+                ends: Sequence[int], offs: Sequence[int]) -> set[int]:
+    """Local day numbers holding samples of ``records`` (``starts``/``ends``/``offs``: their
+    columns). A record whose interval starts and ends on one local day puts all its samples
+    on that day (validation keeps samples inside their record), so only the few records
+    crossing midnight have their samples' days read; all at C speed (a file can hold a
+    million one-sample records)."""
+    first_days = list(map(operator.floordiv, map(operator.add, starts, offs), repeat(DAY_MS)))
+    last_days = map(operator.floordiv, map(operator.add, ends, offs), repeat(DAY_MS))
+    days = set(first_days)
+    times, first = cols.sample_times, cols.first
+    for i in compress(count(), map(operator.ne, first_days, last_days)):
+        r, off = records[i], offs[i]
+        shifted = map(operator.add, times[first[r]:first[r + 1]], repeat(off))
+        days.update(map(operator.floordiv, shifted, repeat(DAY_MS)))
+    return days
+
+
+def _covered_ms(starts: Sequence[int], ends: Sequence[int]) -> int:
+    """Union length of the intervals (``origins.union_length``) at C speed: in start
+    order, each interval adds what reaches past the furthest end before it. An export is
+    usually back-to-back records in time order: then the union is plain sums."""
+    if not starts:
+        return 0
+    if all(map(operator.le, ends, islice(starts, 1, None))):  # each ends before the next
+        return sum(ends) - sum(starts)
+    if not all(map(operator.le, starts, islice(starts, 1, None))):  # not in start order
+        order = sorted(range(len(starts)), key=starts.__getitem__)
+        starts, ends = list(map(starts.__getitem__, order)), list(map(ends.__getitem__, order))
+    reach = list(accumulate(ends, max))  # furthest end so far
+    before = chain((starts[0],), islice(reach, len(reach) - 1))
+    return sum(map(operator.sub, reach, map(max, starts, before)))
+
+
+def _sufficiency(cols: Samples, records: Sequence[int], n: int) -> dict[str, Any]:
+    """How much the figures rest on (module doc): days, hours and sampling density."""
+    columns: tuple[Sequence[int], Sequence[int], Sequence[int]]
+    if len(records) == len(cols):  # every record (one origin): the columns as they are
+        columns = cols.starts, cols.ends, cols.offsets
+        records = range(len(cols))
+    else:
+        columns = (list(map(cols.starts.__getitem__, records)),
+                   list(map(cols.ends.__getitem__, records)),
+                   list(map(cols.offsets.__getitem__, records)))
+    covered_ms = _covered_ms(columns[0], columns[1])
+    return {
+        "days_covered": len(_local_days(cols, records, *columns)),
+        "hours_covered": rnd(covered_ms / HOUR_MS),
+        "samples_per_hour": rnd(n / (covered_ms / HOUR_MS)) if covered_ms > 0 else None,
+    }
+
+
+def _per_origin(cols: Samples, bpms: Sequence[float], m: float) -> dict[str, Any]:
+    """Every origin's own sample count and mean (the chosen figures use one origin a day)."""
+    names = cols.origins.names
+    origins = {}
+    for name in sorted(names):
+        if len(names) == 1:
+            own, own_mean = bpms, m
+        else:
+            o = cols.origins.index[name]
+            own = _series(cols, [r for r, x in enumerate(cols.origin_ids) if x == o])[1]
+            own_mean = mean(own)
+        origins[name] = {"samples": len(own), "mean_bpm": rnd(own_mean)}
+    return origins
+
+
+def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
+    """``compute_statistics`` over column-stored records (validation streams into them)."""
+    chosen_records, choices = _choose_records(cols, config)
     times, bpms = _series(cols, chosen_records)
     n = len(bpms)
     counts = Counter(bpms)
@@ -247,17 +335,6 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
     zone_int = _zone_ms(times, zones, zone_counts)
     zone_ms = [float(ms) for ms in zone_int]
     shares = percentages(zone_ms if sum(zone_ms) > 0 else zone_counts)
-
-    origins = {}
-    for name in sorted(names):
-        if len(names) == 1:
-            own, own_mean = bpms, m
-        else:
-            o = cols.origins.index[name]
-            own = _series(cols, [r for r, x in enumerate(cols.origin_ids) if x == o])[1]
-            own_mean = mean(own)
-        origins[name] = {"samples": len(own), "mean_bpm": rnd(own_mean)}
-
     return {
         "sample_count": n,
         "record_count": len(chosen_records),
@@ -271,15 +348,16 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
                       else sample_sd(bpms, m)),
         "min_bpm": rnd(ordered[0]),
         "max_bpm": rnd(ordered[-1]),
-        "resting_estimate_bpm": rnd(percentile(ordered, RESTING_PERCENTILE)),
-        "resting_estimate_method": f"p{RESTING_PERCENTILE}_of_samples",
+        "lowest_sustained_bpm": rnd(percentile(ordered, LOW_PERCENTILE)),
+        "lowest_sustained_method": LOW_METHOD,
+        "sufficiency": _sufficiency(cols, chosen_records, n),
         "hr_max_reference_bpm": HR_MAX_BPM,
         "zone_lower_bounds_bpm": dict(zip(ZONE_NAMES[1:], ZONE_BOUNDS_BPM, strict=True)),
         "time_in_zones_percent": dict(zip(ZONE_NAMES, shares, strict=True)),
         "time_in_zones_minutes": {
             name: rnd(ms / MINUTE_MS) for name, ms in zip(ZONE_NAMES, zone_ms, strict=True)
         },
-        "origins": origins,
+        "origins": _per_origin(cols, bpms, m),
         "origin_by_day": {day: name for day, name, _ in choices},
         "days_with_multiple_origins": sum(1 for _, _, present in choices if present > 1),
     }
