@@ -241,7 +241,7 @@ def test_glucose_statistics_match_independent_computation() -> None:
     for p in (5, 25, 50, 75, 95):
         assert stats["percentiles_mg_dl"][f"p{p}"] == pytest.approx(cuts[p - 1], abs=0.051)
     assert stats["gmi_percent"] == round(3.31 + 0.02392 * m, 1)
-    assert stats["estimated_a1c_percent"] == round((m + 46.7) / 28.7, 1)
+    assert "estimated_a1c_percent" not in stats  # GMI replaces it
     bands = stats["time_in_ranges_percent"]
     n = len(levels)
     assert bands["in_range_70_180"] == pytest.approx(
@@ -269,27 +269,39 @@ def test_glucose_properties(levels: list[float]) -> None:
     assert stats["min_mg_dl"] <= stats["mean_mg_dl"] <= stats["max_mg_dl"]
     p = stats["percentiles_mg_dl"]
     assert p["p5"] <= p["p25"] <= p["p50"] <= p["p75"] <= p["p95"]
-    assert stats["hypo_episodes_below_54"] <= len(levels)
+    e = stats["episodes"]
+    if len(levels) > 1:  # 5-minute CGM: every reading stands for 5 min, 3 make an episode
+        assert e["low_level_1_below_70"] or not e["low_level_2_below_54"]  # level 2 inside 1
+        assert e["high_level_1_above_180"] or not e["high_level_2_above_250"]
+        assert 3 * (e["low_level_1_below_70"] + e["high_level_1_above_180"]) <= len(levels)
     json.dumps(stats, allow_nan=False)
 
 
 def test_hypo_episodes_need_15_minutes() -> None:
-    episode = [100, 65, 64, 63, 62, 100]  # 4 low readings 5 min apart: 15 min
-    short = [100, 65, 64, 63, 100]  # 10 min
+    # consensus: 3 readings at 5 min cover 15 min; 3 in-range readings end an episode
+    episode = [100, 100, 100, 65, 64, 63, 100, 100, 100]
+    short = [100, 65, 64, 100, 100, 100]  # 10 min
     stats = compute_statistics("BloodGlucoseRecord", cgm(episode + short + episode), CFG)
-    assert stats["hypo_episodes_below_70"] == 2
-    assert stats["hypo_episodes_below_54"] == 0
-    severe = [100, 50, 52, 50, 51, 60, 100]
+    assert stats["episodes"]["low_level_1_below_70"] == 2
+    assert stats["episodes"]["low_level_2_below_54"] == 0
+    severe = [100, 50, 52, 50, 51, 60, 100, 100, 100]
     stats = compute_statistics("BloodGlucoseRecord", cgm(severe), CFG)
-    assert stats["hypo_episodes_below_70"] == 1
-    assert stats["hypo_episodes_below_54"] == 1
+    assert stats["episodes"]["low_level_1_below_70"] == 1
+    assert stats["episodes"]["low_level_2_below_54"] == 1
 
 
 def test_hypo_episode_broken_by_data_gap() -> None:
-    # two lows 40 minutes apart: a gap, not 40 minutes of low glucose
-    points = [(0, 60.0), (10 * MIN, 60.0), (50 * MIN, 60.0), (60 * MIN, 60.0)]
-    assert glucose_mod.count_episodes(points, 70) == 0
-    assert glucose_mod.count_episodes([(0, 60.0), (15 * MIN, 60.0)], 70) == 1
+    # 5-min readings, then a 40-minute gap: a gap, not 40 minutes of low glucose
+    levels = [100.0] * 6 + [60.0, 60.0] + [60.0, 60.0] + [100.0] * 6
+    times = [MIDNIGHT + i * 5 * MIN for i in range(8)]
+    times += [times[-1] + 40 * MIN + i * 5 * MIN for i in range(8)]
+    records = [glucose(t, v) for t, v in zip(times, levels, strict=True)]
+    stats = compute_statistics("BloodGlucoseRecord", records, CFG)
+    assert stats["episodes"]["low_level_1_below_70"] == 0
+    segs = glucose_mod.segments(glucose_mod.gaps_of(times), 5.0)
+    assert segs == [(0, 8), (8, 16)]
+    assert glucose_mod.count_episodes(segs, levels, 5.0, 70, below=True) == 0
+    assert glucose_mod.count_episodes([(0, 16)], levels, 5.0, 70, below=True) == 1
 
 
 def test_glucose_assessment_and_variability() -> None:
@@ -341,8 +353,11 @@ def test_heart_rate_statistics_match_independent_computation() -> None:
     assert stats["min_bpm"] == min(bpms) and stats["max_bpm"] == max(bpms)
     assert stats["median_bpm"] == statistics.median(bpms)
     p5 = statistics.quantiles(bpms, n=100, method="inclusive")[4]
-    assert stats["resting_estimate_bpm"] == pytest.approx(p5, abs=0.051)
+    assert stats["lowest_sustained_bpm"] == pytest.approx(p5, abs=0.051)
+    assert stats["lowest_sustained_method"] == "p5_of_all_samples_sleep_included"
     assert stats["span_minutes"] == 499
+    assert stats["sufficiency"] == {"days_covered": 1, "hours_covered": 8.3,
+                                    "samples_per_hour": 60.0}
     # even 1-minute spacing: time-weighted shares equal sample shares
     share_z5 = 100 * sum(b >= 171 for b in bpms) / 500
     assert stats["time_in_zones_percent"]["zone_5"] == pytest.approx(share_z5, abs=0.1)
@@ -369,7 +384,7 @@ def test_heart_rate_properties(bpms: list[int], step_s: int) -> None:
     stats = compute_statistics("HeartRateRecord", [heart(MIDNIGHT, bpms, step_s * 1000)], CFG)
     assert round(sum(stats["time_in_zones_percent"].values()) * 10) == 1000
     assert stats["min_bpm"] <= stats["mean_bpm"] <= stats["max_bpm"]
-    assert stats["min_bpm"] <= stats["resting_estimate_bpm"] <= stats["median_bpm"]
+    assert stats["min_bpm"] <= stats["lowest_sustained_bpm"] <= stats["median_bpm"]
 
 
 def test_heart_rate_overlapping_origins_not_combined() -> None:
@@ -402,18 +417,22 @@ def test_hrv_statistics_and_trend() -> None:
     slope = statistics.linear_regression([(t - times[0]) / DAY for t in times], values).slope
     assert stats["trend_ms_per_day"] == round(slope, 2)
     assert stats["trend_direction"] == "falling"
-    night = [v for i, v in enumerate(values) if i % 2 == 0]
-    assert stats["night_readings"] == 5
-    assert stats["night_mean_ms"] == round(statistics.fmean(night), 1)
-    assert stats["day_mean_ms"] == round(statistics.fmean(values[1::2]), 1)
+    # 12 h apart: every reading is a night of its own, the trend the same as per reading
+    assert stats["nights"] == 10 and stats["trend_basis"] == "nightly_means"
+    assert [n["night_of"] for n in stats["nights_detail"][:3]] == [
+        "2024-03-03", "2024-03-04", "2024-03-04"]
+    assert stats["sufficiency"] == {"nights_covered": 6, "hours_covered": 0.0,
+                                    "readings_per_hour": None}
 
 
 def test_hrv_night_uses_local_time() -> None:
-    t = MIDNIGHT + 4 * HOUR  # 04:00 at -05:00, 09:00 UTC
-    assert compute_statistics("HeartRateVariabilityRmssdRecord", [hrv(t, 40)],
-                              CFG)["night_readings"] == 1
-    assert compute_statistics("HeartRateVariabilityRmssdRecord", [hrv(t, 40, zone="Z")],
-                              CFG)["night_readings"] == 0
+    t = MIDNIGHT + 8 * HOUR  # 08:00 at -05:00, 13:00 UTC
+    local = compute_statistics("HeartRateVariabilityRmssdRecord", [hrv(t, 40)], CFG)
+    assert local["nights_detail"][0]["night_of"] == "2024-03-03"
+    assert local["nights_detail"][0]["first_reading_local"] == "08:00"
+    utc = compute_statistics("HeartRateVariabilityRmssdRecord", [hrv(t, 40, zone="Z")], CFG)
+    assert utc["nights_detail"][0]["night_of"] == "2024-03-04"
+    assert utc["period_first_day"] == utc["period_last_day"] == "2024-03-04"
 
 
 def test_hrv_trend_needs_a_day_and_stable_band() -> None:
@@ -444,8 +463,11 @@ def test_sleep_single_night_figures() -> None:
     assert night["efficiency_percent"] == round(asleep / in_bed * 100, 1)
     assert night["stage_minutes"]["light"] == 220 and night["stage_minutes"]["rem"] == 70
     assert night["awakenings"] == 2  # the leading and trailing wake do not count
+    assert night["brief_awakenings"] == 0  # AWAKE 5 + AWAKE 5 is one 10-minute bout
+    assert night["waso_minutes"] == 30  # after the first sleep stage, trailing wake included
     assert night["bedtime_local"] == "22:30" and night["wake_time_local"] == "04:50"
-    assert round(sum(night["stage_percent"].values()) * 10) == 1000
+    assert round(sum(night["stage_percent_of_time_in_bed"].values()) * 10) == 1000
+    assert round(sum(night["stage_percent_of_sleep"].values()) * 10) == 1000
     assert stats["bedtime_sd_minutes"] is None
 
 
@@ -454,7 +476,8 @@ def test_sleep_without_stages() -> None:
     night = stats["nights_detail"][0]
     assert night["total_sleep_minutes"] == night["time_in_bed_minutes"] == 480
     assert night["efficiency_percent"] is None and not night["stages_available"]
-    assert night["stage_percent"]["unrecorded"] == 100
+    assert night["stage_percent_of_time_in_bed"]["unrecorded"] == 100
+    assert night["stage_percent_of_sleep"] is None and night["waso_minutes"] is None
 
 
 def test_sleep_two_devices_one_night() -> None:
@@ -515,10 +538,13 @@ def test_sleep_naps_kept_out_of_averages() -> None:
 def test_sleep_properties(plan: list[tuple[str, int]]) -> None:
     stats = compute_statistics("SleepSessionRecord", [session(BED, plan)], CFG)
     night = stats["nights_detail"][0]
-    assert round(sum(night["stage_percent"].values()) * 10) == 1000
+    assert round(sum(night["stage_percent_of_time_in_bed"].values()) * 10) == 1000
+    assert round(sum(night["stage_percent_of_sleep"].values()) * 10) in (
+        0 if night["total_sleep_minutes"] == 0 else 1000,)
     assert night["total_sleep_minutes"] <= night["time_in_bed_minutes"]
     assert 0 <= night["efficiency_percent"] <= 100
-    assert night["awakenings"] <= sum(1 for k, _ in plan if k in {"AWAKE", "OUT_OF_BED"})
+    assert night["awakenings"] + night["brief_awakenings"] <= sum(
+        1 for k, _ in plan if k in {"AWAKE", "OUT_OF_BED"})
 
 
 # --- steps and calories ----------------------------------------------------------------------

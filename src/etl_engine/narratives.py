@@ -136,14 +136,75 @@ _TARGET_TEXT = {
 }
 
 
+def _glucose_coverage(s: Stats, period: str) -> str:
+    """What the figures rest on: readings, covered time and wear (not calendar days)."""
+    q, n = s["sufficiency"], s["reading_count"]
+    if s["day_basis"] == "utc":  # Z-stamped readings: their days are UTC days
+        period += " (UTC dates)" if period.startswith("between") else " (UTC date)"
+    first = (f"{_cap(period)}, {plural(n, 'blood glucose reading')} "
+             f"{'was' if n == 1 else 'were'} recorded")
+    if q["sampling"] == "continuous":
+        return (f"{first}, about one every {num(q['sampling_interval_minutes'])} minutes. "
+                f"They cover {plural(q['days_covered'], 'day')} "
+                f"({plural(q['hours_covered'], 'hour')}), and {num(q['wear_percent'])}% of "
+                "the readings expected over that time were received.")
+    if q["sampling_interval_minutes"] is None:
+        return f"{first}."
+    return (f"{first}, typically {num(q['sampling_interval_minutes'])} minutes apart, over "
+            f"{plural(q['hours_covered'], 'hour')}: occasional readings, such as from a "
+            "meter, rather than a continuous sensor record.")
+
+
+def _glucose_verdict(s: Stats) -> list[str]:
+    """Consensus verdict and GMI only on enough data (>= 14 days, >= 70 % wear)."""
+    if s["gmi_insufficient_data"] or s["control_assessment_insufficient_data"]:
+        why = ("that was not reached here" if s["sufficiency"]["sampling"] == "continuous"
+               else "these are not continuous sensor readings")
+        return [f"The international consensus on time in range asks for at least 14 days of "
+                f"sensor data with at least 70% of the expected readings before glucose is "
+                f"compared with its targets or summarized as a glucose management indicator "
+                f"(GMI); {why}, so no target assessment and no GMI are given, and the shares "
+                "above describe only these readings."]
+    missed = [_TARGET_TEXT[k] for k, ok in s["targets_met"].items() if not ok]
+    consensus = "the widely used consensus targets"
+    if s["control_assessment"] == "meets_targets":
+        verdict = f"Together these meet {consensus} ({_join(list(_TARGET_TEXT.values()))})."
+    elif s["control_assessment"] == "partially_meets_targets":
+        verdict = (f"At least half of the readings were in range, but not all of {consensus} "
+                   f"were met; the ones not met are {_join(missed)}.")
+    else:
+        verdict = (f"Fewer than half of the readings were in range, so these readings fall "
+                   f"short of {consensus}; the ones not met are {_join(missed)}.")
+    return [verdict, f"Based on the average, the glucose management indicator (GMI) is "
+                     f"{num(s['gmi_percent'])}%, an estimate from the readings, not a "
+                     "laboratory result."]
+
+
+def _glucose_episodes(e: Stats) -> str:
+    """Episodes by the consensus definition (none counted from intermittent readings)."""
+    if e["low_level_1_below_70"] is None:
+        return ("Low- and high-glucose episodes are not counted, as they need continuous "
+                "sensor readings.")
+    rule = ("by the consensus definition (at least 15 minutes in a row past the limit, "
+            "ending after at least 15 minutes back within it; a gap in the readings ends it)")
+    if not any(e.values()):
+        return (f"No low-glucose episodes below 70 mg/dL or high-glucose episodes above "
+                f"180 mg/dL were found, {rule}.")
+    return (f"Glucose episodes, {rule}: "
+            f"{num(e['low_level_1_below_70'])} low below 70 mg/dL and "
+            f"{num(e['low_level_2_below_54'])} below 54 mg/dL, "
+            f"{num(e['high_level_1_above_180'])} high above 180 mg/dL and "
+            f"{num(e['high_level_2_above_250'])} above 250 mg/dL (each level counted on its "
+            "own, so an episode below 54 mg/dL is also part of one below 70 mg/dL).")
+
+
 def glucose_narrative(s: Stats, period: str) -> str:
-    """Average, spread, time in ranges, consensus targets, GMI/eA1c, low episodes."""
+    """Coverage, average, spread, time in ranges, consensus verdict and GMI (only on
+    enough data), consensus episodes."""
     bands = s["time_in_ranges_percent"]
     p = s["percentiles_mg_dl"]
     out = [
-        f"{_cap(period)}, {plural(s['reading_count'], 'blood glucose reading')} "
-        f"{'was' if s['reading_count'] == 1 else 'were'} recorded over "
-        f"{plural(s['days'], 'day')} (about {num(s['readings_per_day'])} per day).",
+        _glucose_coverage(s, period),
         f"The average glucose was {num(s['mean_mg_dl'])} mg/dL, with readings from "
         f"{num(s['min_mg_dl'])} to {num(s['max_mg_dl'])} mg/dL and a median of "
         f"{num(p['p50'])} mg/dL.",
@@ -161,45 +222,25 @@ def glucose_narrative(s: Stats, period: str) -> str:
         f"{num(bands['very_low_below_54'])}% below 54 mg/dL) and {num(s['above_180_percent'])}% "
         f"were above 180 mg/dL (including {num(bands['very_high_above_250'])}% above 250 mg/dL)."
     )
-    missed = [_TARGET_TEXT[k] for k, ok in s["targets_met"].items() if not ok]
-    consensus = "the widely used consensus targets"
-    if s["control_assessment"] == "meets_targets":
-        out.append(f"Together these meet {consensus} ({_join(list(_TARGET_TEXT.values()))}).")
-    elif s["control_assessment"] == "partially_meets_targets":
-        out.append(f"At least half of the readings were in range, but not all of {consensus} "
-                   f"were met; the ones not met are {_join(missed)}.")
-    else:
-        out.append(f"Fewer than half of the readings were in range, so these readings fall "
-                   f"short of {consensus}; the ones not met are {_join(missed)}.")
-    out.append(f"Based on the average, the glucose management indicator (GMI) is "
-               f"{num(s['gmi_percent'])}% and the estimated A1c is "
-               f"{num(s['estimated_a1c_percent'])}%; both are estimates from the readings, "
-               "not laboratory results.")
-    k70, k54 = s["hypo_episodes_below_70"], s["hypo_episodes_below_54"]
-    if k70 == 0 and k54 == 0:
-        out.append("No low-glucose episodes lasting 15 minutes or more were found.")
-    else:
-        out.append(f"There {'was' if k70 == 1 else 'were'} "
-                   f"{plural(k70, 'low-glucose episode')} lasting at least 15 minutes below "
-                   f"70 mg/dL and {num(k54)} lasting at least 15 minutes below 54 mg/dL.")
+    out += _glucose_verdict(s)
+    e = s["episodes"]
+    out.append(_glucose_episodes(e))
+    lows = bool(e["low_level_1_below_70"] or e["low_level_2_below_54"])
     text = " ".join(out) + _origin_note(s["days_with_multiple_origins"], "days")
-    if s["control_assessment"] != "meets_targets" or k70 or k54:
+    if s["control_assessment"] != "meets_targets" or lows:
         text += (" It may be worth going over these patterns with a healthcare professional, "
                  "who can put them in context.")
     return text
 
 
 def heart_rate_narrative(s: Stats, period: str) -> str:
-    """Average and range, resting estimate against the usual adult range, time in zones."""
-    rest = s["resting_estimate_bpm"]
-    if rest < 60:
-        rest_note = ("below the usual adult range of 60-100 bpm, which is common in people "
-                     "who are physically fit")
-    elif rest <= 100:
-        rest_note = "within the usual adult range of 60-100 bpm"
-    else:
-        rest_note = ("above the usual adult range of 60-100 bpm; if that is typical for you, "
-                     "it may be worth mentioning to a healthcare professional")
+    """Average and range, coverage, lowest sustained rate (sleep included, so never set
+    against awake norms), time in zones."""
+    low, suff = s["lowest_sustained_bpm"], s["sufficiency"]
+    hours, rate = suff["hours_covered"], suff["samples_per_hour"]
+    span = plural(hours, "hour") if hours >= 0.1 else "a few minutes"
+    cover = (f"the records cover {span} on {plural(suff['days_covered'], 'day')}"
+             + (f", about {num(rate)} samples per hour" if rate is not None else ""))
     lower = s["zone_lower_bounds_bpm"]
     b = [lower[f"zone_{i}"] for i in range(1, 6)]
     labels = [f"below zone 1 (under {b[0]} bpm)"]
@@ -210,48 +251,91 @@ def heart_rate_narrative(s: Stats, period: str) -> str:
     parts = [f"{num(zones[k])}% {label}" for k, label in zip(keys, labels, strict=True)]
     return (
         f"{_cap(period)}, {plural(s['sample_count'], 'heart-rate sample')} "
-        f"{'was' if s['sample_count'] == 1 else 'were'} recorded, spanning "
-        f"{duration(s['span_minutes'])}. The average heart rate was {num(s['mean_bpm'])} bpm, "
-        f"ranging from {num(s['min_bpm'])} to {num(s['max_bpm'])} bpm. The resting heart rate, "
-        f"estimated from the lowest 5% of samples, was about {num(rest)} bpm, {rest_note}. "
+        f"{'was' if s['sample_count'] == 1 else 'were'} recorded; {cover}. The average heart "
+        f"rate was {num(s['mean_bpm'])} bpm, ranging from {num(s['min_bpm'])} to "
+        f"{num(s['max_bpm'])} bpm. The lowest sustained heart rate (the 5th percentile of all "
+        f"samples, including any taken during sleep) was about {num(low)} bpm. The data do "
+        "not show which samples were taken awake or asleep, so this figure is not compared "
+        "with reference ranges. "
         f"Using a reference maximum of {num(s['hr_max_reference_bpm'])} bpm, the time was "
         f"{_join(parts)}." + _origin_note(s["days_with_multiple_origins"], "days")
     )
 
 
 def hrv_narrative(s: Stats, period: str) -> str:
-    """Level and spread of RMSSD, the trend if the span allows, night against day."""
-    n = s["reading_count"]
+    """Level and spread of RMSSD, per night (devices measure it asleep, so clock hours say
+    when the device measured, not the person), coverage, the trend if the nights allow."""
+    n, k, suff = s["reading_count"], s["nights"], s["sufficiency"]
+    nights = s["nights_detail"]
     out = [f"{_cap(period)}, {plural(n, 'heart rate variability (RMSSD) reading')} "
-           f"{'was' if n == 1 else 'were'} recorded."]
+           f"{'was' if n == 1 else 'were'} recorded over {plural(k, 'night')} (a gap of more "
+           "than 3 hours between readings starts a new night)."]
+    hours, rate = suff["hours_covered"], suff["readings_per_hour"]
+    if rate is not None:
+        span = plural(hours, "hour") if hours >= 0.1 else "a few minutes"
+        out.append(f"From first to last reading, the nights cover {span}, about {num(rate)} "
+                   "readings per hour.")
+
+    def night_of(detail: Stats) -> str:
+        return long_date(date.fromisoformat(detail["night_of"]), with_year=False)
+
+    first = nights[0]
     if n == 1:
-        out.append(f"The reading was {num(s['mean_ms'])} ms.")
+        out.append(f"The reading, on the night of {night_of(first)} at "
+                   f"{first['first_reading_local']}, was {num(s['mean_ms'])} ms.")
     else:
-        out.append(f"The average was {num(s['mean_ms'])} ms (median {num(s['median_ms'])} ms), "
-                   f"ranging from {num(s['min_ms'])} to {num(s['max_ms'])} ms, with a standard "
-                   f"deviation of {num(s['sd_ms'])} ms.")
+        where = (f"On the night of {night_of(first)} (readings from "
+                 f"{first['first_reading_local']} to {first['last_reading_local']}), the "
+                 f"average was {num(first['mean_ms'])} ms (median {num(first['median_ms'])} ms)"
+                 if k == 1 else
+                 f"Over all readings the average was {num(s['mean_ms'])} ms (median "
+                 f"{num(s['median_ms'])} ms)")
+        out.append(f"{where}, ranging from {num(s['min_ms'])} to {num(s['max_ms'])} ms, with a "
+                   f"standard deviation of {num(s['sd_ms'])} ms.")
+    if k > 1:
+        lo = min(nights, key=lambda d: d["mean_ms"])
+        hi = max(nights, key=lambda d: d["mean_ms"])
+        out.append(f"Nightly averages ranged from {num(lo['mean_ms'])} ms (night of "
+                   f"{night_of(lo)}) to {num(hi['mean_ms'])} ms (night of {night_of(hi)})."
+                   if lo["mean_ms"] != hi["mean_ms"] else
+                   f"Every night averaged {num(lo['mean_ms'])} ms.")
     direction = s["trend_direction"]
     if direction is None:
-        out.append("There is not enough data for a trend (at least 3 readings over 24 hours "
+        out.append("There is not enough data for a trend (at least 3 nights spanning 24 hours "
                    "are needed).")
     else:
         word = {"stable": "roughly stable", "rising": "rising", "falling": "falling"}[direction]
         slope = s["trend_ms_per_day"]
         sign = "+" if slope > 0 else ""
-        out.append(f"Over {num(s['span_days'])} days the trend was {word} "
+        out.append(f"Across the {plural(k, 'night')}, the trend in nightly averages was {word} "
                    f"({sign}{num(slope)} ms per day).")
-    if s["night_mean_ms"] is not None and s["day_mean_ms"] is not None:
-        out.append(f"Readings taken between midnight and 6 a.m. averaged "
-                   f"{num(s['night_mean_ms'])} ms, against {num(s['day_mean_ms'])} ms during "
-                   "the rest of the day.")
-    else:
-        which = "The reading was" if n == 1 else "All readings were"
-        when = ("inside" if s["night_mean_ms"] is not None else "outside") + (
-            " the night window (midnight to 6 a.m.)")
-        out.append(f"{which} taken {when}.")
     out.append("RMSSD differs a lot from person to person, so changes over time say more "
                "than any single value.")
-    return " ".join(out) + _origin_note(s["days_with_multiple_origins"], "days")
+    return " ".join(out) + _origin_note(s["nights_with_multiple_origins"], "nights")
+
+
+def _sleep_one_night(night: Stats) -> list[str]:
+    """Stage shares (% of total sleep), bedtime, awakenings >= 5 min and brief ones, WASO."""
+    times = (f"Bedtime was {night['bedtime_local']} and wake-up "
+             f"{night['wake_time_local']}.")
+    if not night["stages_available"]:
+        return ["No sleep stages were recorded, so all of the time in bed is counted as "
+                "sleep.", times]
+    pct = night["stage_percent_of_sleep"]
+    named = [(pct["light"], "light sleep"), (pct["deep"], "deep sleep"),
+             (pct["rem"], "REM sleep"), (pct["sleeping"], "sleep without a stage")]
+    shares = [f"{num(v)}% {label}" for v, label in named if v > 0]
+    out = []
+    if shares:
+        shares[0] = shares[0].replace("% ", "% was ", 1)
+        out.append(f"Of the total sleep time, {_join(shares)}.")
+    out.append(times)
+    out.append(f"There {'was' if night['awakenings'] == 1 else 'were'} "
+               f"{plural(night['awakenings'], 'awakening')} of 5 minutes or more and "
+               f"{plural(night['brief_awakenings'], 'brief awakening')} (under 5 minutes); "
+               "time awake or out of bed after first falling asleep was "
+               f"{plural(night['waso_minutes'], 'minute')}.")
+    return out
 
 
 def sleep_narrative(s: Stats, period: str) -> str:
@@ -283,80 +367,123 @@ def sleep_narrative(s: Stats, period: str) -> str:
                        "adults.")
     if basis == 1:
         kind = "nap" if over_naps else "night"
-        night = next(p for p in s["nights_detail"] if p["kind"] == kind)
-        if night["stages_available"]:
-            pct = night["stage_percent"]
-            named = [(pct["light"], "light sleep"), (pct["deep"], "deep sleep"),
-                     (pct["rem"], "REM sleep"), (pct["sleeping"], "sleep without a stage"),
-                     (pct["awake"] + pct["out_of_bed"], "awake or out of bed")]
-            shares = [f"{num(round(v, 1))}% {label}" for v, label in named if v > 0]
-            if shares:
-                shares[0] = shares[0].replace("% ", "% was ", 1)
-                out.append(f"Of the time in bed, {_join(shares)}.")
-            out.append(f"Bedtime was {night['bedtime_local']} and wake-up "
-                       f"{night['wake_time_local']}, with "
-                       f"{plural(night['awakenings'], 'awakening')}.")
-        else:
-            out.append("No sleep stages were recorded, so all of the time in bed is counted "
-                       "as sleep.")
-            out.append(f"Bedtime was {night['bedtime_local']} and wake-up "
-                       f"{night['wake_time_local']}.")
+        out += _sleep_one_night(next(p for p in s["nights_detail"] if p["kind"] == kind))
     else:
         sd = s["bedtime_sd_minutes"]
         regular = ("a fairly regular schedule" if sd <= 30 else
                    "a somewhat irregular schedule" if sd <= 60 else "an irregular schedule")
         out.append(f"The average bedtime was {s['average_bedtime_local']}, varying by "
-                   f"{num(sd)} minutes (standard deviation), which suggests {regular}. "
-                   f"There were {num(s['average_awakenings'])} awakenings per "
-                   f"{'nap' if over_naps else 'night'} on average.")
+                   f"{num(sd)} minutes (standard deviation), which suggests {regular}.")
+        if s["average_awakenings"] is not None:
+            out.append(f"On average, {'naps' if over_naps else 'nights'} with sleep stages "
+                       f"had {plural(s['average_awakenings'], 'awakening')} of 5 minutes or "
+                       f"more, {plural(s['average_brief_awakenings'], 'brief awakening')} "
+                       "(under 5 minutes) and "
+                       f"{plural(s['average_waso_minutes'], 'minute')} awake or out of bed "
+                       "after first falling asleep.")
     if naps and not over_naps:
         out.append(f"{'The nap' if naps == 1 else 'The naps'} added "
                    f"{duration(s['nap_minutes_total'])} in bed, not included in these averages.")
     return " ".join(out) + _origin_note(s["nights_with_multiple_origins"], "nights")
 
 
-def steps_narrative(s: Stats, period: str) -> str:
-    """Daily totals against the 5,000 / 7,000 / 10,000 reference points."""
-    days = s["days"]
-    if days == 1:
-        steps = s["total_steps"]
-        if steps >= 10_000:
-            ref = "reaching the often-quoted goal of 10,000 steps"
-        elif steps >= 7_000:
-            ref = ("above the 7,000 steps a day linked with health benefits in large studies, "
-                   "though short of 10,000")
-        elif steps >= 5_000:
-            ref = "below the 7,000 steps a day linked with health benefits in large studies"
-        else:
-            ref = "under 5,000 steps, a level often used to describe a mostly inactive day"
-        verb = "was" if steps == 1 else "were"
-        text = f"{_cap(period)}, {plural(steps, 'step')} {verb} recorded, {ref}."
-    else:
-        text = (
-            f"{_cap(period)}, steps were recorded on {plural(days, 'day')}: "
-            f"{num(s['total_steps'])} steps in total, an average of "
-            f"{num(s['average_daily_steps'])} per day. The most active day was "
+def clock(hhmm_text: str) -> str:
+    """``17:25`` -> ``5:25 p.m.`` (the way people say the time of an export)."""
+    h, m = (int(x) for x in hhmm_text.split(":"))
+    suffix = "a.m." if h < 12 else "p.m."
+    return f"{(h % 12) or 12}:{m:02d} {suffix}"
+
+
+def _step_grade(steps: int) -> str:
+    if steps >= 10_000:
+        return "reaching the often-quoted goal of 10,000 steps"
+    if steps >= 7_000:
+        return ("above the 7,000 steps a day linked with health benefits in large studies, "
+                "though short of 10,000")
+    if steps >= 5_000:
+        return "below the 7,000 steps a day linked with health benefits in large studies"
+    return "under 5,000 steps, a level often used to describe a mostly inactive day"
+
+
+def _partial_days(s: Stats, values: str, unit: str) -> list[str]:
+    """One sentence per day still in progress at its export: what it had by then."""
+    out = []
+    for day, d in sorted(s["days_detail"].items()):
+        if d["complete"]:
+            continue
+        out.append(f"{long_date(date.fromisoformat(day))} was still in progress when the phone "
+                   f"exported it: {num(s[values][day])} {unit} by {clock(d['as_of_local'])}, "
+                   f"covering {num(d['hours_covered'])} hours of the day, so it is not "
+                   "counted in the figures for complete days.")
+    return out
+
+
+def _steps_one_partial_day(s: Stats, period: str) -> str:
+    [(day, d)] = s["days_detail"].items()
+    steps = s["daily_steps"][day]
+    return (f"So far {period}, by {clock(d['as_of_local'])}, {plural(steps, 'step')} "
+            f"{'was' if steps == 1 else 'were'} recorded, covering {num(d['hours_covered'])} "
+            f"hours of the day ({num(d['day_covered_percent'])}%). The day was still in "
+            "progress when the phone exported it, so no activity level is given for it.")
+
+
+def _steps_complete_days(s: Stats) -> str:
+    n = s["complete_days"]
+    if n == 1:
+        return (f"The one complete day had {plural(s['max_daily_steps'], 'step')}, "
+                f"{_step_grade(s['max_daily_steps'])}.")
+    tens, sevens, low = (s["days_at_or_above_10000"], s["days_at_or_above_7000"],
+                         s["sedentary_days_below_5000"])
+    return (f"Over the {num(n)} complete days the average was "
+            f"{num(s['average_daily_steps'])} steps per day. The most active day was "
             f"{long_date(date.fromisoformat(s['best_day']))} with {num(s['max_daily_steps'])} "
-            f"steps and the least active had {num(s['min_daily_steps'])}. "
-            f"{num(s['days_at_or_above_10000'])} of {plural(days, 'day')} reached 10,000 steps "
-            f"and {num(s['days_at_or_above_7000'])} reached 7,000, a level linked with health "
-            f"benefits in large studies. {_cap(plural(s['sedentary_days_below_5000'], 'day'))} "
-            f"{'was' if s['sedentary_days_below_5000'] == 1 else 'were'} under 5,000 steps, "
-            "a level often used to describe a mostly inactive day."
-        )
+            f"steps and the least active had {num(s['min_daily_steps'])}. {num(tens)} of "
+            f"{plural(n, 'day')} reached 10,000 steps and {num(sevens)} reached 7,000, a level "
+            f"linked with health benefits in large studies. {_cap(plural(low, 'day'))} "
+            f"{'was' if low == 1 else 'were'} under 5,000 steps, a level often used to "
+            "describe a mostly inactive day.")
+
+
+def steps_narrative(s: Stats, period: str) -> str:
+    """Daily totals against the 5,000 / 7,000 / 10,000 reference points; complete days only
+    are graded, a day still in progress is reported as it stood at the export."""
+    days, complete = s["days"], s["complete_days"]
+    if days == 1 and complete == 0:
+        text = _steps_one_partial_day(s, period)
+    elif days == 1:
+        steps = s["total_steps"]
+        text = (f"{_cap(period)}, {plural(steps, 'step')} {'was' if steps == 1 else 'were'} "
+                f"recorded, {_step_grade(steps)}.")
+    else:
+        parts = [f"{_cap(period)}, steps were recorded on {plural(days, 'day')}, "
+                 f"{num(s['total_steps'])} steps in total."]
+        if complete:
+            parts.append(_steps_complete_days(s))
+        parts += _partial_days(s, "daily_steps", "steps")
+        text = " ".join(parts)
     return text + _origin_note(s["days_with_multiple_origins"], "days")
 
 
 def calories_narrative(s: Stats, period: str) -> str:
-    """Daily active energy totals and the average per day."""
-    days = s["days"]
-    if days == 1:
+    """Daily active energy totals and the average per complete day."""
+    days, complete = s["days"], s["complete_days"]
+    if days == 1 and complete == 0:
+        [(day, d)] = s["days_detail"].items()
+        text = (f"So far {period}, by {clock(d['as_of_local'])}, {num(s['daily_kcal'][day])} "
+                f"kcal of active energy were burned, covering {num(d['hours_covered'])} hours "
+                "of the day; the day was still in progress when the phone exported it.")
+    elif days == 1:
         text = f"{_cap(period)}, {num(s['total_kcal'])} kcal of active energy were burned."
     else:
-        text = (f"{_cap(period)}, active energy was recorded on {plural(days, 'day')}: "
-                f"{num(s['total_kcal'])} kcal in total, an average of "
-                f"{num(s['average_kcal_per_day'])} kcal per day (highest "
-                f"{num(s['max_daily_kcal'])} kcal, lowest {num(s['min_daily_kcal'])} kcal).")
+        parts = [f"{_cap(period)}, active energy was recorded on {plural(days, 'day')}: "
+                 f"{num(s['total_kcal'])} kcal in total."]
+        if complete:
+            parts.append(f"Over the {plural(complete, 'complete day')} the average was "
+                         f"{num(s['average_kcal_per_day'])} kcal per day (highest "
+                         f"{num(s['max_daily_kcal'])} kcal, lowest "
+                         f"{num(s['min_daily_kcal'])} kcal).")
+        parts += _partial_days(s, "daily_kcal", "kcal")
+        text = " ".join(parts)
     text += (" Active calories count only the energy burned through movement, on top of what "
              "the body uses at rest.")
     return text + _origin_note(s["days_with_multiple_origins"], "days")

@@ -117,8 +117,19 @@ def _bounds(records: list[Record]) -> tuple[int, int, date, date]:
             local_date(last_s, start_offset_ms(last)))
 
 
+def _period(stats: dict[str, Any], first: date, last: date) -> tuple[date, date]:
+    """The period a narrative names: the statistics' own (a night is named for the evening
+    it began, ``night_of``) when they give one, else the local dates of the records."""
+    a, b = stats.get("period_first_day"), stats.get("period_last_day")
+    if isinstance(a, str) and isinstance(b, str):
+        return date.fromisoformat(a), date.fromisoformat(b)
+    return first, last
+
+
 def _warnings(report: ValidationReport, valid: int, origins: int) -> list[str]:
     out = []
+    if report.in_progress_records:
+        out.append("day_in_progress")
     if valid < report.total_records:
         out.append("records_excluded")
     if report.issue_counts.get("missing_zone_offset"):
@@ -154,6 +165,7 @@ def transform(
         stats = compute_statistics(rtype, records, config)
         first_ms, last_ms, first_day, last_day = _bounds(records)
         valid, origins = len(records), len(set(origins_of(records)))
+    first_day, last_day = _period(stats, first_day, last_day)
     question, answer = narratives.build(
         rtype, stats, first_day=first_day, last_day=last_day, seed=lineage.idempotency_key
     )
@@ -166,6 +178,9 @@ def transform(
         "record_type": rtype,
         "idempotency_key": lineage.idempotency_key,
         "upload_timestamp_utc": lineage.upload_timestamp_utc,
+        "subject_id": lineage.subject_id,
+        "export_time": iso_utc(report.export_ms) if report.export_ms else None,
+        "partial": bool(stats.get("partial", report.in_progress_records > 0)),
         "processor_version": config.processor_version,
         "processed_at": when.isoformat(),
         "quality_score": round(report.quality_score, 4),

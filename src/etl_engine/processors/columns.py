@@ -16,12 +16,13 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 from datetime import date
-from itertools import accumulate, chain, islice
+from itertools import accumulate, chain, islice, repeat
 from operator import itemgetter, methodcaller
 from typing import Self
 
 from etl_engine.processors._common import local_date, offset_ms
 from etl_engine.stages import Record
+from etl_engine.validation import IN_PROGRESS_KEY
 
 _TIME = itemgetter("timeEpochMillis")
 _BPM = itemgetter("beatsPerMinute")
@@ -31,6 +32,7 @@ _SAMPLES = itemgetter("samples")
 _META = itemgetter("metadata")
 _ORIGIN = itemgetter("dataOriginPackageName")
 _ID = itemgetter("id")
+_get = dict.get
 _ZONE = methodcaller("get", "zoneOffsetId")
 _START_ZONE = methodcaller("get", "startZoneOffsetId")
 
@@ -206,12 +208,13 @@ class Intervals(_ValueStore):
     the ids, which only break ties between identical intervals, are kept as UTF-8 back to
     back (their byte order is their string order)."""
 
-    __slots__ = ("_id_blob", "_id_first", "ends", "starts")
+    __slots__ = ("_id_blob", "_id_first", "ends", "in_progress", "starts")
 
     def __init__(self, value_key: str) -> None:
         super().__init__(value_key)
         self.starts = array("q")
-        self.ends = array("q")
+        self.ends = array("q")  # effective ends: the export time for a day still going
+        self.in_progress = bytearray()  # 1: the record was still going when exported
         self._id_blob = bytearray()
         self._id_first = array("q", [0])  # record i's id is _id_blob[first[i]:first[i+1]]
 
@@ -228,6 +231,7 @@ class Intervals(_ValueStore):
         self._id_first.fromlist(list(islice(
             accumulate(map(len, encoded), initial=self._id_first[-1]), 1, None)))
         self._id_blob += b"".join(encoded)
+        self.in_progress += bytes(map(bool, map(_get, recs, repeat(IN_PROGRESS_KEY))))
 
     def id_key(self, i: int) -> bytes:
         """Record ``i``'s id as UTF-8: sorts like the id."""

@@ -23,7 +23,7 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import groupby, repeat
+from itertools import compress, groupby, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -211,6 +211,10 @@ class DailyTotals:
     chosen: dict[date, str] = field(default_factory=dict)
     per_origin: dict[str, dict[date, float]] = field(default_factory=dict)
     multi_origin_days: int = 0
+    # the chosen origin's covered time per day (ms, up to the export time for a day still
+    # going), and for such a day the (epoch ms, zone offset ms) it was exported at
+    coverage: dict[date, float] = field(default_factory=dict)
+    as_of: dict[date, tuple[int, int]] = field(default_factory=dict)
 
 
 def daily_totals(records: Iterable[Record], value_key: str, priority: Sequence[str]) -> DailyTotals:
@@ -236,6 +240,7 @@ def interval_daily_totals(cols: Intervals, priority: Sequence[str]) -> DailyTota
     starts, ends, values, ids = (cols.starts.__getitem__, cols.ends.__getitem__,
                                  cols.values.__getitem__, cols.id_key)
     result = DailyTotals()
+    partial = 1 in cols.in_progress
     for idx in sorted(by_day):
         day = day_from_index(idx)
         groups = sorted((names[oid], ixs) for oid, ixs in by_day[idx].items())
@@ -251,9 +256,21 @@ def interval_daily_totals(cols: Intervals, priority: Sequence[str]) -> DailyTota
         chosen = choose_origin(cov, priority)
         result.chosen[day] = chosen
         result.totals[day] = result.per_origin[chosen][day]
+        result.coverage[day] = cov[chosen]
+        if partial:
+            _mark_in_progress(result, day, cols, dict(groups)[chosen])
         if len(groups) > 1:
             result.multi_origin_days += 1
     return result
+
+
+def _mark_in_progress(result: DailyTotals, day: date, cols: Intervals,
+                      ixs: array[int]) -> None:
+    """If a record of the day was still going when exported, when that was (local)."""
+    cut = list(compress(ixs, map(cols.in_progress.__getitem__, ixs)))
+    if cut:
+        last = max(cut, key=cols.ends.__getitem__)
+        result.as_of[day] = (cols.ends[last], cols.offsets[last])
 
 
 def clusters(records: Iterable[Record], max_gap_ms: int = 0) -> list[list[Record]]:

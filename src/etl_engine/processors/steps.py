@@ -2,10 +2,13 @@
 
 Why: step counts only make sense per day on the person's own clock. Each record counts
 toward the local date of its start (its own zone offset). Per day, one origin's total is
-used (``origins.py``: priority, else most covered time), overlapping records within that
-origin are counted once, and every origin's own daily totals are kept for reference.
+used (``origins.py``: priority, else most covered time, so Samsung Health's 00:00 day wins
+over Oura's 04:00 day unless ``origin_priority`` says otherwise), overlapping records within
+that origin are counted once, and every origin's own daily totals are kept for reference.
+A day still going when the app exported it is *partial* (``daily.py``): its steps so far are
+reported, but averages, extremes and the reference points below use complete days only.
 Reference points: 10 000 and 7 000 steps a day (the latter is where large cohort studies see
-most of the benefit) and fewer than 5 000 steps for a sedentary day.
+most of the benefit) and fewer than 5 000 steps for a mostly inactive day.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from etl_engine.processors._common import mean, rnd
 from etl_engine.processors.columns import Intervals
+from etl_engine.processors.daily import complete_values, day_details, over_complete, sufficiency
 from etl_engine.processors.origins import interval_daily_totals
 from etl_engine.stages import DomainConfig, Record
 
@@ -28,29 +32,40 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
     return statistics(Intervals.from_records(records, VALUE_KEY), config)
 
 
+def _origins(per_origin: dict[str, dict[Any, float]]) -> dict[str, Any]:
+    out = {}
+    for name in sorted(per_origin):
+        per_day = {d.isoformat(): round(v) for d, v in sorted(per_origin[name].items())}
+        out[name] = {"days": len(per_day), "total_steps": sum(per_day.values()),
+                     "daily_steps": per_day}
+    return out
+
+
 def statistics(cols: Intervals, config: DomainConfig) -> dict[str, Any]:
-    """Daily totals (chosen origin), average, goal days, sedentary days, per-origin totals."""
+    """Daily totals (chosen origin), complete-day figures, partial days, per-origin totals."""
     daily = interval_daily_totals(cols, config.origin_priority)
     days = {d.isoformat(): round(v) for d, v in daily.totals.items()}
-    values = list(days.values())
-    best_day = min(days, key=lambda d: (-days[d], d))
-    origins = {}
-    for name in sorted(daily.per_origin):
-        per_day = {d.isoformat(): round(v) for d, v in sorted(daily.per_origin[name].items())}
-        origins[name] = {"days": len(per_day), "total_steps": sum(per_day.values()),
-                         "daily_steps": per_day}
+    details = day_details(daily)
+    done = complete_values(days, details)
+    complete_days = {d: v for d, v in days.items() if details[d]["complete"]}
     return {
-        "days": len(values),
-        "total_steps": sum(values),
-        "average_daily_steps": rnd(mean(values)),
-        "max_daily_steps": max(values),
-        "min_daily_steps": min(values),
-        "best_day": best_day,
+        "days": len(days),
+        "complete_days": len(done),
+        "partial_days": len(days) - len(done),
+        "partial": len(done) < len(days),
+        "total_steps": sum(days.values()),
+        "average_daily_steps": over_complete(done, lambda v: rnd(mean(v))),
+        "max_daily_steps": over_complete(done, max),
+        "min_daily_steps": over_complete(done, min),
+        "best_day": over_complete(done, lambda _: min(
+            complete_days, key=lambda d: (-complete_days[d], d))),
         "daily_steps": days,
-        "days_at_or_above_7000": sum(1 for v in values if v >= MODERATE_GOAL),
-        "days_at_or_above_10000": sum(1 for v in values if v >= CLASSIC_GOAL),
-        "sedentary_days_below_5000": sum(1 for v in values if v < SEDENTARY_BELOW),
+        "days_detail": details,
+        "days_at_or_above_7000": sum(1 for v in done if v >= MODERATE_GOAL),
+        "days_at_or_above_10000": sum(1 for v in done if v >= CLASSIC_GOAL),
+        "sedentary_days_below_5000": sum(1 for v in done if v < SEDENTARY_BELOW),
+        "sufficiency": sufficiency(details),
         "origin_by_day": {d.isoformat(): o for d, o in daily.chosen.items()},
         "days_with_multiple_origins": daily.multi_origin_days,
-        "origins": origins,
+        "origins": _origins(daily.per_origin),
     }
