@@ -195,7 +195,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
         print(f"etl-engine compact: {exc}", file=sys.stderr)
         return 2
     for r in done:
-        print(f"{r.category:<24} {r.records:>7} records  {r.bytes:>10} bytes  {r.key}")
+        note = (f"  ({r.superseded} replaced by a later export of the same day)"
+                if r.superseded else "")
+        print(f"{r.category:<24} {r.records:>7} records  {r.bytes:>10} bytes  {r.key}{note}")
     if not done:
         print(f"no training records for {args.month}")
     return 0

@@ -4,6 +4,14 @@ Reads the per-message objects ``training/{category}/{YYYY}/{MM}/{DD}/*.jsonl`` a
 ``training/{category}/{YYYY}/{MM}/health_journal_{YYYY}_{MM}.jsonl``. Lines are sorted by
 (period start, idempotency key, line), so running it twice writes the same bytes. The
 per-message objects are left in place: they stay the exactly-once record of each input.
+
+Later exports of the same day: the app exports a day while it is still going, so one day
+can have a partial record (exported at 10 a.m.) and a later, complete one. Per subject,
+record type and day, the journal keeps the record with the latest export time (then a
+complete one over a partial one, then the larger idempotency key); a record that wins none
+of its days is left out, and each winner lists what it replaced in
+``metadata.supersedes`` (idempotency keys). Records without a ``subject_id`` are never
+merged: without it two people's days could not be told apart.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -27,6 +36,7 @@ class CompactResult:
     key: str
     records: int
     bytes: int
+    superseded: int = 0  # records replaced by a later export of the same days
 
 
 def journal_key(settings: Settings, category: str, year: str, month: str) -> str:
@@ -40,6 +50,60 @@ def _sort_key(line: bytes) -> tuple[str, str, bytes]:
     except orjson.JSONDecodeError:
         meta = {}
     return (str(meta.get("period_start", "")), str(meta.get("idempotency_key", "")), line)
+
+
+def _days(meta: dict[str, Any]) -> list[str]:
+    """The local days a record speaks for: its per-day statistics, else its period date."""
+    stats = meta.get("statistics")
+    stats = stats if isinstance(stats, dict) else {}
+    for key in ("days_detail", "origin_by_day"):
+        days = stats.get(key)
+        if isinstance(days, dict) and days:
+            return sorted(str(d) for d in days)
+    return [str(meta.get("period_date", ""))]
+
+
+def _rank(meta: dict[str, Any]) -> tuple[str, bool, str]:
+    return (str(meta.get("export_time") or ""), not meta.get("partial", False),
+            str(meta.get("idempotency_key", "")))
+
+
+def latest_exports(lines: list[bytes]) -> tuple[list[bytes], int]:
+    """The lines to keep (see the module docstring) and how many were superseded."""
+    metas = []
+    for line in lines:
+        try:
+            meta = orjson.loads(line).get("metadata", {})
+        except orjson.JSONDecodeError:
+            meta = {}
+        metas.append(meta if isinstance(meta, dict) else {})
+    winners: dict[tuple[str, str, str], int] = {}
+    for i, meta in enumerate(metas):
+        subject = meta.get("subject_id")
+        if not subject:
+            continue
+        for day in _days(meta):
+            key = (str(subject), str(meta.get("record_type", "")), day)
+            if key not in winners or _rank(meta) > _rank(metas[winners[key]]):
+                winners[key] = i
+    won = set(winners.values())
+    dropped = {i for i, m in enumerate(metas) if m.get("subject_id") and i not in won}
+    replaced: dict[int, set[str]] = defaultdict(set)
+    for i in dropped:
+        meta = metas[i]
+        for day in _days(meta):
+            w = winners[(str(meta["subject_id"]), str(meta.get("record_type", "")), day)]
+            replaced[w].add(str(meta.get("idempotency_key", "")))
+    out = []
+    for i, line in enumerate(lines):
+        if i in dropped:
+            continue
+        if i in replaced:
+            record = orjson.loads(line)
+            record["metadata"]["supersedes"] = sorted(replaced[i])
+            line = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        out.append(line)
+    return out, len(dropped)
 
 
 def compact_month(storage: Storage, settings: Settings, month: str) -> list[CompactResult]:
@@ -60,8 +124,9 @@ def compact_month(storage: Storage, settings: Settings, month: str) -> list[Comp
             lines[key] = [ln for ln in body.splitlines() if ln.strip()]
         if not lines:
             continue
-        merged = sorted((ln for group in lines.values() for ln in group), key=_sort_key)
+        kept, superseded = latest_exports([ln for group in lines.values() for ln in group])
+        merged = sorted(kept, key=_sort_key)
         body = b"\n".join(merged) + b"\n"
         storage.put(settings.bucket, target, body, content_type="application/x-ndjson")
-        out.append(CompactResult(category, target, len(merged), len(body)))
+        out.append(CompactResult(category, target, len(merged), len(body), superseded))
     return out

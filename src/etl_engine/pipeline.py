@@ -26,6 +26,7 @@ from etl_engine import __version__
 from etl_engine.compute import ComputePool, CpuResult, Limits
 from etl_engine.dedup import DedupStore
 from etl_engine.errors import Disposition, LeaseBusy, PermanentError, PoisonMessage, classify
+from etl_engine.logs import hash_user_id
 from etl_engine.messages import HealthDataMessage, parse_message
 from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.settings import Settings
@@ -212,6 +213,7 @@ class Pipeline:
             idempotency_key=msg.idempotency_key,
             upload_timestamp_utc=msg.upload_timestamp_utc.isoformat()
             if msg.upload_timestamp_utc else None,
+            subject_id=hash_user_id(msg.user_id),
         )
 
     async def write(self, msg: HealthDataMessage, cpu: CpuResult) -> Outcome:

@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import fastavro
 from fastavro.schema import parse_schema
 
+from etl_engine.app_corpus import write_corpus
 from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 
 Record = dict[str, Any]
@@ -480,11 +481,14 @@ def _bucket_records(
 
 
 def generate_samples(
-    out_dir: Path, seed: int = 7, *, day: date | None = None, bad: bool = True
+    out_dir: Path, seed: int = 7, *, day: date | None = None, bad: bool = True,
+    app: bool = True,
 ) -> list[Path]:
     """Write a few days of good exports for all six types (and bad variants) under out_dir.
 
-    Layout: ``{out_dir}/{RecordType}/{name}.avro`` and, with ``bad``,
+    Layout: ``{out_dir}/{RecordType}/{name}.avro``; with ``app``, the realistic app corpus
+    (``app_corpus.py``: September 2025, days exported while still going) beside them as
+    ``app_*.avro``; and, with ``bad``,
     ``{out_dir}/bad/{ClaimedRecordType}/{name}.avro`` plus ``bad/manifest.json`` saying
     what is wrong with each. Returns every path written, sorted.
     """
@@ -567,6 +571,8 @@ def generate_samples(
         "kcal-phone",
         lambda r: _bucket_records(days[:1], r, PHONE, fetch, kind="kcal", bucket_min=30),
     )
+    if app:
+        written.extend(write_corpus(out_dir, seed, app_writer_schema))
     if bad:
         written.extend(_generate_bad(out_dir / "bad", seed, days[0], fetch))
     return sorted(written)
