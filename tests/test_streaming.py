@@ -15,8 +15,7 @@ from etl_engine.avro import decode
 from etl_engine.compute import Limits, run_cpu_stages
 from etl_engine.processors import column_sink, transform
 from etl_engine.record_types import reader_schema
-from etl_engine.samples import app_writer_schema
-from etl_engine.samples import iter_bad_files, iter_sample_files
+from etl_engine.samples import app_writer_schema, iter_bad_files, iter_sample_files
 from etl_engine.stages import DecodedFile, DomainConfig, Lineage
 
 ROOT = Path(__file__).resolve().parent.parent

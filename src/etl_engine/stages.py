@@ -25,6 +25,7 @@ class Lineage:
     record_type: str
     idempotency_key: str
     upload_timestamp_utc: str | None = None
+    subject_id: str | None = None  # keyed hash of the user id: per-subject compaction
 
 
 @dataclass(frozen=True, slots=True)
