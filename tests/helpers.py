@@ -225,3 +225,12 @@ def varint(n: int) -> bytes:
 
 def avro_bytes(b: bytes) -> bytes:
     return varint(len(b)) + b
+
+
+def flat_items(value: Any, key: str = "") -> list[tuple[str, Any]]:
+    """Every (innermost key, leaf value) of nested statistics."""
+    if isinstance(value, dict):
+        return [kv for k, v in value.items() for kv in flat_items(v, k)]
+    if isinstance(value, list):
+        return [kv for v in value for kv in flat_items(v, key)]
+    return [(key, value)]

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from etl_engine import narratives
 from etl_engine.processors import compute_statistics, transform
 from etl_engine.stages import DomainConfig, Lineage, ValidationReport
+from helpers import flat_items
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("ETL_UPDATE_GOLDEN") == "1"
@@ -246,7 +247,7 @@ def test_every_number_in_the_text_comes_from_the_statistics(name: str) -> None:
     allowed = _numbers(stats) | {float(c) for c in _CONSTANTS}
     for key in ("zone_lower_bounds_bpm",):  # zone ranges are quoted as "95-113 bpm"
         allowed |= {float(v - 1) for v in stats.get(key, {}).values()}
-    for minutes in [v for k, v in _flat(stats) if k.endswith("minutes") and v is not None]:
+    for minutes in [v for k, v in flat_items(stats) if k.endswith("minutes") and v is not None]:
         h, m = divmod(round(minutes), 60)  # durations are quoted as "7 hours 5 minutes"
         allowed |= {float(h), float(m)}
     allowed |= {float(x) for d in (record["metadata"]["period_date"],) for x in d.split("-")}
@@ -255,14 +256,6 @@ def test_every_number_in_the_text_comes_from_the_statistics(name: str) -> None:
         if value.is_integer() and 1 <= value <= 31:
             continue  # day of month, counts of days; checked by golden texts
         assert value in allowed, f"{token!r} in narrative is not a statistic"
-
-
-def _flat(value: Any, key: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        return [kv for k, v in value.items() for kv in _flat(v, k)]
-    if isinstance(value, list):
-        return [kv for v in value for kv in _flat(v, key)]
-    return [(key, value)]
 
 
 @settings(max_examples=50, deadline=None)

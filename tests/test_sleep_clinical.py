@@ -20,6 +20,7 @@ from etl_engine import narratives
 from etl_engine.processors import compute_statistics, transform
 from etl_engine.processors._common import percentages
 from etl_engine.stages import DomainConfig, Lineage, ValidationReport
+from helpers import flat_items
 
 SEC = 1_000
 MIN = 60 * SEC
@@ -192,18 +193,10 @@ def test_sufficiency() -> None:
 _NUMBER = re.compile(r"(?<![\w.])[+-]?\d[\d,]*(?:\.\d+)?")
 
 
-def _flat(value: Any, key: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        return [kv for k, v in value.items() for kv in _flat(v, k)]
-    if isinstance(value, list):
-        return [kv for v in value for kv in _flat(v, key)]
-    return [(key, value)]
-
-
 def unquoted_numbers(text: str, stats: dict[str, Any]) -> list[str]:
     """Numbers in the text that are neither statistics (as printed), thresholds nor dates."""
     allowed = set(THRESHOLDS)
-    for key, value in _flat(stats):
+    for key, value in flat_items(stats):
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int | float):
