@@ -477,7 +477,9 @@ def calories_narrative(s: Stats, period: str) -> str:
     else:
         parts = [f"{_cap(period)}, active energy was recorded on {plural(days, 'day')}: "
                  f"{num(s['total_kcal'])} kcal in total."]
-        if complete:
+        if complete == 1:
+            parts.append(f"The one complete day had {num(s['max_daily_kcal'])} kcal.")
+        elif complete:
             parts.append(f"Over the {plural(complete, 'complete day')} the average was "
                          f"{num(s['average_kcal_per_day'])} kcal per day (highest "
                          f"{num(s['max_daily_kcal'])} kcal, lowest "
