@@ -285,3 +285,18 @@ async def test_the_worker_turns_every_app_export_into_a_record(
         assert meta["subject_id"] and "demo-user" not in orjson.dumps(meta).decode()
     assert sorted(k for k, v in partial.items() if v) == sorted(
         n for n in partial if "app_steps" in n or "app_calories" in n), partial
+
+
+def test_compacted_lines_still_follow_the_training_record_schema(
+        records: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "schemas" / "training-record.schema.json").read_text())
+    lines = [orjson.dumps(records[n], option=orjson.OPT_SORT_KEYS) for n in (
+        "StepsRecord/app_steps_0919_1725.avro", "StepsRecord/app_steps_0920_1040.avro")]
+    kept, _ = latest_exports(lines)
+    validator = jsonschema.Draft202012Validator(schema)
+    for line in kept:
+        assert not list(validator.iter_errors(orjson.loads(line)))

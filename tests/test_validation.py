@@ -628,3 +628,17 @@ def test_chunk_sum_of_usable_matches_one_by_one(monkeypatch: pytest.MonkeyPatch)
     fast = _report("HeartRateRecord", records)
     monkeypatch.setattr(v, "FAST_CHUNKS", False)
     assert fast == _report("HeartRateRecord", records)
+
+
+def test_only_a_running_total_day_can_be_in_progress() -> None:
+    """A sleep session is written when it ends, and a 50-year "interval" is no day: both
+    ending after their export time are in the future, as before."""
+    export = MIDNIGHT + 5 * HOUR
+    night = sleep("s", s=MIDNIGHT - HOUR, hours=8)
+    night["appRecordFetchTimeEpochMillis"] = export
+    report = validate(DecodedFile("SleepSessionRecord", [night], "null", "x", 0),
+                      now_ms=export + MIN, config=CFG, upload_ms=export + MIN)
+    assert_rejected(report, "timestamp_in_future")
+    endless = running_day("a", export, start=MIDNIGHT - 400 * DAY)
+    assert_rejected(validate_at([endless], now=export + MIN, upload=export + MIN),
+                    "timestamp_in_future")

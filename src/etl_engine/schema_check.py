@@ -18,6 +18,7 @@ _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "b
 _PROMOTIONS = {"int": {"long", "float", "double"}, "long": {"float", "double"},
                "float": {"double"}, "string": {"bytes"}, "bytes": {"string"}}
 _MAX_DEPTH = 32
+_MAX_STEPS = 20_000  # type comparisons per schema pair: ours need a few hundred
 
 Named = dict[str, Any]
 
@@ -80,17 +81,19 @@ class _Pair:
     def __init__(self, writer: Any, reader: Any) -> None:
         self.wn: Named = {}
         self.rn: Named = {}
+        self.budget = _MAX_STEPS
         _collect(writer, "", self.wn)
         _collect(reader, "", self.rn)
 
     def first_mismatch(self, w: Any, r: Any, path: str, depth: int = 0) -> str | None:
         """The path of the first reader field the writer cannot fill, or None."""
-        if depth > _MAX_DEPTH:
+        self.budget -= 1
+        if depth > _MAX_DEPTH or self.budget < 0:  # a hostile schema: refuse, don't spin
             return path or "(schema)"
         w, r = _deref(w, self.wn), _deref(r, self.rn)
         wk, rk = _kind(w), _kind(r)
         if wk == "union":  # every branch the writer may use must resolve
-            bad = [self.first_mismatch(b, r, path, depth + 1) for b in w]
+            bad = (self.first_mismatch(b, r, path, depth + 1) for b in w)
             return next((b for b in bad if b is not None), None)
         if rk == "union":
             ok = any(self.first_mismatch(w, b, path, depth + 1) is None for b in r)

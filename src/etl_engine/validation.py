@@ -24,10 +24,13 @@ Days in progress (record kept, not an issue)
   time* is its ``appRecordFetchTimeEpochMillis`` when that lies between the record's start
   and the upload time plus the allowed skew (the file is hostile input, so the value is
   bounded), else the upload time (``upload_ms``, never later than ``now_ms``), else
-  ``now_ms``. An interval that ends after its export time is *in progress*: it is kept with
-  the export time as its effective end (a shallow copy, ``endTimeEpochMillis`` replaced and
-  ``IN_PROGRESS_KEY`` set) and counted in ``ValidationReport.in_progress_records``. So the
-  outcome depends on the file and the message, not on when a worker reads them.
+  ``now_ms``. An interval of at most 25 h (a running-total day) that ends after its export
+  time is *in progress*: it is kept with the export time as its effective end (a shallow
+  copy, ``endTimeEpochMillis`` replaced and ``IN_PROGRESS_KEY`` set) and counted in
+  ``ValidationReport.in_progress_records``. A sleep session or a longer interval that ends
+  after its export time plus skew is ``timestamp_in_future``, as before. So the outcome
+  depends on the file and the message, not on when a worker reads them (the worker's
+  clock counts only for a message without an upload time).
 Values (record excluded)
   ``missing_value`` (measurement absent or not a number); ``unknown_enum_value``;
   ``glucose_out_of_range`` (20-600 mg/dL); ``hrv_out_of_range`` (RMSSD 1-300 ms);
@@ -122,6 +125,7 @@ CONSISTENCY_CODES = frozenset(
 
 # Set (True) on the copy of a record that was still in progress at its export time.
 IN_PROGRESS_KEY = "etlInProgress"
+MAX_IN_PROGRESS_MS = 25 * 3_600_000
 FETCH_KEY = "appRecordFetchTimeEpochMillis"
 
 KNOWN_RECORD_TYPES: tuple[str, ...] = SUPPORTED_RECORD_TYPES
@@ -504,6 +508,12 @@ def _export_ms(rec: Record, start: int, ceiling: int, max_ms: int) -> int:
     return ceiling
 
 
+def _may_be_in_progress(rtype: str, start: int, end: int) -> bool:
+    """Only a running total of at most a day (25 h: a DST day) is exported while going; a
+    sleep session is written when it ends, and a longer "interval" is a bad timestamp."""
+    return rtype != "SleepSessionRecord" and end - start <= MAX_IN_PROGRESS_MS
+
+
 def _in_progress(rec: Record, end: int) -> Record:
     """A copy of a record that was still going at its export time, ending then."""
     out = dict(rec)
@@ -631,7 +641,8 @@ def validate(
                     code = "start_after_end"
                 elif s < min_ms:
                     code = "timestamp_before_2000"
-                elif s > (export := _export_ms(rec, s, ceiling, max_ms)) + skew:
+                elif s > (export := _export_ms(rec, s, ceiling, max_ms)) + skew or (
+                        e > export + skew and not _may_be_in_progress(rtype, s, e)):
                     code = "timestamp_in_future"
                 elif offset(z1) is None or (z2 is not z1 and offset(z2) is None):
                     code = "bad_zone_offset"
@@ -641,7 +652,8 @@ def validate(
                     inconsistent += 1
                 continue
 
-            started = e > export and not instant  # still going when it was exported
+            # still going when it was exported (a long or sleep record here is within skew)
+            started = e > export and not instant and _may_be_in_progress(rtype, s, e)
             if started:
                 e = max(s, export)
                 rec = _in_progress(rec, e)
