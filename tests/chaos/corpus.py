@@ -48,7 +48,9 @@ def clean_schema(record_type: str) -> dict[str, Any]:
 
 
 def sample_records(record_type: str) -> list[dict[str, Any]]:
-    path = sorted((SAMPLES / record_type).glob("*.avro"))[0]
+    # our multi-day simulated exports (the app corpus, app_*.avro, is a day per origin)
+    path = next(p for p in sorted((SAMPLES / record_type).glob("*.avro"))
+            if not p.name.startswith("app_"))
     with path.open("rb") as f:
         return list(fastavro.reader(f))
 
