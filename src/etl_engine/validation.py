@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice, repeat
 from operator import is_, le, or_
@@ -372,8 +373,8 @@ def _digest(rid: str) -> bytes:
 # --- whole chunks at once ---------------------------------------------------------------------
 # Records are taken a chunk at a time. A chunk in which every record passes every rule (the
 # usual export) is checked with C-speed ``map``/``set``/``all`` passes and kept whole; any
-# other chunk goes through the per-record loop in ``validate``, which defines the rules. The
-# chunk checks below must accept a chunk exactly when that loop would keep every record of
+# other chunk goes through ``_check_record``, one record at a time, which defines the rules.
+# The chunk checks below must accept a chunk exactly when that would keep every record of
 # it unchanged (tests compare the two). Heart-rate chunks are short: a record can carry
 # thousands of samples, and a chunk is held in memory while it is checked.
 FAST_CHUNKS = True
@@ -523,13 +524,157 @@ def _in_progress(rec: Record, end: int) -> Record:
 
 
 def _add_ones(total: float, n: int) -> float:
-    """``total`` after adding 1.0 ``n`` times, as the per-record loop does: in one addition
-    when that is exact (a whole number below 2**53, the usual case)."""
+    """``total`` after adding 1.0 ``n`` times, as ``_check_record`` does record by record:
+    in one addition when that is exact (a whole number below 2**53, the usual case)."""
     if total.is_integer() and total + n < 2**53:
         return total + n
     for _ in range(n):
         total += 1.0
     return total
+
+
+@dataclass(slots=True)
+class _Rules:
+    """What the per-record checks need to know about the file and the message."""
+
+    rtype: str
+    check: _Check
+    known_instant: bool | None  # None: a type we do not know, decided per record
+    digest: Callable[[str], bytes] | None
+    ceiling: int  # the upload time (never later than the worker's clock)
+    skew: int
+
+    @property
+    def max_ms(self) -> int:
+        return self.ceiling + self.skew
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Counts across the file: the quality score and the report are made from these."""
+
+    issues: dict[str, int] = field(default_factory=dict)
+    seen: set[str | bytes] = field(default_factory=set)
+    usable_sum: float = 0.0
+    incomplete: int = 0
+    inconsistent: int = 0
+    total: int = 0
+    kept: int = 0
+    in_progress: int = 0
+    latest_export: int = 0
+
+    def count(self, code: str, n: int = 1) -> None:
+        self.issues[code] = self.issues.get(code, 0) + n
+
+
+def _identity_code(rec: Record, rules: _Rules, tally: _Tally) -> str | None:
+    """The first metadata rule the record breaks (its id joins the seen set if new)."""
+    meta = rec.get("metadata")
+    if type(meta) is not dict:
+        return "missing_metadata"
+    rid = meta.get("id")
+    if not rid or type(rid) is not str:
+        return "missing_record_id"
+    key = rid if rules.digest is None else rules.digest(rid)
+    if key in tally.seen:
+        return "duplicate_record_id"
+    tally.seen.add(key)
+    origin = meta.get("dataOriginPackageName")
+    if not origin or type(origin) is not str:
+        return "missing_data_origin"
+    return None
+
+
+def _times(rec: Record, instant: bool) -> tuple[Any, Any, Any, Any]:
+    """(start, end, start zone, end zone); an instant's start and end are its one time."""
+    if instant:
+        t, zone = rec.get("timeEpochMillis"), rec.get("zoneOffsetId")
+        return t, t, zone, zone
+    return (rec.get("startTimeEpochMillis"), rec.get("endTimeEpochMillis"),
+            rec.get("startZoneOffsetId"), rec.get("endZoneOffsetId"))
+
+
+def _time_code(rec: Record, s: Any, e: Any, z1: Any, z2: Any,
+               rules: _Rules) -> tuple[str | None, int]:
+    """(the first timestamp rule the record breaks, its export time)."""
+    if type(s) is not int or type(e) is not int:
+        return "missing_timestamp", 0
+    if s > e:
+        return "start_after_end", 0
+    if s < MIN_TIMESTAMP_MS:
+        return "timestamp_before_2000", 0
+    export = _export_ms(rec, s, rules.ceiling, rules.max_ms)
+    if s > export + rules.skew or (
+            e > export + rules.skew and not _may_be_in_progress(rules.rtype, s, e)):
+        return "timestamp_in_future", export
+    offset = zone_offset_seconds
+    if offset(z1) is None or (z2 is not z1 and offset(z2) is None):
+        return "bad_zone_offset", export
+    return None, export
+
+
+def _check_record(rec: Any, rules: _Rules, tally: _Tally) -> Record | None:
+    """The reference rules for one record: the record to keep (maybe a trimmed copy), or
+    None with the reason counted under the first rule it breaks (module doc)."""
+    tally.total += 1
+    if type(rec) is not dict:
+        tally.count("malformed_record")
+        return None
+    code = _identity_code(rec, rules, tally)
+    instant = rules.known_instant
+    if instant is None:
+        instant = "timeEpochMillis" in rec
+    s, e, z1, z2 = _times(rec, instant)
+    # completeness is a property of the record, counted whether or not it is kept
+    if z1 is None or z2 is None:
+        tally.incomplete += 1
+        tally.count("missing_zone_offset")
+    elif rules.rtype == "SleepSessionRecord" and not rec.get("stages"):
+        tally.incomplete += 1
+        tally.count("sleep_no_stages")
+    export = 0
+    if code is None:
+        code, export = _time_code(rec, s, e, z1, z2, rules)
+    if code is not None:
+        tally.count(code)
+        tally.inconsistent += code in CONSISTENCY_CODES
+        return None
+    # still going when it was exported (a long or sleep record here is within skew)
+    started = e > export and not instant and _may_be_in_progress(rules.rtype, s, e)
+    if started:
+        e = max(s, export)
+        rec = _in_progress(rec, e)
+    vcode, kept, usable, bad_consistency, drops = rules.check(rec, s, e)
+    for k, n in (drops or {}).items():
+        tally.count(k, n)
+    tally.inconsistent += bad_consistency
+    if vcode is not None:
+        tally.count(vcode)
+        return None
+    tally.usable_sum += usable
+    tally.kept += 1
+    tally.in_progress += started
+    tally.latest_export = max(tally.latest_export, export)
+    return kept
+
+
+def _take_clean(chunk: list[Record], clean: _CleanValues, rules: _Rules,
+                tally: _Tally) -> bool:
+    """Count a chunk whose every record passes every rule at once (``_clean_chunk``)."""
+    done = _clean_chunk(chunk, clean, bool(rules.known_instant), tally.seen, rules.digest,
+                        MIN_TIMESTAMP_MS, rules.max_ms)
+    if done is None:
+        return False
+    missing, chunk_export = done
+    n = len(chunk)
+    tally.latest_export = max(tally.latest_export, chunk_export)
+    tally.total += n
+    tally.kept += n
+    tally.usable_sum = _add_ones(tally.usable_sum, n)
+    if missing:
+        tally.incomplete += missing
+        tally.count("missing_zone_offset", missing)
+    return True
 
 
 def validate(
@@ -545,164 +690,54 @@ def validate(
     expected = getattr(decoded, "record_count", None)
     if expected is None:
         expected = len(records) if isinstance(records, list) else 0
-    digest = _digest if expected > DIGEST_IDS_ABOVE else None
-
-    check = _VALUE_CHECKS.get(rtype, _check_none)
-    known_instant: bool | None = (
-        True if rtype in INSTANT_TYPES else False if rtype in _VALUE_CHECKS else None
-    )
-    ceiling = now_ms if upload_ms is None else min(upload_ms, now_ms)
-    skew = config.max_future_skew_ms
-    max_ms = ceiling + skew
-    min_ms = MIN_TIMESTAMP_MS
-    offset = zone_offset_seconds
-    issues: dict[str, int] = {}
+    rules = _Rules(
+        rtype=rtype, check=_VALUE_CHECKS.get(rtype, _check_none),
+        known_instant=(True if rtype in INSTANT_TYPES
+                       else False if rtype in _VALUE_CHECKS else None),
+        digest=_digest if expected > DIGEST_IDS_ABOVE else None,
+        ceiling=now_ms if upload_ms is None else min(upload_ms, now_ms),
+        skew=config.max_future_skew_ms)
+    tally = _Tally()
     valid: list[Record] = []
     keep = valid.extend if sink is None else sink.extend
     clean = _CLEAN_VALUES.get(rtype) if FAST_CHUNKS else None
-    chunk_size = CHUNK_RECORDS.get(rtype, CHUNK_DEFAULT)
-    seen: set[str | bytes] = set()
-    usable_sum = 0.0
-    incomplete = 0
-    inconsistent = 0
-    total = 0
-    kept_count = 0
-    in_progress = 0
-    latest_export = 0
-
     it = iter(records)
-    while chunk := list(islice(it, chunk_size)):
-        if clean is not None:
-            clean_chunk = _clean_chunk(chunk, clean, bool(known_instant), seen, digest, min_ms,
-                                       max_ms)
-            if clean_chunk is not None:  # every record kept whole: count them all at once
-                missing, chunk_export = clean_chunk
-                latest_export = max(latest_export, chunk_export)
-                n = len(chunk)
-                total += n
-                kept_count += n
-                usable_sum = _add_ones(usable_sum, n)
-                if missing:
-                    incomplete += missing
-                    issues["missing_zone_offset"] = issues.get("missing_zone_offset", 0) + missing
-                keep(chunk)
-                continue
-        # the reference: one record at a time, each counted under the first rule it breaks
-        batch: list[Record] = []
-        for rec in chunk:
-            total += 1
-            if type(rec) is not dict:
-                issues["malformed_record"] = issues.get("malformed_record", 0) + 1
-                continue
-            code: str | None = None
-            meta = rec.get("metadata")
-            if type(meta) is not dict:
-                code = "missing_metadata"
-            else:
-                rid = meta.get("id")
-                if not rid or type(rid) is not str:
-                    code = "missing_record_id"
-                elif (key := rid if digest is None else digest(rid)) in seen:
-                    code = "duplicate_record_id"
-                else:
-                    seen.add(key)
-                    origin = meta.get("dataOriginPackageName")
-                    if not origin or type(origin) is not str:
-                        code = "missing_data_origin"
-
-            s: Any
-            e: Any
-            instant = known_instant
-            if instant is None:
-                instant = "timeEpochMillis" in rec
-            if instant:
-                s = e = rec.get("timeEpochMillis")
-                z1 = rec.get("zoneOffsetId")
-                z2 = z1
-            else:
-                s = rec.get("startTimeEpochMillis")
-                e = rec.get("endTimeEpochMillis")
-                z1 = rec.get("startZoneOffsetId")
-                z2 = rec.get("endZoneOffsetId")
-
-            # completeness is a property of the record, counted whether or not it is kept
-            if z1 is None or z2 is None:
-                incomplete += 1
-                issues["missing_zone_offset"] = issues.get("missing_zone_offset", 0) + 1
-            elif rtype == "SleepSessionRecord" and not rec.get("stages"):
-                incomplete += 1
-                issues["sleep_no_stages"] = issues.get("sleep_no_stages", 0) + 1
-
-            export = 0
-            if code is None:
-                if type(s) is not int or type(e) is not int:
-                    code = "missing_timestamp"
-                elif s > e:
-                    code = "start_after_end"
-                elif s < min_ms:
-                    code = "timestamp_before_2000"
-                elif s > (export := _export_ms(rec, s, ceiling, max_ms)) + skew or (
-                        e > export + skew and not _may_be_in_progress(rtype, s, e)):
-                    code = "timestamp_in_future"
-                elif offset(z1) is None or (z2 is not z1 and offset(z2) is None):
-                    code = "bad_zone_offset"
-            if code is not None:
-                issues[code] = issues.get(code, 0) + 1
-                if code in CONSISTENCY_CODES:
-                    inconsistent += 1
-                continue
-
-            # still going when it was exported (a long or sleep record here is within skew)
-            started = e > export and not instant and _may_be_in_progress(rtype, s, e)
-            if started:
-                e = max(s, export)
-                rec = _in_progress(rec, e)
-            vcode, kept, usable, bad_consistency, drops = check(rec, s, e)
-            if drops:
-                for k, n in drops.items():
-                    issues[k] = issues.get(k, 0) + n
-            if bad_consistency:
-                inconsistent += 1
-            if vcode is not None:
-                issues[vcode] = issues.get(vcode, 0) + 1
-                continue
-            usable_sum += usable
-            kept_count += 1
-            in_progress += started
-            latest_export = max(latest_export, export)
-            batch.append(kept)
+    while chunk := list(islice(it, CHUNK_RECORDS.get(rtype, CHUNK_DEFAULT))):
+        if clean is not None and _take_clean(chunk, clean, rules, tally):
+            keep(chunk)  # every record kept whole
+            continue
+        batch = [kept for rec in chunk
+                 if (kept := _check_record(rec, rules, tally)) is not None]
         keep(batch)
+    return _report(rtype, tally, valid, sink, config.quality_threshold)
 
+
+def _report(rtype: str, tally: _Tally, valid: list[Record], sink: RecordSink | None,
+            threshold: float) -> ValidationReport:
+    """Score the file from its tally (module doc) and say whether it passes."""
+    total = tally.total
     if total == 0:
         return ValidationReport(
             record_type=rtype, total_records=0, valid_records=[], quality_score=0.0,
             components={"completeness": 0.0, "validity": 0.0, "consistency": 0.0},
             issue_counts={"empty_file": 1}, passed=False, quarantine_reason="empty_file",
         )
-    completeness = (total - incomplete) / total
-    validity = usable_sum / total
-    consistency = (total - inconsistent) / total
-    score = (WEIGHT_COMPLETENESS * completeness + WEIGHT_VALIDITY * validity
-             + WEIGHT_CONSISTENCY * consistency)
+    components = {"completeness": (total - tally.incomplete) / total,
+                  "validity": tally.usable_sum / total,
+                  "consistency": (total - tally.inconsistent) / total}
+    score = (WEIGHT_COMPLETENESS * components["completeness"]
+             + WEIGHT_VALIDITY * components["validity"]
+             + WEIGHT_CONSISTENCY * components["consistency"])
     score = min(1.0, max(0.0, score))
-    if not kept_count:
-        reason: str | None = "no_valid_records"
-    elif score < config.quality_threshold:
+    reason: str | None = None
+    if not tally.kept:
+        reason = "no_valid_records"
+    elif score < threshold:
         reason = "quality_below_threshold"
-    else:
-        reason = None
     return ValidationReport(
-        record_type=rtype,
-        total_records=total,
-        valid_records=valid,
-        quality_score=score,
-        components={"completeness": completeness, "validity": validity,
-                    "consistency": consistency},
-        issue_counts=dict(sorted(issues.items())),
-        passed=reason is None,
-        quarantine_reason=reason,
-        columns=sink,
-        valid_count=-1 if sink is None else kept_count,
-        in_progress_records=in_progress,
-        export_ms=latest_export or None,
+        record_type=rtype, total_records=total, valid_records=valid, quality_score=score,
+        components=components, issue_counts=dict(sorted(tally.issues.items())),
+        passed=reason is None, quarantine_reason=reason, columns=sink,
+        valid_count=-1 if sink is None else tally.kept,
+        in_progress_records=tally.in_progress, export_ms=tally.latest_export or None,
     )
