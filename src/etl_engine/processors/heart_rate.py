@@ -51,7 +51,7 @@ from etl_engine.processors._common import (
     sample_sd,
 )
 from etl_engine.processors.columns import Samples
-from etl_engine.processors.origins import union_length
+from etl_engine.processors.origins import choose_origin, covered_length, union_length
 from etl_engine.stages import DomainConfig, Record
 
 HR_MAX_BPM = 190
@@ -247,8 +247,7 @@ def _choose_records(cols: Samples,
                for o, recs in by_o.items()}
         dense = {names[o]: sum(cols.first[r + 1] - cols.first[r] for r in recs)
                  for o, recs in by_o.items()}
-        name = next((p for p in config.origin_priority if p in cov), None) or min(
-            cov, key=lambda n: (-cov[n], -dense[n], n))  # same windows: the denser series
+        name = choose_origin(cov, config.origin_priority, dense)  # same windows: denser
         chosen_records.extend(by_o[cols.origins.index[name]])
         choices.append((day_from_index(day).isoformat(), name, len(by_o)))
     return chosen_records, choices
@@ -272,22 +271,6 @@ def _local_days(cols: Samples, records: Sequence[int], starts: Sequence[int],
     return days
 
 
-def _covered_ms(starts: Sequence[int], ends: Sequence[int]) -> int:
-    """Union length of the intervals (``origins.union_length``) at C speed: in start
-    order, each interval adds what reaches past the furthest end before it. An export is
-    usually back-to-back records in time order: then the union is plain sums."""
-    if not starts:
-        return 0
-    if all(map(operator.le, ends, islice(starts, 1, None))):  # each ends before the next
-        return sum(ends) - sum(starts)
-    if not all(map(operator.le, starts, islice(starts, 1, None))):  # not in start order
-        order = sorted(range(len(starts)), key=starts.__getitem__)
-        starts, ends = list(map(starts.__getitem__, order)), list(map(ends.__getitem__, order))
-    reach = list(accumulate(ends, max))  # furthest end so far
-    before = chain((starts[0],), islice(reach, len(reach) - 1))
-    return sum(map(operator.sub, reach, map(max, starts, before)))
-
-
 def _sufficiency(cols: Samples, records: Sequence[int], n: int) -> dict[str, Any]:
     """How much the figures rest on (module doc): days, hours and sampling density."""
     columns: tuple[Sequence[int], Sequence[int], Sequence[int]]
@@ -298,7 +281,7 @@ def _sufficiency(cols: Samples, records: Sequence[int], n: int) -> dict[str, Any
         columns = (list(map(cols.starts.__getitem__, records)),
                    list(map(cols.ends.__getitem__, records)),
                    list(map(cols.offsets.__getitem__, records)))
-    covered_ms = _covered_ms(columns[0], columns[1])
+    covered_ms = covered_length(columns[0], columns[1])
     return {
         "days_covered": len(_local_days(cols, records, *columns)),
         "hours_covered": rnd(covered_ms / HOUR_MS),

@@ -40,7 +40,6 @@ from etl_engine.processors._common import (
     local_date,
     local_minute_of_day,
     mean,
-    origin,
     percentile,
     rnd,
     sample_sd,
@@ -48,7 +47,7 @@ from etl_engine.processors._common import (
     start_ms,
     start_offset_ms,
 )
-from etl_engine.processors.origins import by_origin, choose_origin, reading_coverage
+from etl_engine.processors.origins import by_origin, choose_origin, clusters, reading_coverage
 from etl_engine.stages import DomainConfig, Record
 
 VALUE_KEY = "heartRateVariabilityRmssd"
@@ -71,21 +70,6 @@ def _readings(records: list[Record]) -> list[Reading]:
             out.append((t, v, off))
             last = t
     return out
-
-
-def night_clusters(records: list[Record]) -> list[list[Record]]:
-    """Records of any origin grouped into nights: a gap over 3 h starts a new one."""
-    ordered = sorted(records, key=lambda r: (start_ms(r), origin(r), float(r[VALUE_KEY])))
-    groups: list[list[Record]] = []
-    last = 0
-    for rec in ordered:
-        t = start_ms(rec)
-        if groups and t - last <= NIGHT_GAP_MS:
-            groups[-1].append(rec)
-        else:
-            groups.append([rec])
-        last = t
-    return groups
 
 
 def _night(group: list[Record], priority: Sequence[str]) -> tuple[dict[str, Any], list[Reading]]:
@@ -142,7 +126,7 @@ def _sufficiency(details: list[dict[str, Any]], nights: list[list[Reading]]) -> 
 
 def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
     """Level, spread, per-night figures, trend of nightly means, coverage, per origin."""
-    pairs = [_night(g, config.origin_priority) for g in night_clusters(records)]
+    pairs = [_night(g, config.origin_priority) for g in clusters(records, NIGHT_GAP_MS)]
     details = [d for d, _ in pairs]
     nights = [rs for _, rs in pairs]
     readings = [r for night in nights for r in night]
