@@ -300,3 +300,20 @@ def test_compacted_lines_still_follow_the_training_record_schema(
     validator = jsonschema.Draft202012Validator(schema)
     for line in kept:
         assert not list(validator.iter_errors(orjson.loads(line)))
+
+
+def test_a_record_keeps_the_days_it_wins_and_names_the_ones_it_lost(
+        records: dict[str, dict[str, Any]]) -> None:
+    """Sept 19 complete + Sept 20 partial, then a later export of Sept 20 alone: both stay,
+    and the earlier one says its Sept 20 is spoken for."""
+    two_days = records["StepsRecord/app_steps_0920_1040.avro"]
+    later = orjson.loads(orjson.dumps(two_days))
+    meta = later["metadata"]
+    meta["idempotency_key"], meta["export_time"] = "ik-later", "2025-09-20T23:00:00.000Z"
+    for key in ("days_detail", "daily_steps", "origin_by_day"):
+        meta["statistics"][key] = {"2025-09-20": meta["statistics"][key]["2025-09-20"]}
+    kept, superseded = latest_exports([orjson.dumps(r) for r in (two_days, later)])
+    assert superseded == 0 and len(kept) == 2
+    first = orjson.loads(kept[0])["metadata"]
+    assert first["superseded_days"] == ["2025-09-20"] and "superseded_days" not in orjson.loads(
+        kept[1])["metadata"]

@@ -10,8 +10,10 @@ can have a partial record (exported at 10 a.m.) and a later, complete one. Per s
 record type and day, the journal keeps the record with the latest export time (then a
 complete one over a partial one, then the larger idempotency key); a record that wins none
 of its days is left out, and each winner lists what it replaced in
-``metadata.supersedes`` (idempotency keys). Records without a ``subject_id`` are never
-merged: without it two people's days could not be told apart.
+``metadata.supersedes`` (idempotency keys). A record that wins only some of its days stays,
+and lists the others in ``metadata.superseded_days``: a reader summing days skips those.
+Records without a ``subject_id`` are never merged: without it two people's days could not
+be told apart.
 """
 
 from __future__ import annotations
@@ -94,16 +96,35 @@ def latest_exports(lines: list[bytes]) -> tuple[list[bytes], int]:
         for day in _days(meta):
             w = winners[(str(meta["subject_id"]), str(meta.get("record_type", "")), day)]
             replaced[w].add(str(meta.get("idempotency_key", "")))
+    lost = _days_lost(metas, winners, dropped)
     out = []
     for i, line in enumerate(lines):
         if i in dropped:
             continue
-        if i in replaced:
+        if i in replaced or i in lost:
             record = orjson.loads(line)
-            record["metadata"]["supersedes"] = sorted(replaced[i])
+            if i in replaced:
+                record["metadata"]["supersedes"] = sorted(replaced[i])
+            if i in lost:
+                record["metadata"]["superseded_days"] = lost[i]
             line = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
         out.append(line)
     return out, len(dropped)
+
+
+def _days_lost(metas: list[dict[str, Any]], winners: dict[tuple[str, str, str], int],
+               dropped: set[int]) -> dict[int, list[str]]:
+    """Kept records' days that a later export in the journal speaks for instead: a record
+    spanning several days stays for the days it wins, and says which ones it does not."""
+    lost: dict[int, list[str]] = {}
+    for i, meta in enumerate(metas):
+        if i in dropped or not meta.get("subject_id"):
+            continue
+        days = [d for d in _days(meta) if winners[
+            (str(meta["subject_id"]), str(meta.get("record_type", "")), d)] != i]
+        if days:
+            lost[i] = days
+    return lost
 
 
 def compact_month(storage: Storage, settings: Settings, month: str) -> list[CompactResult]:
