@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     origin_priority: str = ""  # comma-separated package names; empty: best coverage wins
 
     # --- process / observability ------------------------------------------------------
+    # production (default): the safe defaults are enforced at start; development relaxes
+    # the ones a laptop cannot meet (see .env.template and docs/security.md)
+    env: Literal["production", "development"] = "production"
     worker_id: str = ""  # empty: "{hostname}-{pid}"
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"  # auto: uvloop if installed
     sidecar_host: str = "0.0.0.0"
