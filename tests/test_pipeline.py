@@ -63,7 +63,7 @@ async def test_transient_failure_retries_then_dead_letters_on_the_last_attempt(
 ) -> None:  # type: ignore[no-untyped-def]
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
-    pipeline.storage.sync.fast = None  # the fault is injected through botocore's hooks
+    pipeline.storage.hot = None  # the fault is injected through botocore's hooks
     pipeline.storage.sync.client.meta.events.register(
         "before-call.s3.GetObject", _boom)
     out = await pipeline.run(delivery(u.message(), attempt=1))
