@@ -86,6 +86,7 @@ def test_env(s3_endpoint: str, run_id: str) -> dict[str, str]:
         "ETL_LOG_LEVEL": "INFO",
         "ETL_AMQP_HEARTBEAT_S": "5",
         "ETL_LEASE_TTL_S": "3",
+        "ETL_USER_ID_HASH_KEY": f"test-hash-key-{run_id}",
     }
 
 
@@ -116,9 +117,10 @@ async def pipeline(settings):  # type: ignore[no-untyped-def]
     from etl_engine.compute import ComputePool
     from etl_engine.dedup import open_store
     from etl_engine.pipeline import Pipeline
-    from etl_engine.storage import AsyncStorage, Storage, make_client
+    from etl_engine.storage import AsyncStorage, Storage, make_client, make_hot_path
 
-    storage = AsyncStorage(Storage(make_client(settings)), threads=2)
+    storage = AsyncStorage(Storage(make_client(settings)), threads=2,
+                           hot=make_hot_path(settings))
     dedup = open_store(settings.dedup_url, settings.dedup_prefix)
     compute = ComputePool(0, 512, 30)
     yield Pipeline(settings, storage, dedup, compute, owner="test-owner")

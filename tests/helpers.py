@@ -59,18 +59,40 @@ def sample_files() -> list[tuple[str, Path]]:
     return iter_sample_files(SAMPLES)
 
 
-def upload(settings: Settings, record_type: str, path: Path, run: str = "") -> Upload:
-    return upload_file(storage_for(settings), settings, record_type, path, run_id=run)
-
-
-def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes) -> Upload:
-    import hashlib
+def new_user() -> str:
+    """A user of its own: the upload service's key is per (user, file), so each upload by a
+    fresh user is a distinct input even for the same bytes."""
     import uuid
 
-    key = f"{settings.raw_prefix}{record_type}/2026/11/01/{name}"
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+def upload(settings: Settings, record_type: str, path: Path, run: str = "",
+           user_id: str = "") -> Upload:
+    """``path`` uploaded as the upload service does (key layout, idempotency key)."""
+    return upload_file(storage_for(settings), settings, record_type, path,
+                       user_id=user_id or new_user(), run_id=run)
+
+
+def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes,
+                 user_id: str = "") -> Upload:
+    """``data`` under ``raw/{type}/2026/11/01/{user}_{name}``, described as the upload
+    service would (a hostile file keeps a readable name in its key)."""
+    from etl_engine.publisher import describe_upload
+
+    user = user_id or new_user()
+    key = f"{settings.raw_prefix}{record_type}/2026/11/01/{user}_{name}"
     storage_for(settings).client.put_object(Bucket=settings.bucket, Key=key, Body=data)
-    return Upload(record_type, settings.bucket, key, len(data), hashlib.sha256(data).hexdigest(),
-                  f"ik-{uuid.uuid4().hex}", str(uuid.uuid4()))
+    return describe_upload(settings, record_type, key, data, user)
+
+
+def sealed(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with the idempotency key the upload service derives from its user and hash
+    (a test that changes the claimed hash keeps a well-formed message)."""
+    from etl_engine.messages import upload_idempotency_key
+
+    digest = body.get("content_hash") or body.get("file_hash")
+    return {**body, "idempotency_key": upload_idempotency_key(body["user_id"], digest)}
 
 
 async def publish(settings: Settings, *bodies: dict[str, Any] | bytes, **kw: Any) -> None:

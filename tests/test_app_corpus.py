@@ -263,15 +263,15 @@ async def test_the_worker_turns_every_app_export_into_a_record(
     shape: ``file_hash``, no ``message_id``)."""
     from helpers import publish, results, running_worker, upload, wait_outcomes
 
-    uploads, bodies = [], []
+    uploads, bodies, names = [], [], {}
     for record_type, path in _files(corpus_dir):
         u = upload(settings, record_type, path)
         body = u.message()
         when = datetime.fromtimestamp(_export_ms(path) / 1000, UTC) + timedelta(minutes=1)
         body["upload_timestamp_utc"] = when.isoformat()
-        body["file_hash"] = body.pop("content_hash")
         uploads.append(u)
         bodies.append(body)
+        names[u.key] = path.name  # the key holds the user and upload time, not the name
     async with running_worker(settings):
         await publish(settings, *bodies)
         outcomes = await wait_outcomes(settings, [u.message_id for u in uploads], timeout=60)
@@ -281,7 +281,7 @@ async def test_the_worker_turns_every_app_export_into_a_record(
     for u in uploads:
         [key] = [k for k in results(settings) if k.endswith(f"/{u.idempotency_key}.jsonl")]
         meta = orjson.loads(storage.get(settings.bucket, key))["metadata"]
-        partial[u.key.rsplit("/", 1)[-1]] = meta["partial"]
+        partial[names[u.key]] = meta["partial"]
         assert meta["subject_id"] and "demo-user" not in orjson.dumps(meta).decode()
     assert sorted(k for k, v in partial.items() if v) == sorted(
         n for n in partial if "app_steps" in n or "app_calories" in n), partial

@@ -6,19 +6,21 @@ import orjson
 import pytest
 
 from etl_engine.errors import Disposition, PermanentError, PoisonMessage, TransientError, classify
-from etl_engine.messages import derive_message_id, parse_message
+from etl_engine.messages import derive_message_id, parse_message, upload_idempotency_key
 from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 
-GOOD = {
-    "idempotency_key": "ik-1",
+IKEY = upload_idempotency_key("user-123", "a" * 64)
+GOOD = {  # the upload service's message
+    "idempotency_key": IKEY,
     "bucket": "health-data",
-    "key": "raw/StepsRecord/2026/11/01/a.avro",
+    "key": "raw/StepsRecord/2026/11/01/user-123_20261101_100000_000000.avro",
     "record_type": "StepsRecord",
     "user_id": "user-123",
     "correlation_id": "corr-1",
     "upload_timestamp_utc": "2026-11-01T10:00:00Z",
-    "content_hash": "a" * 64,
+    "file_hash": "a" * 64,
     "file_size_bytes": 10,
+    "record_count": 3,
 }
 
 
@@ -38,8 +40,9 @@ def reason(body: object, **kw: object) -> str:
 def test_good_message_parses_with_defaults() -> None:
     msg = parse(GOOD)
     assert msg.priority == "normal"
-    assert msg.message_id == derive_message_id("ik-1")
-    assert msg.message_id == derive_message_id("ik-1")  # stable
+    assert msg.message_id == derive_message_id(IKEY)
+    assert msg.content_hash == "a" * 64
+    assert len(IKEY) == 16
 
 
 def test_message_id_falls_back_to_amqp_property_then_derivation() -> None:
@@ -48,10 +51,10 @@ def test_message_id_falls_back_to_amqp_property_then_derivation() -> None:
 
 
 def test_file_hash_alias_and_unknown_fields_and_lowercase_type() -> None:
-    body = {k: v for k, v in GOOD.items() if k != "content_hash"}
-    body.update(file_hash="B" * 64, record_type="stepsrecord", extra={"nested": True})
+    body = {k: v for k, v in GOOD.items() if k != "file_hash"}
+    body.update(content_hash="A" * 64, record_type="stepsrecord", extra={"nested": True})
     msg = parse(body)
-    assert msg.content_hash == "b" * 64
+    assert msg.content_hash == "a" * 64
     assert msg.record_type == "StepsRecord"
 
 
@@ -62,7 +65,7 @@ def test_file_hash_alias_and_unknown_fields_and_lowercase_type() -> None:
         (b"[1, 2]", "not_an_object"),
         ({k: v for k, v in GOOD.items() if k != "user_id"}, "missing_field"),
         ({**GOOD, "file_size_bytes": "big"}, "invalid_field"),
-        ({**GOOD, "content_hash": "xyz"}, "invalid_field"),
+        ({**GOOD, "file_hash": "xyz"}, "invalid_field"),
         ({**GOOD, "priority": "urgent"}, "invalid_field"),
         ({**GOOD, "record_type": "BloodPressureRecord"}, "unknown_record_type"),
         ({**GOOD, "bucket": "elsewhere"}, "bucket_not_allowed"),

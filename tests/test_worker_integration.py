@@ -20,6 +20,7 @@ from helpers import (
     results,
     running_worker,
     sample_files,
+    sealed,
     storage_for,
     upload,
     upload_bytes,
@@ -50,7 +51,7 @@ async def test_happy_path_every_file_gives_one_result(settings) -> None:  # type
 async def test_same_message_twice_gives_one_result_and_a_duplicate(settings) -> None:  # type: ignore[no-untyped-def]
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
-    first = u.message()
+    first = {**u.message(), "message_id": u.message_id}
     second = {**first, "message_id": "second-" + u.message_id}
     async with running_worker(settings):
         await publish(settings, first)
@@ -67,7 +68,7 @@ async def test_duplicate_is_caught_without_redis_state(settings) -> None:  # typ
 
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
-    first = u.message()
+    first = {**u.message(), "message_id": u.message_id}
     second = {**first, "message_id": "again-" + u.message_id}
     async with running_worker(settings):
         await publish(settings, first)
@@ -90,9 +91,9 @@ async def test_corrupt_file_is_quarantined_and_worker_keeps_consuming(settings) 
         outcomes = await wait_outcomes(settings, [bad.message_id, good.message_id])
     assert outcomes == {bad.message_id: "quarantined", good.message_id: "processed"}
     qkeys = keys(settings, settings.quarantine_prefix)
-    assert "quarantine/StepsRecord/2026/11/01/garbage.avro" in qkeys
-    reason = orjson.loads(storage_for(settings).get(
-        settings.bucket, "quarantine/StepsRecord/2026/11/01/garbage.avro.reason.json"))
+    qkey = settings.quarantine_prefix + bad.key[len(settings.raw_prefix):]
+    assert qkey.endswith("_garbage.avro") and qkey in qkeys
+    reason = orjson.loads(storage_for(settings).get(settings.bucket, qkey + ".reason.json"))
     assert reason["reason"] == "not_avro"
     assert reason["stage"] == "decode"
     assert reason["message_id"] == bad.message_id
@@ -101,7 +102,8 @@ async def test_corrupt_file_is_quarantined_and_worker_keeps_consuming(settings) 
 async def test_integrity_mismatch_is_quarantined(settings) -> None:  # type: ignore[no-untyped-def]
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
-    body = {**u.message(), "content_hash": "0" * 64}
+    # the claimed hash is wrong, the key derived from it (as the upload service would)
+    body = {**sealed({**u.message(), "content_hash": "0" * 64}), "message_id": u.message_id}
     async with running_worker(settings):
         await publish(settings, body)
         outcomes = await wait_outcomes(settings, [u.message_id])
@@ -136,9 +138,8 @@ async def test_malformed_messages_go_to_the_dlq_with_a_reason(settings) -> None:
 async def test_upload_service_routing_and_file_hash_name_are_accepted(settings) -> None:  # type: ignore[no-untyped-def]
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
-    body = u.message()
-    body["file_hash"] = body.pop("content_hash")
-    body.pop("message_id")
+    body = u.message()  # the upload service's: file_hash, no message_id
+    assert "file_hash" in body and "message_id" not in body
     body["some_future_field"] = {"x": 1}
     async with running_worker(settings):
         await publish(settings, body, routing=f"health.processing.{rt.lower()}",

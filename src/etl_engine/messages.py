@@ -2,14 +2,22 @@
 
 Unknown extra fields are accepted (the upload service may add some); anything missing or
 malformed raises ``PoisonMessage`` with a reason code, never echoing the values.
+
+A message is bound to its upload (``ETL_IDEMPOTENCY_SCHEME=upload-service``): the
+idempotency key must be the upload service's derivation from the user id and the file's
+hash, and the key's file name must belong to the user. Without that, any publisher could
+reuse a victim's key (their result is skipped as a duplicate) or announce a file as
+someone else's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,25 +25,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from etl_engine.errors import PoisonMessage
 
 MAX_KEY_BYTES = 1024
+MAX_ID_CHARS = 128
+IKEY_HEX_DIGITS = 16
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 and the Unicode line/paragraph separators: none belongs in any field.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Ids can end up in HTTP headers (S3 metadata) and logs: visible ASCII only, bounded.
+_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Longest accepted value of every string field the worker reads (``key``: check_key).
+_FIELD_LIMITS: dict[str, int] = {
+    "idempotency_key": MAX_ID_CHARS, "message_id": MAX_ID_CHARS,
+    "correlation_id": MAX_ID_CHARS, "user_id": MAX_ID_CHARS, "record_type": 64,
+    "bucket": 63, "upload_timestamp_utc": 64, "content_hash": 64, "file_hash": 64,
+    "priority": 16,
+}
+# AMQP headers the worker reads (retry bookkeeping, trace context, replay).
+_MAX_HEADER_CHARS = 1024
+Scheme = Literal["upload-service", "opaque"]
 _NAMESPACE = uuid.UUID("5b1f2a8e-6d0c-4c59-9a55-1f0f5b7c2e11")
 
 
 class HealthDataMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    idempotency_key: str = Field(min_length=1, max_length=256)
+    idempotency_key: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     bucket: str = Field(min_length=1, max_length=63)
     key: str = Field(min_length=1)
     record_type: str = Field(min_length=1, max_length=64)
-    user_id: str = Field(min_length=1, max_length=256)
-    correlation_id: str = Field(min_length=1, max_length=256)
+    user_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    correlation_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     upload_timestamp_utc: datetime | None = None
     content_hash: str | None = None
     file_size_bytes: int | None = Field(default=None, ge=0)
     record_count: int | None = Field(default=None, ge=0)
-    message_id: str | None = Field(default=None, max_length=256)
+    message_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
     priority: Literal["low", "normal", "high"] = "normal"
     retry_count: int = Field(default=0, ge=0)
 
@@ -48,12 +71,60 @@ class HealthDataMessage(BaseModel):
             raise ValueError("must be a hex SHA-256")
         return value.lower()
 
-    @field_validator("idempotency_key", "correlation_id")
+    @field_validator("idempotency_key", "correlation_id", "message_id")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        if _CONTROL.search(value):
-            raise ValueError("control characters")
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not _ID.match(value):
+            raise ValueError("must be 1-128 visible ASCII characters")
         return value
+
+
+def check_fields(data: Mapping[str, Any]) -> None:
+    """Refuse control characters and oversized values in the raw fields, before pydantic
+    strips whitespace (a trailing CRLF would otherwise pass, then split a header)."""
+    bad = sorted(
+        name for name, limit in _FIELD_LIMITS.items()
+        if isinstance(value := data.get(name), str)
+        and (len(value) > limit or _CONTROL.search(value))
+    )
+    if bad:
+        raise PoisonMessage("invalid_field", ",".join(bad), stage="parse")
+
+
+def check_properties(
+    message_id: str | None, correlation_id: str | None, headers: Mapping[str, Any] | None,
+) -> None:
+    """The AMQP properties the worker uses (logs, fallback message id, republished copies)
+    obey the body's rules: visible ASCII ids, no control characters in headers."""
+    for name, value in (("message-id", message_id), ("correlation-id", correlation_id)):
+        if value is not None and not _ID.match(value):
+            raise PoisonMessage("invalid_property", name, stage="parse")
+    for name, value in (headers or {}).items():
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        bad_value = isinstance(text, str) and bool(
+            _CONTROL.search(text) or len(text) > _MAX_HEADER_CHARS)
+        if bad_value or _CONTROL.search(str(name)) or len(str(name)) > 255:
+            raise PoisonMessage("invalid_property", "header", stage="parse")
+
+
+def upload_idempotency_key(user_id: str, file_hash: str) -> str:
+    """The upload service's key: first 16 hex digits of SHA-256 of ``user_id:file_hash``."""
+    digest = hashlib.sha256(f"{user_id}:{file_hash}".encode()).hexdigest()
+    return digest[:IKEY_HEX_DIGITS]
+
+
+def check_binding(msg: HealthDataMessage, *, require_hash: bool, scheme: Scheme) -> None:
+    """Bind the message to its upload: hash present, key derived from (user, hash), and
+    the object named after the user. ``opaque`` trusts the publisher's key instead."""
+    if msg.content_hash is None and (require_hash or scheme != "opaque"):
+        raise PoisonMessage("content_hash_required", stage="parse")
+    if scheme == "opaque":
+        return
+    assert msg.content_hash is not None
+    if msg.idempotency_key != upload_idempotency_key(msg.user_id, msg.content_hash):
+        raise PoisonMessage("idempotency_key_mismatch", stage="parse")
+    if not msg.key.rsplit("/", 1)[-1].startswith(f"{msg.user_id}_"):
+        raise PoisonMessage("key_user_mismatch", stage="parse")
 
 
 def check_key(key: str, raw_prefix: str) -> None:
@@ -81,16 +152,22 @@ def parse_message(
     supported_types: tuple[str, ...],
     raw_prefix: str = "raw/",
     max_bytes: int = 256 * 1024,
+    amqp_correlation_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    require_hash: bool = True,
+    scheme: Scheme = "upload-service",
 ) -> HealthDataMessage:
     """Bytes from the broker to a checked message, or ``PoisonMessage``."""
     if len(body) > max_bytes:
         raise PoisonMessage("message_too_large", stage="parse")
+    check_properties(amqp_message_id, amqp_correlation_id, headers)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise PoisonMessage("invalid_json", stage="parse") from None
     if not isinstance(data, dict):
         raise PoisonMessage("not_an_object", stage="parse")
+    check_fields(data)
     if "content_hash" not in data and "file_hash" in data:
         data["content_hash"] = data["file_hash"]
     try:
@@ -106,8 +183,16 @@ def parse_message(
     if msg.bucket not in allowed_buckets:
         raise PoisonMessage("bucket_not_allowed", stage="parse")
     check_key(msg.key, raw_prefix)
+    check_binding(msg, require_hash=require_hash, scheme=scheme)
     message_id = msg.message_id or amqp_message_id or derive_message_id(msg.idempotency_key)
     return msg.model_copy(update={"record_type": canonical, "message_id": message_id})
+
+
+def header_metadata(**values: str | None) -> dict[str, str]:
+    """S3 user metadata from checked ids only: anything not a visible-ASCII token is left
+    out, so no caller can smuggle a header line into a request."""
+    return {name.replace("_", "-"): v for name, v in values.items()
+            if v is not None and _ID.match(v)}
 
 
 def derive_message_id(idempotency_key: str) -> str:
@@ -123,4 +208,10 @@ def _canonical_type(value: str, supported: tuple[str, ...]) -> str | None:
 
 
 def routing_key(record_type: str, priority: str = "normal") -> str:
+    """Our replay/priority form; the upload service uses ``upload_routing_key``."""
     return f"health.processing.{record_type}.{priority}"
+
+
+def upload_routing_key(record_type: str) -> str:
+    """The upload service's routing key: ``health.processing.{record_type lower-cased}``."""
+    return f"health.processing.{record_type.lower()}"

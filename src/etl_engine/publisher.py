@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,12 @@ from opentelemetry.trace import SpanKind
 
 from etl_engine import telemetry
 from etl_engine.dedup import open_store
-from etl_engine.messages import routing_key
+from etl_engine.messages import (
+    derive_message_id,
+    routing_key,
+    upload_idempotency_key,
+    upload_routing_key,
+)
 from etl_engine.settings import Settings
 from etl_engine.storage import Storage
 from etl_engine.topology import declare
@@ -26,7 +30,11 @@ from etl_engine.topology import declare
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """One file to announce: where it lives and what the message says about it."""
+    """One file to announce: where it lives and what the message says about it.
+
+    ``message_id`` is not sent (the upload service sends none): it is the id the worker
+    derives from the idempotency key, for waiting on the outcome.
+    """
 
     record_type: str
     bucket: str
@@ -36,41 +44,63 @@ class Upload:
     idempotency_key: str
     message_id: str
     user_id: str = "demo-user"
-    priority: str = "normal"
+    priority: str | None = None  # None: no priority field, the upload service's routing
 
     def message(self, correlation_id: str | None = None) -> dict[str, Any]:
-        return {
-            "idempotency_key": self.idempotency_key,
+        """The upload service's message for this file (docs: the contract)."""
+        body: dict[str, Any] = {
             "bucket": self.bucket,
             "key": self.key,
-            "record_type": self.record_type,
             "user_id": self.user_id,
-            "correlation_id": correlation_id or self.message_id,
+            "record_type": self.record_type,
             "upload_timestamp_utc": datetime.now(UTC).isoformat(),
-            "content_hash": self.sha256,
+            "correlation_id": correlation_id or self.message_id,
             "file_size_bytes": self.size,
-            "message_id": self.message_id,
-            "priority": self.priority,
+            "file_hash": self.sha256,
+            "idempotency_key": self.idempotency_key,
         }
+        if self.priority:
+            body["priority"] = self.priority
+        return body
 
 
-def raw_key(settings: Settings, record_type: str, filename: str, when: datetime) -> str:
-    return (f"{settings.raw_prefix}{record_type}/{when:%Y/%m/%d}/{filename}")
+def raw_key(settings: Settings, record_type: str, user_id: str, when: datetime) -> str:
+    """The upload service's layout: ``raw/{Type}/{Y}/{m}/{d}/{user}_{Ymd_HMS_f}.avro``."""
+    return (f"{settings.raw_prefix}{record_type}/{when:%Y/%m/%d}/"
+            f"{user_id}_{when:%Y%m%d_%H%M%S_%f}.avro")
+
+
+def describe_upload(
+    settings: Settings, record_type: str, key: str, data: bytes, user_id: str,
+    bucket: str = "",
+) -> Upload:
+    """What the upload service would announce for ``data`` stored at ``key``."""
+    digest = hashlib.sha256(data).hexdigest()
+    ikey = upload_idempotency_key(user_id, digest)
+    return Upload(record_type, bucket or settings.bucket, key, len(data), digest, ikey,
+                  derive_message_id(ikey), user_id=user_id)
 
 
 def upload_file(
     storage: Storage, settings: Settings, record_type: str, path: Path, *,
     run_id: str = "", user_id: str = "demo-user", when: datetime | None = None,
 ) -> Upload:
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    name = f"{run_id}-{path.name}" if run_id else path.name
-    key = raw_key(settings, record_type, name, when or datetime.now(UTC))
+    """Upload as the upload service does. ``run_id`` makes a user of its own
+    (``{user_id}-{run_id}``): the idempotency key is per user and file, so a new run id
+    gives fresh keys for the same files."""
+    return upload_bytes(storage, settings, record_type, path.read_bytes(),
+                        user_id=f"{user_id}-{run_id}" if run_id else user_id, when=when)
+
+
+def upload_bytes(
+    storage: Storage, settings: Settings, record_type: str, data: bytes, *,
+    user_id: str, when: datetime | None = None,
+) -> Upload:
+    """Store ``data`` under the upload service's key layout and describe the upload."""
+    key = raw_key(settings, record_type, user_id, when or datetime.now(UTC))
     storage.client.put_object(Bucket=settings.bucket, Key=key, Body=data,
                               ContentType="avro/binary")
-    ikey = hashlib.sha256(f"{settings.bucket}/{key}/{digest}".encode()).hexdigest()[:40]
-    return Upload(record_type, settings.bucket, key, len(data), digest, ikey,
-                  str(uuid.uuid4()), user_id=user_id)
+    return describe_upload(settings, record_type, key, data, user_id)
 
 
 class Publisher:
@@ -104,9 +134,14 @@ class Publisher:
     ) -> None:
         assert self._exchange is not None
         if isinstance(body, dict):
-            rk = routing or routing_key(str(body.get("record_type", "unknown")),
-                                        str(body.get("priority", "normal")))
-            message_id = message_id or body.get("message_id")
+            rtype = str(body.get("record_type", "unknown"))
+            rk = routing or (routing_key(rtype, str(body["priority"])) if "priority" in body
+                             else upload_routing_key(rtype))
+            # The id the worker derives when the body has none (aio-pika would otherwise
+            # invent a random one), so callers can wait on Upload.message_id.
+            ikey = body.get("idempotency_key")
+            message_id = message_id or body.get("message_id") or (
+                derive_message_id(ikey) if isinstance(ikey, str) and ikey else None)
             payload = orjson.dumps(body)
             correlation = body.get("correlation_id")
         else:
@@ -132,15 +167,20 @@ class Publisher:
             )
             await self._exchange.publish(msg, routing_key=rk, mandatory=True)
 
-    async def publish_many(self, bodies: Sequence[dict[str, Any]], *, window: int = 256) -> None:
-        """Pipelined confirmed publishes: at most ``window`` awaiting confirmation."""
+    async def publish_many(
+        self, bodies: Sequence[dict[str, Any]], *, window: int = 256,
+        message_ids: Sequence[str] | None = None,
+    ) -> None:
+        """Pipelined confirmed publishes: at most ``window`` awaiting confirmation.
+        ``message_ids``: the AMQP message-id of each (else derived from the body)."""
         sem = asyncio.Semaphore(window)
+        ids = list(message_ids) if message_ids is not None else [None] * len(bodies)
 
-        async def one(body: dict[str, Any]) -> None:
+        async def one(body: dict[str, Any], message_id: str | None) -> None:
             async with sem:
-                await self.publish(body)
+                await self.publish(body, message_id=message_id)
 
-        await asyncio.gather(*(one(b) for b in bodies))
+        await asyncio.gather(*(one(b, m) for b, m in zip(bodies, ids, strict=True)))
 
 
 async def wait_for_outcomes(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import time
@@ -20,7 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
-from etl_engine.publisher import Publisher, Upload, upload_file
+from etl_engine.messages import upload_idempotency_key
+from etl_engine.publisher import Publisher, Upload, describe_upload, upload_file
 from etl_engine.settings import Settings, load_settings
 from etl_engine.storage import Storage, make_client
 from helpers import WorkerProcess, sample_files
@@ -249,23 +249,30 @@ class Chaos:
     def upload_samples(self, max_bytes: int = 40_000, run: str = "") -> list[Upload]:
         """Every bundled sample up to ``max_bytes``, uploaded once."""
         run = run or uuid.uuid4().hex[:8]
-        return [upload_file(self.storage, self.settings, rt, p, run_id=run)
+        return [upload_file(self.storage, self.settings, rt, p, user_id="chaos", run_id=run)
                 for rt, p in sample_files() if p.stat().st_size <= max_bytes]
 
     def upload_bytes(self, record_type: str, name: str, data: bytes) -> Upload:
-        key = f"{self.settings.raw_prefix}{record_type}/2026/11/01/{name}"
+        """``data`` as a fresh user's upload (key ``{user}_{name}``, derived idempotency key)."""
+        user = f"chaos-{uuid.uuid4().hex[:12]}"
+        key = f"{self.settings.raw_prefix}{record_type}/2026/11/01/{user}_{name}"
         self.storage.client.put_object(Bucket=self.settings.bucket, Key=key, Body=data)
-        return Upload(record_type, self.settings.bucket, key, len(data),
-                      hashlib.sha256(data).hexdigest(), f"ik-{uuid.uuid4().hex}",
-                      str(uuid.uuid4()))
+        return describe_upload(self.settings, record_type, key, data, user)
 
     def bodies(self, uploads: list[Upload], n: int, prefix: str = "") -> list[dict[str, Any]]:
-        """``n`` distinct inputs cycling over ``uploads`` (same object, own idempotency key)."""
+        """``n`` distinct inputs cycling over ``uploads``: the upload service's messages, each
+        a user of its own with a server-side copy of the file (the idempotency key is per
+        user and file), plus a message id to track it by."""
         prefix = prefix or uuid.uuid4().hex[:8]
         out = []
         for i in range(n):
             u = uploads[i % len(uploads)]
-            out.append({**u.message(), "idempotency_key": f"{prefix}-{i:05d}",
+            user = f"{prefix}-{i:05d}"
+            key = f"{u.key.rsplit('/', 1)[0]}/{user}_{u.key.rsplit('/', 1)[1]}"
+            self.storage.client.copy_object(Bucket=self.settings.bucket, Key=key,
+                                            CopySource={"Bucket": u.bucket, "Key": u.key})
+            out.append({**u.message(), "user_id": user, "key": key,
+                        "idempotency_key": upload_idempotency_key(user, u.sha256),
                         "message_id": str(uuid.uuid4()), "correlation_id": f"c-{prefix}-{i}"})
         return out
 

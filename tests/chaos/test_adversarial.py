@@ -11,7 +11,7 @@ import pytest
 
 from etl_engine.publisher import Publisher
 from etl_engine.samples import iter_bad_files
-from helpers import SAMPLES
+from helpers import SAMPLES, sealed
 
 from .corpus import RssMonitor, file_cases, message_cases
 from .harness import Chaos, descendants
@@ -58,7 +58,8 @@ async def test_adversarial_corpus(chaos: Chaos) -> None:
                       (BAD_SAMPLES[f"{rt}/{path.stem}"],), lambda m: m))
     for label, rt, data, expect, reasons, claim in files:  # bad files: quarantine
         up = chaos.upload_bytes(rt, f"adv-{label}.avro", data)
-        body = claim({**up.message(), "idempotency_key": f"adv-{label}"})
+        # a claim about the file (size, hash) keeps the upload service's key derivation
+        body = {**sealed(claim(up.message())), "message_id": str(uuid.uuid4())}
         plan.append((body, expect, reasons, label, body["message_id"]))
     missing = chaos.upload_bytes("StepsRecord", "adv-missing.avro", b"x")
     chaos.storage.delete(s.bucket, missing.key)
@@ -69,8 +70,10 @@ async def test_adversarial_corpus(chaos: Chaos) -> None:
         ("object_missing", missing.message(), "object_missing"),
         ("object_over_limit", big.message(), "object_too_large"),
         ("size_mismatch", {**lie.message(), "file_size_bytes": 7}, "size_mismatch"),
-        ("hash_mismatch", {**lie2.message(), "content_hash": "0" * 64}, "hash_mismatch"),
+        ("hash_mismatch", sealed({**lie2.message(), "content_hash": "0" * 64}),
+         "hash_mismatch"),
     ]:
+        body = {**body, "message_id": str(uuid.uuid4())}
         plan.append((body, "quarantined", reason, label, body["message_id"]))
 
     worker = await chaos.fleet.up("w")

@@ -18,7 +18,7 @@ async def test_poison_message_ends_in_dlq_after_delivery_limit(chaos: Chaos) -> 
     chaos.setup(ETL_DELIVERY_LIMIT=str(limit), ETL_CONCURRENCY=str(concurrency))
     uploads = chaos.upload_samples(max_bytes=8_000)
     good = chaos.bodies(uploads, scale(60, 400))
-    poison = {**uploads[0].message(), "idempotency_key": f"poison-{uuid.uuid4().hex[:8]}"}
+    (poison,) = chaos.bodies(uploads[:1], 1, prefix=f"poison-{uuid.uuid4().hex[:8]}")
     # after_decode: the worker downloaded and decoded it, then dies (like a decoder
     # segfault in the worker itself), on every delivery.
     chaos.supervise("w", ETL_FAULT_POINT=f"after_decode@{poison['idempotency_key']}")
