@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The fault-injection and adversarial-input suite (tests/chaos), then its figures.
+# The fault-injection and adversarial-input suite (tests/chaos, and the chaos-marked
+# resource-limit scenarios of tests/security), then its figures.
 #
 #   scripts/chaos.sh                          CI variant (small message counts, ~5 min)
 #   scripts/chaos.sh --long                   soak: larger counts, longer kill storms
@@ -42,7 +43,7 @@ TIMEOUT=300
 echo "== chaos suite ($([[ $LONG == 1 ]] && echo long || echo CI) variant)"
 start=$SECONDS
 set +e
-"$PY" -m pytest tests/chaos -m chaos -s -q -p no:cacheprovider --timeout "$TIMEOUT" \
+"$PY" -m pytest tests/chaos tests/security -m chaos -s -q -p no:cacheprovider --timeout "$TIMEOUT" \
   ${ARGS[@]+"${ARGS[@]}"}
 rc=$?
 set -e

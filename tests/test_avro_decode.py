@@ -162,3 +162,119 @@ def test_prescan_reports_codec_and_schema() -> None:
     schema, codec = prescan(container(steps(), "deflate"), **LIMITS)
     assert codec == "deflate"
     assert schema["name"].endswith("AvroStepsRecord")
+
+
+# --- the scan's own work, and every codec's decompressed size ------------------------------
+def _head_and_sync(codec: str = "null") -> tuple[bytes, bytes]:
+    data = container(steps(), codec)
+    sync = data[-16:]
+    return data[: data.index(sync) + 16], sync
+
+
+def _raw_block(count: int, payload: bytes, sync: bytes) -> bytes:
+    return varint(count) + varint(len(payload)) + payload + sync
+
+
+def test_a_file_of_empty_blocks_is_refused_after_a_few() -> None:
+    """A million 18-byte blocks of no record used to cost a second per scan."""
+    import time
+
+    from etl_engine.avro import EMPTY_BLOCK_ALLOWANCE
+
+    head, sync = _head_and_sync()
+    empty = _raw_block(0, b"", sync)
+    bomb = head + empty * 1_000_000
+    t0 = time.perf_counter()
+    assert reason(bomb) == "empty_blocks"
+    assert time.perf_counter() - t0 < 0.1
+    # a few empty blocks (some writers flush one at the end) are harmless
+    good = container(steps())
+    empty = _raw_block(0, b"", good[-16:])
+    tolerated = good + empty * EMPTY_BLOCK_ALLOWANCE
+    assert len(decode(tolerated, "StepsRecord", reader_schema("StepsRecord"), **LIMITS)
+               .records) == 3
+    assert reason(tolerated + empty) == "empty_blocks"
+
+
+def test_the_number_of_blocks_follows_the_file_size() -> None:
+    from etl_engine.avro import max_blocks_for
+
+    head, sync = _head_and_sync()
+    tiny = head + _raw_block(1, b"\x00", sync) * 200_000  # 19 bytes a block
+    assert reason(tiny, max_records=1_000_000) == "too_many_blocks"
+    # small blocks of real records are fine: 500-byte blocks, ~4 records each
+    data = container(steps(400), block=500)
+    assert len(decode(data, "StepsRecord", reader_schema("StepsRecord"), **LIMITS)
+               .records) == 400
+    assert max_blocks_for(len(data)) > 100
+
+
+def _snappy_block(raw: bytes) -> bytes:
+    import cramjam
+
+    return bytes(cramjam.snappy.compress_raw(raw)) + zlib.crc32(raw).to_bytes(4, "big")
+
+
+def test_snappy_bomb_is_counted_decompressed() -> None:
+    head, sync = _head_and_sync("snappy")
+    bomb = head + _raw_block(1, _snappy_block(bytes(16 << 20)), sync)
+    assert len(bomb) < 1 << 20  # small on disk, 16 MiB decompressed > the 8 MiB limit
+    assert reason(bomb) == "decompression_limit_exceeded"
+    # a block that only claims 4 GiB (plain LEB128, not zigzag) is refused on the claim:
+    # the decoder would allocate that much before finding out it is a lie
+    forged = head + _raw_block(1, b"\xff\xff\xff\xff\x0f" + b"\x00" * 8, sync)
+    assert reason(forged) == "decompression_limit_exceeded"
+    assert reason(head + _raw_block(1, b"\x80\x80", sync)) == "corrupt_block"
+
+
+def test_zstandard_bomb_is_counted_decompressed_with_or_without_a_content_size() -> None:
+    from etl_engine.avro import _zstd
+
+    head, sync = _head_and_sync("zstandard")
+    sized = _zstd.compress(bytes(16 << 20))
+    assert _zstd.get_frame_info(sized).decompressed_size == 16 << 20
+    assert reason(head + _raw_block(1, sized, sync)) == "decompression_limit_exceeded"
+    comp = _zstd.ZstdCompressor()  # streaming: no content size in the frame header
+    unsized = b"".join(comp.compress(bytes(1 << 20)) for _ in range(64)) + comp.flush()
+    assert _zstd.get_frame_info(unsized).decompressed_size is None
+    assert reason(head + _raw_block(1, unsized, sync)) == "decompression_limit_exceeded"
+    # a small frame hiding a bomb in a second frame of the same block
+    hidden = _zstd.compress(b"x") + unsized
+    assert reason(head + _raw_block(1, hidden, sync)) == "decompression_limit_exceeded"
+    # a block of 100k empty frames is refused by the block cap, without a loop turn each
+    empty_frames = _zstd.compress(b"") * 100_000
+    assert reason(head + _raw_block(1, empty_frames, sync)) == "too_many_blocks"
+    assert reason(head + _raw_block(1, b"not zstd at all", sync)) == "corrupt_block"
+
+
+def test_a_block_of_two_zstandard_frames_decodes() -> None:
+    from etl_engine.avro import _zstd
+
+    records = io.BytesIO()
+    for rec in steps():
+        fastavro.schemaless_writer(records, app_writer_schema("StepsRecord"), rec)
+    raw = records.getvalue()
+    head, sync = _head_and_sync("zstandard")
+    split = _zstd.compress(raw[:10]) + _zstd.compress(raw[10:])
+    out = decode(head + _raw_block(3, split, sync), "StepsRecord",
+                 reader_schema("StepsRecord"), **LIMITS)
+    assert [r["count"] for r in out.records] == [100, 101, 102]
+
+
+def test_the_event_loop_routing_check_is_bounded() -> None:
+    """fits_loop reads at most LOOP_MAX_BLOCKS blocks of a file at most twice the cap."""
+    import time
+
+    from etl_engine import compute
+
+    limits = compute.Limits(2_000_000, 512 << 20)
+    head, sync = _head_and_sync()
+    bomb = head + _raw_block(0, b"", sync) * 1_000_000
+    t0 = time.perf_counter()
+    assert not compute.fits_loop(bomb, limits, 64 << 10)
+    assert time.perf_counter() - t0 < 0.01
+    few = head + _raw_block(0, b"", sync) * 16 + _raw_block(1, b"\x00", sync) * 100
+    assert len(few) < 64 << 10
+    assert not compute.fits_loop(few, limits, 64 << 10)  # 116 blocks: the thread's
+    assert compute.fits_inline(few, limits, 64 << 10)
+    assert compute.fits_loop(container(steps()), limits, 64 << 10)

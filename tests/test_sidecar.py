@@ -17,7 +17,7 @@ from etl_engine.sidecar import Sidecar
 from etl_engine.worker import WorkerState
 from helpers import WorkerProcess, delete_topology, running_worker
 
-TOKEN = "s3cret-admin-token"
+TOKEN = "s3cret-admin-token-of-32-chars-or-more"
 
 
 def _request(port: int, path: str, method: str = "GET", token: str | None = None
@@ -234,3 +234,79 @@ async def test_worker_process_binds_from_settings_and_drains_via_admin(
     listening = [line for line in w.log_lines() if line.get("event") == "sidecar_listening"]
     assert listening and listening[0]["port"] == w.port and listening[0]["host"] == "127.0.0.1"
     assert listening[0]["event_loop"] == "uvloop"  # ETL_EVENT_LOOP=auto with uvloop installed
+
+
+# --- hardening: connection cap, timeouts, loop lag, token length ---------------------------
+async def test_idle_connections_cannot_lock_the_probes_out() -> None:
+    """Beyond max_connections the oldest connection is closed: /live still answers."""
+    car = Sidecar(healthy_state(), host="127.0.0.1", port=0, max_connections=8,
+                  io_timeout_s=30)
+    await car.start()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            idle.append(socket.create_connection(("127.0.0.1", car.port), timeout=5))
+            await asyncio.sleep(0)
+        t0 = time.monotonic()
+        status, _, body = await call(car.port, "/live")
+        assert status == 200 and orjson.loads(body)["live"] is True
+        assert time.monotonic() - t0 < 1
+        assert car.evicted >= 40 and len(car._open) <= 8
+    finally:
+        for s in idle:
+            s.close()
+        await car.stop()
+
+
+async def test_a_silent_connection_times_out() -> None:
+    car = Sidecar(healthy_state(), host="127.0.0.1", port=0, io_timeout_s=0.2)
+    await car.start()
+
+    def silent() -> bytes:
+        with socket.create_connection(("127.0.0.1", car.port), timeout=5) as s:
+            return s.recv(1024)  # the server answers 400 and closes after the timeout
+
+    try:
+        t0 = time.monotonic()
+        assert (await asyncio.to_thread(silent)).startswith(b"HTTP/1.1 400")
+        assert time.monotonic() - t0 < 2
+        for _ in range(50):  # the handler finishes just after the client saw the answer
+            if not car._open:
+                break
+            await asyncio.sleep(0.01)
+        assert car._open == {}
+    finally:
+        await car.stop()
+
+
+async def test_the_heartbeat_measures_event_loop_lag() -> None:
+    from etl_engine.metrics import EVENT_LOOP_LAG, REGISTRY
+    from etl_engine.sidecar import beat
+
+    def over(bound: float) -> float:
+        total = REGISTRY.get_sample_value("etl_event_loop_lag_seconds_count") or 0.0
+        le = REGISTRY.get_sample_value("etl_event_loop_lag_seconds_bucket", {"le": str(bound)})
+        return total - (le or 0.0)
+
+    assert EVENT_LOOP_LAG is not None
+    state = healthy_state()
+    before = over(0.25)
+    task = asyncio.create_task(beat(state, interval=0.05))
+    try:
+        await asyncio.sleep(0.12)
+        time.sleep(0.4)  # a blocked loop: the timer wakes ~0.4 s late
+        await asyncio.sleep(0.12)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert over(0.25) == before + 1
+    assert time.monotonic() - state.heartbeat < 0.2
+
+
+def test_a_short_admin_token_is_a_config_error() -> None:
+    from etl_engine.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="ETL_ADMIN_TOKEN"):
+        load_settings(admin_token="short", env="development")
+    assert load_settings(admin_token="x" * 32, env="development").admin_token
+    assert load_settings(env="development").sidecar_host == "127.0.0.1"

@@ -7,6 +7,11 @@ claims 2^31 records, a truncated block, a schema 10,000 levels deep) is refused 
 reason code instead of eating the worker's memory. The decoder's work is then bounded by
 the decompressed size: a writer schema with an array whose items encode in zero bytes
 (``null``, or a record of nulls) would let five bytes claim 2^62 items, and is refused.
+Every codec's blocks are counted decompressed (deflate inflated in bounded chunks, snappy
+by the length its block starts with, zstandard by its frame headers or a bounded streaming
+inflate), and the scan's own work follows the bytes: a file of 18-byte empty blocks is
+refused after ``EMPTY_BLOCK_ALLOWANCE`` of them (``empty_blocks``), and the number of blocks
+is capped by the file's size (``too_many_blocks``).
 
 Speed: schema *resolution* (``fastavro.reader(..., reader_schema=...)``) matches the writer
 schema against ours again for every record and every nested value, which costs 2-4x the
@@ -44,6 +49,22 @@ MAX_SCHEMA_DEPTH = 32
 SUPPORTED_CODECS = {"null", "deflate"}
 if importlib.util.find_spec("cramjam") is not None:  # fastavro's optional codecs
     SUPPORTED_CODECS |= {"snappy", "zstandard"}
+try:  # what fastavro decodes zstandard with (the stdlib's from Python 3.14)
+    from compression import zstd as _zstd  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the Python version
+    try:
+        from backports import zstd as _zstd  # type: ignore[no-redef]
+    except ImportError:
+        _zstd = None
+        SUPPORTED_CODECS.discard("zstandard")
+# Writers flush a block when it is full, never an empty one (fastavro, the Java library):
+# a few are tolerated, but not a file of them (each costs a loop turn to scan, no record).
+EMPTY_BLOCK_ALLOWANCE = 16
+# At most BLOCK_ALLOWANCE + (file bytes) / MIN_AVG_BLOCK_BYTES blocks (and zstandard frames):
+# a block of one record of ours takes 100+ bytes; 19-byte blocks only make the scan slow.
+BLOCK_ALLOWANCE = 64
+MIN_AVG_BLOCK_BYTES = 64
+_CHUNK = 1 << 20  # bounded inflate step (deflate, zstandard without a content size)
 
 
 def _fail(reason: str, detail: str = "") -> PermanentError:
@@ -202,14 +223,19 @@ class _ZeroSize(Exception):
     pass
 
 
-def _inflate_size(data: bytes, cap: int) -> int:
+def max_blocks_for(size: int) -> int:
+    """The most blocks (zstandard frames included) a file of ``size`` bytes may hold."""
+    return BLOCK_ALLOWANCE + size // MIN_AVG_BLOCK_BYTES
+
+
+def _inflate_size(data: bytes | memoryview, cap: int) -> int:
     """Decompressed size of a raw-deflate block, refusing to go past ``cap``."""
     d = zlib.decompressobj(-15)
     total = 0
     chunk = data
     try:
         while chunk:
-            out = d.decompress(chunk, 1 << 20)
+            out = d.decompress(chunk, _CHUNK)
             total += len(out)
             if total > cap:
                 raise _fail("decompression_limit_exceeded")
@@ -218,6 +244,71 @@ def _inflate_size(data: bytes, cap: int) -> int:
     except zlib.error:
         raise _fail("corrupt_block", "deflate") from None
     return total
+
+
+def _snappy_size(block: memoryview) -> int:
+    """Avro's snappy block is raw snappy plus a CRC32; raw snappy starts with the length it
+    decompresses to (a varint), which the decoder allocates and insists on: that is the size.
+    """
+    acc = shift = 0
+    for i in range(min(5, len(block) - 4)):
+        b = block[i]
+        acc |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return acc
+        shift += 7
+    raise _fail("corrupt_block", "snappy")
+
+
+def _zstd_stream_size(frame: memoryview, cap: int) -> int:
+    """Decompressed size of one zstandard frame, inflated in bounded steps up to ``cap``."""
+    d = _zstd.ZstdDecompressor()
+    out = d.decompress(frame, _CHUNK)
+    total = len(out)
+    while total <= cap and not d.eof:
+        if d.needs_input:
+            raise _fail("corrupt_block", "zstandard")
+        total += len(d.decompress(b"", _CHUNK))
+    if total > cap:
+        raise _fail("decompression_limit_exceeded")
+    return total
+
+
+def _zstd_size(block: memoryview, cap: int, max_frames: int) -> tuple[int, int]:
+    """(decompressed bytes, frames) of a zstandard block, refusing to go past ``cap``.
+
+    A frame header carries the content size when the writer knew it (libzstd fails a frame
+    that decodes to any other size, so it is binding); a frame without one is inflated in
+    bounded steps. The frames are walked by libzstd; ``max_frames`` bounds our loop.
+    """
+    total = frames = pos = 0
+    try:
+        while pos < len(block):
+            frames += 1
+            if frames > max_frames:
+                raise _fail("too_many_blocks", "zstandard frames")
+            frame = block[pos:]
+            size = _zstd.get_frame_size(frame)
+            claimed = _zstd.get_frame_info(frame).decompressed_size
+            total += (claimed if claimed is not None
+                      else _zstd_stream_size(frame[:size], cap - total))
+            if total > cap:
+                raise _fail("decompression_limit_exceeded")
+            pos += size
+    except _zstd.ZstdError:
+        raise _fail("corrupt_block", "zstandard") from None
+    return total, max(frames, 1)
+
+
+def _block_size(codec: str, block: memoryview, cap: int, max_frames: int) -> tuple[int, int]:
+    """(decompressed bytes, blocks it counts as) of one block's data (see the docstring)."""
+    if codec == "deflate":
+        return _inflate_size(block, cap), 1
+    if codec == "snappy":
+        return _snappy_size(block), 1
+    if codec == "zstandard":
+        return _zstd_size(block, cap, max_frames)
+    return len(block), 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +355,13 @@ def prescan(data: bytes, *, max_records: int, max_decompressed_bytes: int) -> tu
     return scan.writer, scan.codec
 
 
-def scan_container(data: bytes, *, max_records: int, max_decompressed_bytes: int) -> Scan:
-    """Check structure and limits (see the module docstring) without decoding records."""
+def scan_container(data: bytes, *, max_records: int, max_decompressed_bytes: int,
+                   max_blocks: int | None = None) -> Scan:
+    """Check structure and limits (see the module docstring) without decoding records.
+
+    ``max_blocks`` lowers the file's own block cap (``max_blocks_for``): a caller that
+    must stay cheap (the event loop's routing check) bounds its work with it.
+    """
     if not data:
         raise _fail("empty_file")
     cur = _Cursor(data)
@@ -277,9 +373,22 @@ def scan_container(data: bytes, *, max_records: int, max_decompressed_bytes: int
     if raw_schema is None:
         raise _fail("corrupt_avro", "no schema")
     writer = _writer_schema(raw_schema)
-    records = 0
-    decompressed = 0
-    while cur.pos < len(data):
+    cap = max_blocks_for(len(data))
+    if max_blocks is not None:
+        cap = min(cap, max_blocks)
+    records = _scan_blocks(data, cur, sync, codec, max_records=max_records,
+                           max_decompressed_bytes=max_decompressed_bytes, max_blocks=cap)
+    return Scan(writer, raw_schema, codec, records)
+
+
+def _scan_blocks(data: bytes, cur: _Cursor, sync: bytes, codec: str, *, max_records: int,
+                 max_decompressed_bytes: int, max_blocks: int) -> int:
+    """Walk every block after the header: counts, sizes, sync markers, limits; return the
+    number of records. One loop turn per block, and the blocks are capped."""
+    records = decompressed = blocks = empty = 0
+    end = len(data)
+    view = memoryview(data)
+    while cur.pos < end:
         count = cur.long()
         size = cur.long()
         if count < 0 or size < 0:
@@ -287,16 +396,31 @@ def scan_container(data: bytes, *, max_records: int, max_decompressed_bytes: int
         records += count
         if records > max_records:
             raise _fail("too_many_records")
-        block = cur.take(size)
-        if cur.take(SYNC_SIZE) != sync:
+        start = cur.pos
+        stop = start + size
+        if stop + SYNC_SIZE > end:
+            raise _fail("truncated_file")
+        if data[stop : stop + SYNC_SIZE] != sync:
             raise _fail("bad_sync_marker")
-        if codec == "deflate":
-            decompressed += _inflate_size(block, max_decompressed_bytes - decompressed)
-        else:
+        cur.pos = stop + SYNC_SIZE
+        if count == 0:
+            empty += 1
+            if empty > EMPTY_BLOCK_ALLOWANCE:
+                raise _fail("empty_blocks")
+        if codec == "null":
             decompressed += size
+            blocks += 1
+        else:
+            got, counted = _block_size(codec, view[start:stop],
+                                       max_decompressed_bytes - decompressed,
+                                       max_blocks - blocks)
+            decompressed += got
+            blocks += counted
+        if blocks > max_blocks:
+            raise _fail("too_many_blocks")
         if decompressed > max_decompressed_bytes:
             raise _fail("decompression_limit_exceeded")
-    return Scan(writer, raw_schema, codec, records)
+    return records
 
 
 def _writer_name(schema: Any) -> str:

@@ -21,7 +21,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -124,31 +124,43 @@ def _timed(records: Iterator[Record], acc: list[float]) -> Iterator[Record]:
 
 
 def fits_inline(data: bytes, limits: Limits, inline_max_bytes: int,
-                max_records: int | None = None) -> bool:
+                max_records: int | None = None, max_blocks: int | None = None) -> bool:
     """True when the file's records decompress to at most ``inline_max_bytes`` (and, if
-    given, number at most ``max_records``).
+    given, number at most ``max_records`` in at most ``max_blocks`` blocks).
 
-    Reads block headers only (deflate blocks are inflated, and stop at the cap), so a
-    bomb is sent to a child after a bounded amount of work. A file the pre-scan refuses
-    for any other reason "fits": the stages refuse it again, with that reason, inline.
-    Other codecs do not record their decompressed size: they always go to a child.
+    Reads block headers only (deflate and unsized zstandard blocks are inflated, and stop
+    at the cap; snappy and sized zstandard blocks say their size), so a bomb is sent to a
+    child after a bounded amount of work. A file the pre-scan refuses for any other reason
+    "fits": the stages refuse it again, with that reason, inline.
     """
     cap = limits.max_records if max_records is None else min(max_records, limits.max_records)
     try:
-        scan = avro.scan_container(data, max_records=cap,
-                                   max_decompressed_bytes=inline_max_bytes)
+        avro.scan_container(data, max_records=cap, max_decompressed_bytes=inline_max_bytes,
+                            max_blocks=max_blocks)
     except PermanentError as exc:
         if exc.reason == "too_many_records":
             return cap == limits.max_records  # refused for good, or only too many here
+        if exc.reason == "too_many_blocks":
+            return max_blocks is None  # refused for good, or only too many here
         return exc.reason != "decompression_limit_exceeded"
-    return scan.codec in ("null", "deflate")
+    return True
+
+
+# The event loop's routing check reads at most this many blocks (a daily export has 1-5):
+# a file with more goes to the thread, where its own limits apply.
+LOOP_MAX_BLOCKS = 64
 
 
 def fits_loop(data: bytes, limits: Limits, on_loop_max_bytes: int) -> bool:
-    """Small enough for the event loop: at most ``on_loop_max_bytes`` of records and at
-    least 8 bytes a record on average (ours take more), so the work follows the bytes even
-    for a hostile file of many empty records."""
-    return fits_inline(data, limits, on_loop_max_bytes, max_records=on_loop_max_bytes // 8)
+    """Small enough for the event loop: at most ``on_loop_max_bytes`` of records in at most
+    ``LOOP_MAX_BLOCKS`` blocks, the file at most twice that (header included), and at least
+    8 bytes a record on average (ours take more), so the work follows the bytes even for a
+    hostile file of many empty records or blocks: this check itself stays a few µs to ms.
+    """
+    if len(data) > 2 * on_loop_max_bytes:
+        return False
+    return fits_inline(data, limits, on_loop_max_bytes, max_records=on_loop_max_bytes // 8,
+                       max_blocks=LOOP_MAX_BLOCKS)
 
 
 def _run_inline(
@@ -174,6 +186,18 @@ def _child_init(memory_limit_bytes: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(ValueError, OSError):  # platform without RLIMIT_AS
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+
+async def _submit(executor: ProcessPoolExecutor, fn: Callable[..., CpuResult],
+                  *args: object) -> CpuResult:
+    """``fn(*args)`` in ``executor``. A submit that starts a child (the first one, or after a
+    restart) waits for the forkserver to import our modules and fork: 0.5 s or more, so it
+    is made from a helper thread, never on the event loop."""
+    procs = getattr(executor, "_processes", None) or {}
+    if len(procs) >= getattr(executor, "_max_workers", 1):
+        return await asyncio.wrap_future(executor.submit(fn, *args))
+    fut = await asyncio.to_thread(executor.submit, fn, *args)
+    return await asyncio.wrap_future(fut)
 
 
 class ComputePool:
@@ -263,9 +287,7 @@ class ComputePool:
                 telemetry.record_stages(inline.stage_ns)
                 return inline
         executor = self._children()
-        pooled = loop.run_in_executor(
-            executor, run_cpu_stages, data, lineage, limits, config, processed_at
-        )
+        pooled = _submit(executor, run_cpu_stages, data, lineage, limits, config, processed_at)
         try:
             result = await asyncio.wait_for(pooled, self._timeout)
         except TimeoutError:
@@ -290,9 +312,7 @@ class ComputePool:
     ) -> CpuResult:
         """One file in a single-use executor: a crash there is the file's, so quarantine."""
         alone = self._new(1)
-        fut = asyncio.get_running_loop().run_in_executor(
-            alone, run_cpu_stages, data, lineage, limits, config, processed_at
-        )
+        fut = _submit(alone, run_cpu_stages, data, lineage, limits, config, processed_at)
         try:
             return await asyncio.wait_for(fut, self._timeout)
         except TimeoutError:

@@ -81,6 +81,13 @@ DEDUP_ERRORS = Counter(
 RECONNECTS = Counter(
     "etl_broker_reconnects_total", "Broker connections re-established.", registry=REGISTRY
 )
+EVENT_LOOP_LAG = Histogram(
+    "etl_event_loop_lag_seconds",
+    "How late a timer on the worker's event loop fires past its interval (a blocked loop "
+    "delays probes, AMQP heartbeats and acks).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
 BUILD = Info("etl_build", "Build information.", registry=REGISTRY)
 BUILD.info({"version": __version__})
 
