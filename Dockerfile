@@ -14,9 +14,12 @@
 # only to /tmp (tmpfs / emptyDir) and /data (volume). No secrets are baked in: every ETL_
 # setting comes from the environment at run time (.env.template lists them).
 #
-# Bump Python by build argument (keep a full patch tag, or pin a digest:
-# --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:...).
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The base image is pinned by digest (a tag can be re-pushed; a digest cannot change). To
+# move to a new patch release or a rebuilt tag, resolve the tag's multi-platform digest and
+# replace both parts:
+#   docker buildx imagetools inspect python:3.11.13-slim-bookworm --format '{{json .Manifest.Digest}}'
+#   (or: crane digest python:3.11.13-slim-bookworm; or docker pull and read "Digest:")
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 # --- builder: virtualenv with the pinned dependencies, then the project (editable) -------
 FROM ${PYTHON_IMAGE} AS builder
@@ -29,13 +32,16 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # Dependencies first, in their own layer: it is rebuilt only when requirements.lock
-# changes. --no-deps + pip check: the lock must be complete, nothing unpinned sneaks in.
-COPY requirements.lock /tmp/requirements.lock
+# changes. --require-hashes: every file must match the lock's sha256 (scripts/update-locks.sh
+# writes them), a re-uploaded or tampered distribution fails the build. --no-deps + pip
+# check: the lock must be complete, nothing unpinned sneaks in.
+COPY requirements.lock requirements-build.lock /tmp/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps -r /tmp/requirements.lock \
+    pip install --require-hashes --no-deps -r /tmp/requirements.lock \
     && pip check
 
-# The project. Build backend pinned here (not a runtime dependency, removed afterwards).
+# The project. Build backend from requirements-build.lock, hashed (not a runtime
+# dependency, removed afterwards).
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
@@ -43,7 +49,7 @@ COPY schemas ./schemas
 COPY samples ./samples
 COPY tests/fixtures/app-writer-schemas ./tests/fixtures/app-writer-schemas
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install "setuptools==80.9.0" "wheel==0.45.1" \
+    pip install --require-hashes --no-deps -r /tmp/requirements-build.lock \
     && pip install --no-deps --no-build-isolation -e . \
     && pip uninstall -y wheel setuptools \
     && pip check \

@@ -30,17 +30,37 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 say "installing the project and its dev extras"
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-CONSTRAINTS=()
-[[ -f requirements-dev.lock ]] && CONSTRAINTS=(-c requirements-dev.lock)
-.venv/bin/python -m pip install --quiet "${CONSTRAINTS[@]}" -e '.[dev,codecs]' 2>&1 \
-  | grep -v '^WARNING: Location' || true
+# The lock carries hashes (scripts/update-locks.sh): install it hash-checked, then the project
+# itself without dependencies (an editable install cannot be hashed, so no -c with the lock).
+if [[ -f requirements-dev.lock ]]; then
+  .venv/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock \
+    2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install --quiet --no-deps -e '.[dev,codecs]' 2>&1 \
+    | grep -v '^WARNING: Location' || true
+else
+  .venv/bin/python -m pip install --quiet -e '.[dev,codecs]' 2>&1 \
+    | grep -v '^WARNING: Location' || true
+fi
 .venv/bin/python -c 'import etl_engine, aio_pika, fastavro, moto' \
   || die "the install did not complete; see the pip output above"
+
+# A random ETL_USER_ID_HASH_KEY in .env when it has none: workers refuse to start without one
+# unless ETL_ENV=development. Written into .env only, never into .env.template.
+ensure_hash_key() {
+  grep -qE '^ETL_USER_ID_HASH_KEY=.+' .env && return 0
+  local key tmp
+  key="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+  tmp="$(mktemp)"
+  awk -v k="$key" '/^ETL_USER_ID_HASH_KEY=/ { print "ETL_USER_ID_HASH_KEY=" k; done = 1; next }
+                   { print } END { if (!done) print "ETL_USER_ID_HASH_KEY=" k }' .env >"$tmp"
+  cat "$tmp" >.env && rm -f "$tmp"
+}
 
 if [[ ! -f .env ]]; then
   say "writing .env from .env.template"
   cp .env.template .env
 fi
+ensure_hash_key
 
 if [[ $RUN_TESTS == 1 ]]; then
   say "starting the local services"

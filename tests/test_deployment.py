@@ -42,7 +42,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 
 SECRET_SETTINGS = {
     "ETL_AMQP_URL", "ETL_S3_ACCESS_KEY_ID", "ETL_S3_SECRET_ACCESS_KEY", "ETL_ADMIN_TOKEN",
-    "ETL_USER_ID_HASH_KEY",
+    "ETL_USER_ID_HASH_KEY", "ETL_DEDUP_URL",  # the Redis URL carries its password
 }
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 K8S_SCHEMA_VERSION = "1.30"  # oldest Kubernetes minor the manifests must work on
@@ -63,15 +63,23 @@ def _no_etl_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
+# Required secrets that no checked-in file holds: .env (written by the stack scripts) or the
+# Kubernetes Secret supplies them.
+FROM_SECRET_STORE = {"ETL_USER_ID_HASH_KEY": "from-the-secret-store"}
+
+
 def _settings(values: dict[str, str]) -> Settings:
     """Settings from ETL_ name -> string value, as the worker would read them."""
+    values = {**FROM_SECRET_STORE,
+              **{k: v for k, v in values.items() if v or k not in FROM_SECRET_STORE}}
     with _no_etl_env():
         return load_settings(**{name[len("ETL_"):].lower(): v for name, v in values.items()})
 
 
 def _defaults() -> Settings:
     with _no_etl_env():
-        return Settings()
+        return Settings(**{k[len("ETL_"):].lower(): v  # type: ignore[arg-type]
+                           for k, v in FROM_SECRET_STORE.items()})
 
 
 def _plain(value: Any) -> Any:
@@ -239,8 +247,10 @@ def test_dockerfile_is_multi_stage_on_a_pinned_python_slim(dockerfile: list[Stag
         if stage.base in names:
             continue
         assert re.fullmatch(
-            r"python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", stage.base
-        ), f"FROM {stage.base!r}: pin python:3.11.<patch>-slim[-<debian>] (no floating tag)"
+            r"python:3\.11\.\d+-slim(-[a-z]+)?@sha256:[0-9a-f]{64}", stage.base
+        ), f"FROM {stage.base!r}: pin python:3.11.<patch>-slim[-<debian>]@sha256:<digest>"
+    text = (ROOT / "Dockerfile").read_text()
+    assert "imagetools inspect" in text, "document how to resolve the digest of a new tag"
 
 
 def test_dockerfile_runtime_stage(dockerfile: list[Stage]) -> None:
@@ -268,7 +278,9 @@ def test_dockerfile_bakes_in_no_secret(dockerfile: list[Stage]) -> None:
     for stage in dockerfile:
         for instr in stage.all("ENV") + stage.all("ARG"):
             names = {tok.split("=", 1)[0] for tok in shlex.split(instr.args)}
-            assert not names & SECRET_SETTINGS, f"line {instr.line}: secret in the image"
+            # ETL_DEDUP_URL: the image's default is a local SQLite path, no password
+            assert not names & (SECRET_SETTINGS - {"ETL_DEDUP_URL"}) and "redis" not in (
+                instr.args), f"line {instr.line}: secret in the image"
 
 
 def test_dockerfile_settings_are_valid_and_write_only_to_data_or_tmp(
@@ -279,6 +291,8 @@ def test_dockerfile_settings_are_valid_and_write_only_to_data_or_tmp(
         env.update(tok.split("=", 1) for tok in shlex.split(instr.args))
     etl = {k: v for k, v in env.items() if k.startswith("ETL_")}
     assert set(etl) <= set(setting_names()), set(etl) - set(setting_names())
+    # the code's default is loopback: a container must bind all interfaces for its probes
+    assert etl.get("ETL_SIDECAR_HOST") == "0.0.0.0"
     settings = _settings(etl)
     assert settings.sidecar_port == 8004
     if settings.dedup_url.startswith("sqlite:///"):
@@ -406,16 +420,57 @@ def test_dockerfile_healthcheck_command_runs(
 
 
 # --- lock files -----------------------------------------------------------------------------
-def _lock(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
+def _lock_entries(path: Path) -> list[tuple[str, str, list[str]]]:
+    """(normalised name, version, sha256 hashes) per requirement, continuations joined."""
+    logical, buf = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith("--hash") else raw
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
             continue
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)\s*(;.*)?", line)
-        assert m, f"{path.name}: not an exact pin: {line!r}"
-        pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
-    return pins
+        if (buf + line).strip():
+            logical.append((buf + line).strip())
+        buf = ""
+    entries = []
+    for line in logical:
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", line)
+        req = re.sub(r"\s*--hash=\S+", "", line).strip()
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)\s*(;.*)?", req)
+        assert m, f"{path.name}: not an exact pin: {req!r}"
+        entries.append((re.sub(r"[-_.]+", "-", m.group(1)).lower(), m.group(2), hashes))
+    return entries
+
+
+def _lock(path: Path) -> dict[str, str]:
+    return {name: version for name, version, _ in _lock_entries(path)}
+
+
+LOCKS = ["requirements.lock", "requirements-dev.lock", "requirements-build.lock"]
+
+
+@pytest.mark.parametrize("name", LOCKS)
+def test_lock_files_carry_hashes_for_every_pin(name: str) -> None:
+    entries = _lock_entries(ROOT / name)
+    assert entries, f"{name}: empty"
+    unhashed = [n for n, _, hashes in entries if not hashes]
+    assert not unhashed, f"{name}: no --hash for {unhashed} (scripts/update-locks.sh)"
+
+
+def test_dockerfile_installs_only_hashed_locks(dockerfile: list[Stage]) -> None:
+    installs = [x.args for x in dockerfile[0].instructions
+                if x.cmd == "RUN" and "pip install" in x.args]
+    assert installs
+    for run in installs:
+        for command in re.split(r"&&|;", run):
+            if "pip install" not in command or "-e ." in command:
+                continue  # the project itself: local source, --no-deps
+            assert "--require-hashes" in command and re.search(r"-r \S*requirements", command), (
+                f"every download must be hash-checked: {command.strip()!r}")
+    script = (ROOT / "scripts" / "update-locks.sh").read_text()
+    assert "--generate-hashes" in script and os.access(ROOT / "scripts" / "update-locks.sh",
+                                                       os.X_OK)
+    for lock in LOCKS:
+        assert lock in script, f"scripts/update-locks.sh does not write {lock}"
 
 
 def _requirement_names(reqs: list[str]) -> set[str]:
@@ -443,8 +498,13 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())  # anchors and << merges resolved
 
 
+REQUIRED_VALUE = "operator-set-value"
+
+
 def _interpolate(value: str) -> str:
-    """Compose interpolation with an empty environment: ${VAR:-default} -> default."""
+    """Compose interpolation with an empty environment: ${VAR:-default} -> default;
+    ${VAR:?message} (compose refuses to start without it) -> what an operator would set."""
+    value = re.sub(r"\$\{(\w+):?\?[^}]*\}", REQUIRED_VALUE, value)
     return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
 
 
@@ -504,8 +564,10 @@ def test_compose_worker_is_scalable_and_hardened(compose: dict[str, Any]) -> Non
 def test_compose_worker_environment(compose: dict[str, Any]) -> None:
     env = _service_env(compose["services"]["worker"])
     assert env["ETL_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert env["ETL_DEDUP_URL"] == "redis://redis:6379/0"
+    assert env["ETL_DEDUP_URL"] == f"redis://:{REQUIRED_VALUE}@redis:6379/0"
     assert env["ETL_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert env["ETL_ENV"] == "development", "plain http:// OTLP is refused in production"
+    assert env["ETL_SIDECAR_HOST"] == "0.0.0.0"  # the code's default is loopback
     assert re.fullmatch(r"amqp://[^:@]+:[^@]+@rabbitmq:5672/", env["ETL_AMQP_URL"])
     # .env (from the template) with the overrides on top must be a valid configuration.
     base = {name: value for _, name, value in _env_lines(ENV_TEMPLATE)}
@@ -524,8 +586,9 @@ def test_compose_dollars_are_interpolations_or_escaped() -> None:
                      if not line.lstrip().startswith("#"))
     for match in re.finditer(r"\$(\$|\{[^}]*\}|\w+)", text):
         token = match.group(0)
-        assert token == "$$" or re.fullmatch(r"\$\{\w+:-[^}]*\}", token), (
-            f"{token}: use ${{VAR:-default}} (works without .env) or $$ for a literal $")
+        assert token == "$$" or re.fullmatch(r"\$\{\w+:[-?][^}]*\}", token), (
+            f"{token}: use ${{VAR:-default}} (works without .env), ${{VAR:?why}} (must be "
+            "set) or $$ for a literal $")
 
 
 def test_compose_network_volumes_and_mounts(compose: dict[str, Any]) -> None:
@@ -557,7 +620,9 @@ def test_minio_init_and_policies(compose: dict[str, Any]) -> None:
     policy = json.loads((DEPLOY / "minio" / "etl-worker-policy.json").read_text())
     grants: dict[str, set[str]] = {}
     for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow"
+        assert statement["Effect"] in ("Allow", "Deny")
+        if statement["Effect"] == "Deny":
+            continue  # test_quarantine_and_training_readable_only_by_the_right_roles
         for action in statement["Action"]:
             assert "*" not in action, f"wildcard action {action}"
             grants.setdefault(action, set()).update(statement["Resource"])
@@ -823,6 +888,7 @@ def test_config_map_holds_valid_non_secret_settings(directory: Path) -> None:
     assert set(config) <= set(setting_names()), set(config) - set(setting_names())
     assert not set(config) & SECRET_SETTINGS, "secrets belong in the Secret"
     assert "ETL_FAULT_POINT" not in config
+    assert config.get("ETL_SIDECAR_HOST") == "0.0.0.0"  # the kubelet probes the pod IP
     _settings(config)  # raises ConfigError naming the variable
 
 
@@ -904,7 +970,120 @@ def test_service_servicemonitor_pdb_and_networkpolicy(directory: Path) -> None:
     assert [p["port"] for p in ingress["ports"]] == [8004]
     assert all("namespaceSelector" in peer for peer in ingress["from"])
     egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
-    assert egress_ports == {53, 5672, 5671, 6379, 9000, 443, 4317, 4318}
+    assert egress_ports == {53, 5672, 5671, 6379, 9000, 4317, 4318}
+
+
+# Each egress destination of the workers: its ports and the pods (by name label) serving them.
+EGRESS_PEERS = {
+    frozenset({53}): ("kube-system", "k8s-app", "kube-dns"),
+    frozenset({5672, 5671}): ("etl-data", "app.kubernetes.io/name", "rabbitmq"),
+    frozenset({6379}): ("etl-data", "app.kubernetes.io/name", "redis"),
+    frozenset({9000}): ("etl-data", "app.kubernetes.io/name", "minio"),
+    frozenset({4317, 4318}): ("observability", "app.kubernetes.io/name",
+                              "opentelemetry-collector"),
+}
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_networkpolicy_egress_goes_only_to_the_named_services(directory: Path) -> None:
+    """No rule without ``to`` (= any address), no ipBlock by default, DNS kept."""
+    policy = _one(_render(directory), "NetworkPolicy")["spec"]
+    seen = {}
+    for rule in policy["egress"]:
+        ports = frozenset(p["port"] for p in rule["ports"])
+        assert rule.get("to"), f"egress to {sorted(ports)} is open to every address"
+        for peer in rule["to"]:
+            assert "ipBlock" not in peer, "ipBlock only in an overlay, for an external S3"
+            assert peer.get("namespaceSelector", {}).get("matchLabels"), peer
+            assert peer.get("podSelector", {}).get("matchLabels"), peer
+        (peer,) = rule["to"]
+        seen[ports] = (peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                       *next(iter(peer["podSelector"]["matchLabels"].items())))
+    assert seen == EGRESS_PEERS
+    assert {p["protocol"] for rule in policy["egress"] if 53 in {p["port"] for p in
+                                                                 rule["ports"]}
+            for p in rule["ports"]} == {"UDP", "TCP"}
+    source = (BASE / "networkpolicy.yaml").read_text()
+    assert "ipBlock" in source and "0.0.0.0/0" in source, "document the external-S3 override"
+
+
+# --- Redis requires a password -----------------------------------------------------------
+def test_compose_redis_requires_a_password_without_default(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", password), (
+        f"{password!r}: no default password, compose must refuse to start without one")
+    assert "REDISCLI_AUTH" in redis.get("environment", {}), "the health check must log in"
+    assert "PONG" in " ".join(redis["healthcheck"]["test"])
+    for service in ("worker", "loader", "etl-cli"):
+        url = compose["services"][service]["environment"]["ETL_DEDUP_URL"]
+        assert url.startswith("redis://:${REDIS_PASSWORD:?") and url.endswith("@redis:6379/0")
+
+
+def test_kubernetes_redis_url_comes_from_the_secret() -> None:
+    for directory in (BASE, PRODUCTION):
+        assert "ETL_DEDUP_URL" not in _one(_render(directory), "ConfigMap")["data"], directory
+    (secret,) = _yaml_docs(K8S / "templates" / "etl-worker-secrets.template.yaml")
+    url = secret["stringData"]["ETL_DEDUP_URL"]
+    assert re.fullmatch(r"rediss://:REPLACE_ME[A-Z_]*@[^/]+/\d+", url), url
+
+
+# --- operator-only data ----------------------------------------------------------------------
+def _grants(name: str) -> dict[str, dict[str, set[str]]]:
+    """effect -> action -> resources of a MinIO policy file."""
+    out: dict[str, dict[str, set[str]]] = {"Allow": {}, "Deny": {}}
+    policy = json.loads((DEPLOY / "minio" / f"{name}-policy.json").read_text())
+    for statement in policy["Statement"]:
+        for action in statement["Action"]:
+            out[statement["Effect"]].setdefault(action, set()).update(statement["Resource"])
+    return out
+
+
+def test_quarantine_and_training_readable_only_by_the_right_roles() -> None:
+    d = _defaults()
+    bucket = f"arn:aws:s3:::{d.bucket}"
+    quarantine = f"{bucket}/{d.quarantine_prefix}*"
+    training = f"{bucket}/{d.training_prefix}*"
+    worker, uploader, operator = (_grants(n) for n in ("etl-worker", "etl-uploader",
+                                                        "etl-operator"))
+    assert quarantine in operator["Allow"]["s3:GetObject"]
+    assert quarantine not in worker["Allow"].get("s3:GetObject", set())
+    assert quarantine in worker["Deny"]["s3:GetObject"]
+    assert {quarantine, training} <= uploader["Deny"]["s3:GetObject"]
+    assert "s3:GetObject" not in uploader["Allow"]
+
+
+def _rabbitmq_permissions() -> dict[str, tuple[str, str, str]]:
+    text = (DEPLOY / "rabbitmq" / "permissions.sh").read_text().replace("\\\n", " ")
+    found = re.findall(r"set_permissions -p \"\$VHOST\" (\S+)\s+'([^']*)'\s+'([^']*)'\s+'([^']*)'",
+                       text)
+    return {user: (conf, write, read) for user, conf, write, read in found}
+
+
+def test_rabbitmq_dlq_is_readable_by_the_operator_only() -> None:
+    d = _defaults()
+    perms = _rabbitmq_permissions()
+    assert set(perms) == {"etl-worker", "etl-uploader", "etl-operator"}
+    can_read = {u for u, (_, _, read) in perms.items() if re.search(read, d.dlq_name)}
+    assert can_read == {"etl-operator"}
+    worker_conf, worker_write, worker_read = perms["etl-worker"]
+    for queue in (d.queue, d.retry_queue_name(0)):
+        assert re.search(worker_read, queue), queue
+    assert re.search(worker_write, d.dlx_name) and re.search(worker_conf, d.dlq_name)
+    assert perms["etl-uploader"] == ("^$", f"^{d.exchange}$", "^$")
+    script = DEPLOY / "rabbitmq" / "permissions.sh"
+    if shutil.which("sh"):
+        subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
+
+
+def test_production_image_digest_is_well_formed_and_documented() -> None:
+    kust = _kustomization(PRODUCTION)
+    (image,) = kust["images"]
+    if "digest" in image:
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"]), image["digest"]
+    text = (PRODUCTION / "kustomization.yaml").read_text()
+    assert "kustomize edit set image" in text and "digest" in text
 
 
 @pytest.mark.parametrize("directory", OVERLAYS)

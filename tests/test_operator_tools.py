@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import orjson
 import pytest
 
 from etl_engine.errors import TransientError
-from etl_engine.publisher import Upload
+from etl_engine.publisher import describe_upload
 from etl_engine.status import WorkerFigures, histogram_quantile, parse_metrics
 from helpers import (
     WorkerProcess,
@@ -70,7 +69,7 @@ def by_type(rt: str) -> Any:
 # --- dead letters -------------------------------------------------------------------------
 @pytest.mark.integration
 async def test_dlq_list_show_replay(settings, test_env) -> None:  # type: ignore[no-untyped-def]
-    flaky = upload(settings, "StepsRecord", by_type("StepsRecord"), run="dlq")
+    flaky = upload(settings, "StepsRecord", by_type("StepsRecord"), user_id=USER)
     poison = {**flaky.message(), "bucket": "not-ours", "message_id": "m-poison",
               "user_id": USER}
     traceparent = f"00-{uuid.uuid4().hex}-{'cd' * 8}-01"
@@ -112,7 +111,7 @@ async def test_dlq_list_show_replay(settings, test_env) -> None:  # type: ignore
             doc = orjson.loads(shown.stdout)
             assert doc["headers"]["x-etl-reason"] == "bucket_not_allowed"
             assert doc["body"]["user_id"].startswith("hash:") and USER not in shown.stdout
-            assert USER in (await acli(test_env, "dlq", "show", "m-poison", "--raw")).stdout
+            assert USER in (await acli(test_env, "dlq", "show", "m-poison", "--reveal")).stdout
             assert (await acli(test_env, "dlq", "show", "nope")).returncode == 1
             assert (await queue_counts(settings, settings.dlq_name))[0] == 2
 
@@ -203,10 +202,9 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
 
     path = by_type("StepsRecord")
     data = path.read_bytes()
-    late_key = f"{settings.raw_prefix}StepsRecord/2026/11/01/late-{uuid.uuid4().hex[:6]}.avro"
-    sha = hashlib.sha256(data).hexdigest()
-    late = Upload("StepsRecord", settings.bucket, late_key, len(data), sha,
-                  f"ik-{uuid.uuid4().hex}", str(uuid.uuid4()), user_id=USER)
+    late_key = (f"{settings.raw_prefix}StepsRecord/2026/11/01/"
+                f"{USER}_late-{uuid.uuid4().hex[:6]}.avro")
+    late = describe_upload(settings, "StepsRecord", late_key, data, USER)
     garbage = upload_bytes(settings, "StepsRecord", "garbage.avro", os.urandom(2048))
     try:
         async with running_worker(settings):
@@ -216,12 +214,15 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
             assert set(outcomes.values()) == {"quarantined"}
             qkey = settings.quarantine_prefix + late_key[len(settings.raw_prefix):]
 
-            listed = await acli(test_env, "quarantine", "list", "--json")
+            masked = await acli(test_env, "quarantine", "list", "--json")
+            assert masked.returncode == 0, masked.stderr
+            assert qkey not in masked.stdout  # key user parts masked unless --reveal
+            listed = await acli(test_env, "quarantine", "list", "--json", "--reveal")
             assert listed.returncode == 0, listed.stderr
             items = {i["key"]: i for i in orjson.loads(listed.stdout)}
             assert items[qkey]["reason"] == "object_missing"
             assert items[qkey]["raw_copied"] is False
-            gkey = settings.quarantine_prefix + "StepsRecord/2026/11/01/garbage.avro"
+            gkey = settings.quarantine_prefix + garbage.key[len(settings.raw_prefix):]
             assert items[gkey]["reason"] == "not_avro" and items[gkey]["stage"] == "decode"
             table = await acli(test_env, "quarantine", "list")
             assert "2 quarantined file(s)" in table.stdout and "object_missing" in table.stdout
@@ -231,7 +232,7 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
             assert doc["reason"] == "object_missing"
             assert doc["message"]["idempotency_key"] == late.idempotency_key
             assert doc["message"]["user_id"].startswith("hash:") and USER not in shown.stdout
-            assert USER in (await acli(test_env, "quarantine", "show", qkey, "--raw")).stdout
+            assert USER in (await acli(test_env, "quarantine", "show", qkey, "--reveal")).stdout
             relative = qkey[len(settings.quarantine_prefix):]
             assert (await acli(test_env, "quarantine", "show", relative)).returncode == 0
 

@@ -10,7 +10,8 @@ import pytest
 from etl_engine.settings import ConfigError, load_settings, setting_names
 
 
-def test_defaults_are_valid() -> None:
+def test_defaults_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "k")  # required: no default
     s = load_settings()
     assert s.dlq_name == "health_data_processing.dlq"
     assert s.retry_queue_name(0) == "health_data_processing.retry.1000ms"
@@ -42,6 +43,7 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: 
 def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_AMQP_URL", "amqp://etl:hunter2@broker:5672/")
     monkeypatch.setenv("ETL_S3_SECRET_ACCESS_KEY", "very-secret")
+    monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "hash-key")
     shown = load_settings().masked()
     assert "hunter2" not in str(shown) and "very-secret" not in str(shown)
     assert shown["ETL_AMQP_URL"] == "amqp://etl:********@broker:5672/"

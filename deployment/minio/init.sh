@@ -9,6 +9,10 @@
 #   - user etl-operator with etl-operator-policy.json: the operator tools (quarantine
 #                        list/show/release, compact): read all three prefixes, write raw/*
 #                        and training/*, delete quarantine/*
+# quarantine/ is operator-only: its copies and .reason.json files hold the full original
+# message (user id, key) so that release can re-publish it. The worker writes there but may
+# not read it back, the uploader may read neither quarantine/ nor training/ (explicit Deny
+# statements, so a policy attached later cannot widen it). docs/security.md, "Operator data".
 # Credentials come from the environment (see docker-compose.yml); none are stored here.
 set -eu
 

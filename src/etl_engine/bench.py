@@ -447,19 +447,47 @@ class WorkerProc:
         return self._settled
 
 
-def _message(inp: Input, bucket: str, ikey: str, message_id: str) -> dict[str, Any]:
+def _message(inp: Input, bucket: str, user: str, key: str) -> dict[str, Any]:
+    """The upload service's message for ``inp`` uploaded by ``user`` at ``key``."""
+    from etl_engine.messages import derive_message_id, upload_idempotency_key
+
+    ikey = upload_idempotency_key(user, inp.sha256)
     return {
-        "idempotency_key": ikey,
         "bucket": bucket,
-        "key": inp.key,
+        "key": key,
+        "user_id": user,
         "record_type": inp.record_type,
-        "user_id": "bench-user",
-        "correlation_id": message_id,
         "upload_timestamp_utc": datetime.now(UTC).isoformat(),
-        "content_hash": inp.sha256,
+        "correlation_id": derive_message_id(ikey),
         "file_size_bytes": inp.size,
-        "message_id": message_id,
+        "file_hash": inp.sha256,
+        "idempotency_key": ikey,
     }
+
+
+def _bodies(env: dict[str, str], inputs: list[Input], bucket: str, tag: str, n: int
+            ) -> list[dict[str, Any]]:
+    """``n`` distinct inputs: each a user of its own with a server-side copy of an input
+    file (the upload service's idempotency key is per user and file). Made before the
+    timed publish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etl_engine.settings import load_settings
+    from etl_engine.storage import make_client
+
+    client = make_client(load_settings(**{k[4:].lower(): v for k, v in env.items()
+                                          if k.startswith("ETL_")}))
+
+    def one(i: int) -> dict[str, Any]:
+        inp = inputs[i % len(inputs)]
+        user = f"{tag}-{i:06d}"
+        folder, name = inp.key.rsplit("/", 1)
+        key = f"{folder}/{user}_{name}"
+        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": inp.key})
+        return _message(inp, bucket, user, key)
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, range(n)))
 
 
 class Fleet:
@@ -474,12 +502,13 @@ class Fleet:
         """Publish ``n`` messages (paced at ``rate``/s if given); message id -> send time."""
         import aio_pika
 
-        from etl_engine.messages import routing_key
+        from etl_engine.messages import upload_routing_key
         from etl_engine.settings import load_settings
         from etl_engine.topology import declare
 
         s = load_settings(**{k[4:].lower(): v for k, v in self.env.items()
                              if k.startswith("ETL_") and k != "ETL_SIDECAR_PORT"})
+        bodies = await asyncio.to_thread(_bodies, self.env, self.inputs, self.in_bucket, tag, n)
         sent: dict[str, float] = {}
         conn = await aio_pika.connect(s.amqp_url.get_secret_value(), timeout=10)
         async with conn:
@@ -494,8 +523,8 @@ class Fleet:
                         aio_pika.Message(
                             body=json.dumps(body).encode(), content_type="application/json",
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            message_id=body["message_id"]),
-                        routing_key=routing_key(body["record_type"]), mandatory=True)
+                            message_id=body["correlation_id"]),
+                        routing_key=upload_routing_key(body["record_type"]), mandatory=True)
                 finally:
                     window.release()
 
@@ -506,9 +535,8 @@ class Fleet:
                     if delay > 0:
                         await asyncio.sleep(delay)
                 await window.acquire()
-                inp = self.inputs[i % len(self.inputs)]
-                mid = f"{tag}-{i:06d}"
-                body = _message(inp, self.in_bucket, f"{tag}-ik-{i:06d}", mid)
+                body = bodies[i]
+                mid = body["correlation_id"]  # the message id the worker derives
                 sent[mid] = time.time()
                 task = asyncio.create_task(one(body))
                 pending.add(task)
@@ -830,8 +858,8 @@ PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("validate", ("etl_engine/validation.py",)),
     ("statistics + narrative", ("etl_engine/processors", "etl_engine/narratives.py")),
     ("process-pool IPC", ("concurrent/futures/process.py", "multiprocessing/")),
-    ("S3 client (s3fast/http.client, boto3)", ("etl_engine/s3fast.py", "http/client.py",
-                                               "botocore", "boto3", "urllib3", "s3transfer")),
+    ("S3 client (obstore, boto3)", ("obstore", "etl_engine/storage.py", "http/client.py",
+                                    "botocore", "boto3", "urllib3", "s3transfer")),
     ("AMQP (aio-pika/aiormq/pamqp)", ("aio_pika", "aiormq", "pamqp")),
     ("Redis client", ("redis/",)),
     ("logging (structlog)", ("structlog", "etl_engine/logs.py", "logging/")),

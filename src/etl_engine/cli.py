@@ -74,7 +74,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- publish ----------------------------------------------------------------------------
 @_traced("etl-engine publish")
 def cmd_publish(args: argparse.Namespace) -> int:
-    from etl_engine.publisher import Publisher, Upload, upload_file
+    from etl_engine.publisher import Publisher, describe_upload, upload_file
     from etl_engine.storage import Storage, make_client
 
     s = _settings()
@@ -87,16 +87,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if not args.key:
             print("etl-engine publish: give --file PATH or --key KEY", file=sys.stderr)
             return 2
-        head = storage.client.head_object(Bucket=args.bucket or s.bucket, Key=args.key)
-        up = Upload(args.record_type, args.bucket or s.bucket, args.key,
-                    int(head["ContentLength"]), "", args.idempotency_key or args.key,
-                    str(uuid.uuid4()), user_id=args.user_id)
+        # The upload service's message names the file's hash: read the object for it.
+        obj = storage.client.get_object(Bucket=args.bucket or s.bucket, Key=args.key)
+        up = describe_upload(s, args.record_type, args.key, obj["Body"].read(),
+                             args.user_id, bucket=args.bucket or s.bucket)
     body = up.message()
-    if args.idempotency_key:
+    if args.idempotency_key:  # only accepted by workers with ETL_IDEMPOTENCY_SCHEME=opaque
         body["idempotency_key"] = args.idempotency_key
-    if not body["content_hash"]:
-        body.pop("content_hash")
-    body["priority"] = args.priority
+    if args.priority:  # not part of the upload service's message
+        body["priority"] = args.priority
 
     async def main() -> None:
         async with Publisher(s) as pub:
@@ -138,16 +137,20 @@ def cmd_load_samples(args: argparse.Namespace) -> int:
         _progress("uploaded", i, len(files))
     print(file=sys.stderr)
     start = time.monotonic()
+    ids = [str(uuid.uuid4()) for _ in uploads]
 
     async def main() -> tuple[dict[str, str], float]:
         async with Publisher(s) as pub:
-            await pub.publish_many([u.message() for u in uploads])
+            # A fresh AMQP message-id per announcement (as aio-pika gives the upload service):
+            # a re-announced file is then counted as this run's duplicate, not as the
+            # outcome recorded for the first announcement.
+            await pub.publish_many([u.message() for u in uploads], message_ids=ids)
         _progress("published", len(uploads), len(uploads))
         print(file=sys.stderr)
         if not args.wait:
             return {}, 0.0
         return await wait_for_outcomes(
-            s, [u.message_id for u in uploads], timeout_s=args.timeout,
+            s, ids, timeout_s=args.timeout,
             on_progress=lambda n: _progress("settled", n, len(uploads)),
         )
 
@@ -212,78 +215,98 @@ def cmd_status(args: argparse.Namespace) -> int:
                            interval=args.interval))
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    import orjson
-
-    from etl_engine import dlq
+def _operator_settings() -> Settings:
+    """Settings for a tool that shows user data: pseudonyms keyed like the worker's logs."""
+    from etl_engine import logs
 
     s = _settings()
+    logs.configure(s.log_level, s.log_format, user_hash_key=s.user_id_hash_key.get_secret_value())
+    return s
+
+
+def _say(*parts: object, err: bool = False) -> None:
+    """Print operator output; publisher-controlled text never reaches the terminal raw."""
+    from etl_engine.display import safe
+
+    print(safe(" ".join(str(p) for p in parts)), file=sys.stderr if err else sys.stdout)
+
+
+def _say_json(document: object, *, indent: bool = False) -> None:
+    import orjson
+
+    from etl_engine.display import safe_data
+
+    option = orjson.OPT_INDENT_2 if indent else 0
+    print(orjson.dumps(safe_data(orjson.loads(orjson.dumps(document, default=str))),
+                       option=option).decode())
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from etl_engine import dlq
+
+    s = _operator_settings()
     if args.dlq_command == "list":
-        items, total = asyncio.run(dlq.list_dead_letters(s, limit=args.limit))
+        items, total = asyncio.run(dlq.list_dead_letters(s, limit=args.limit,
+                                                         reveal=args.reveal))
         if args.json:
-            print(orjson.dumps(items).decode())
+            _say_json(items)
             return 0
-        print(f"{total} message(s) in {s.dlq_name}" + (f", showing {len(items)}"
-                                                        if len(items) < total else ""))
+        _say(f"{total} message(s) in {s.dlq_name}" + (f", showing {len(items)}"
+                                                       if len(items) < total else ""))
         if items:
-            print(f"{'id':<38} {'reason':<36} {'stage':<9} {'att':>3} {'age':>5}  routing key")
+            _say(f"{'id':<38} {'reason':<36} {'stage':<9} {'att':>3} {'age':>5}  routing key")
         for i in items:
-            print(f"{i.id:<38} {i.reason[:36]:<36} {i.stage[:9]:<9} {i.attempts:>3} "
-                  f"{dlq.age(i.dead_lettered_at):>5}  {i.routing_key}")
+            _say(f"{i.id:<38} {i.reason[:36]:<36} {i.stage[:9]:<9} {i.attempts:>3} "
+                 f"{dlq.age(i.dead_lettered_at):>5}  {i.routing_key}")
         return 0
     if args.dlq_command == "show":
-        found = asyncio.run(dlq.show(s, args.id, raw=args.raw))
+        found = asyncio.run(dlq.show(s, args.id, reveal=args.reveal))
         if found is None:
-            print(f"etl-engine dlq show: no message {args.id!r} in {s.dlq_name}",
-                  file=sys.stderr)
+            _say(f"etl-engine dlq show: no message {args.id!r} in {s.dlq_name}", err=True)
             return 1
-        print(orjson.dumps(found, option=orjson.OPT_INDENT_2, default=str).decode())
+        _say_json(found, indent=True)
         return 0
     if not args.all and not args.ids:
         print("etl-engine dlq replay: give message ids or --all", file=sys.stderr)
         return 2
     done = asyncio.run(dlq.replay(s, None if args.all else args.ids))
     for key, rk in done:
-        print(f"replayed {key} -> {s.exchange} {rk}")
+        _say(f"replayed {key} -> {s.exchange} {rk}")
     missing = [] if args.all else sorted(set(args.ids) - {k for k, _ in done})
     for key in missing:
-        print(f"not found in {s.dlq_name}: {key}", file=sys.stderr)
+        _say(f"not found in {s.dlq_name}: {key}", err=True)
     print(f"{len(done)} message(s) replayed")
     return 1 if missing else 0
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    import orjson
-
     from etl_engine import quarantine as q
     from etl_engine.storage import Storage, make_client
 
-    s = _settings()
+    s = _operator_settings()
     storage = Storage(make_client(s))
     if args.q_command == "list":
-        items = q.list_quarantined(storage, s)
+        items = q.list_quarantined(storage, s, reveal=args.reveal)
         if args.json:
-            print(orjson.dumps(items).decode())
+            _say_json(items)
             return 0
-        print(f"{len(items)} quarantined file(s) under s3://{s.bucket}/{s.quarantine_prefix}")
+        _say(f"{len(items)} quarantined file(s) under s3://{s.bucket}/{s.quarantine_prefix}")
         for i in items:
             score = "-" if i.quality_score is None else f"{i.quality_score:.2f}"
-            print(f"{i.quarantined_at[:19]:<19} {i.reason[:28]:<28} {i.stage[:9]:<9} "
-                  f"{score:>5}  {i.key}")
+            _say(f"{i.quarantined_at[:19]:<19} {i.reason[:28]:<28} {i.stage[:9]:<9} "
+                 f"{score:>5}  {i.key}")
         return 0
     if args.q_command == "show":
         try:
-            reason = q.load_reason(storage, s, args.key)
+            reason = q.load_reason(storage, s, q.resolve_key(storage, s, args.key))
         except KeyError:
-            print(f"etl-engine quarantine show: no reason file for {args.key!r}",
-                  file=sys.stderr)
+            _say(f"etl-engine quarantine show: no reason file for {args.key!r}", err=True)
             return 1
-        shown = reason if args.raw else q.masked(reason)
-        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        _say_json(reason if args.reveal else q.masked(reason), indent=True)
         return 0
     results = asyncio.run(q.release(s, storage, args.keys))
     for key, result in results:
-        print(f"{result}: {key}")
+        _say(f"{result}: {key}")
     return 0 if all(r == "released" for _, r in results) else 1
 
 
@@ -301,6 +324,13 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{name}={value}")
     print("configuration OK", file=sys.stderr)
     return 0
+
+
+def _reveal_argument(p: argparse.ArgumentParser) -> None:
+    """User ids and the user part of keys are pseudonyms unless the operator needs them."""
+    p.add_argument("--reveal", "--raw", dest="reveal", action="store_true",
+                   help="show user ids and object keys unmasked (personal data: only when "
+                   "needed; terminal control characters stay escaped)")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -321,9 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--file", help="local Avro file to upload under raw/ first")
     pub.add_argument("--key", help="existing object key (when not uploading)")
     pub.add_argument("--bucket", default="")
-    pub.add_argument("--idempotency-key", default="")
+    pub.add_argument("--idempotency-key", default="",
+                     help="override the derived key (workers with ETL_IDEMPOTENCY_SCHEME="
+                     "opaque only)")
     pub.add_argument("--user-id", default="demo-user")
-    pub.add_argument("--priority", choices=["low", "normal", "high"], default="normal")
+    pub.add_argument("--priority", choices=["low", "normal", "high"], default=None,
+                     help="add a priority (not sent by the upload service)")
     pub.add_argument("--run-id", default="")
     pub.set_defaults(fn=cmd_publish)
 
@@ -331,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("dir", nargs="?", default=str(_default_samples()))
     load.add_argument("--wait", action="store_true", help="wait and print a summary")
     load.add_argument("--timeout", type=float, default=120.0)
-    load.add_argument("--run-id", default="", help="prefix file names: fresh idempotency keys")
+    load.add_argument("--run-id", default="",
+                      help="upload as user demo-user-{ID}: fresh idempotency keys")
     load.set_defaults(fn=cmd_load_samples)
 
     gen = sub.add_parser("generate-samples", help="write realistic sample Avro files")
@@ -356,9 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl_list = dl_sub.add_parser("list", help="list (the messages stay in the queue)")
     dl_list.add_argument("--limit", type=int, default=1000)
     dl_list.add_argument("--json", action="store_true")
+    _reveal_argument(dl_list)
     dl_show = dl_sub.add_parser("show", help="one message: headers and body (user id hashed)")
     dl_show.add_argument("id", help="message id (or sha-... from list)")
-    dl_show.add_argument("--raw", action="store_true", help="print the body unmasked")
+    _reveal_argument(dl_show)
     dl_replay = dl_sub.add_parser("replay", help="re-publish to the work exchange, attempt reset")
     dl_replay.add_argument("ids", nargs="*", metavar="ID")
     dl_replay.add_argument("--all", action="store_true")
@@ -368,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     qa_sub = qa.add_subparsers(dest="q_command", required=True)
     qa_list = qa_sub.add_parser("list", help="quarantined files with their reasons")
     qa_list.add_argument("--json", action="store_true")
+    _reveal_argument(qa_list)
     qa_show = qa_sub.add_parser("show", help="one reason file (user id hashed)")
-    qa_show.add_argument("key", help="quarantine key (with or without the prefix)")
-    qa_show.add_argument("--raw", action="store_true", help="print the user id unmasked")
+    qa_show.add_argument("key", help="quarantine key (with or without the prefix; the "
+                         "masked key from list works too)")
+    _reveal_argument(qa_show)
     qa_rel = qa_sub.add_parser("release", help="clear dedup, re-publish, delete the copy")
     qa_rel.add_argument("keys", nargs="+", metavar="KEY")
     qa.set_defaults(fn=cmd_quarantine)

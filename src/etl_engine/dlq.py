@@ -22,8 +22,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry.trace import SpanKind
 
-from etl_engine import telemetry
-from etl_engine.logs import hash_user_id
+from etl_engine import display, telemetry
 from etl_engine.messages import routing_key as make_routing_key
 from etl_engine.settings import Settings
 from etl_engine.topology import (
@@ -108,9 +107,14 @@ def replay_routing_key(message: AbstractIncomingMessage) -> str:
     return ROUTING_PREFIX + "unknown"
 
 
-def describe(message: AbstractIncomingMessage) -> DeadLetter:
+def describe(message: AbstractIncomingMessage, *, reveal: bool = False) -> DeadLetter:
+    """The list row of a message; the body's user id masked wherever it shows, unless
+    ``reveal`` (a publisher may have put it into the message id or a header)."""
     headers = message.headers or {}
     body = _body(message) or {}
+    if not reveal:
+        return DeadLetter(**display.mask(asdict(describe(message, reveal=True)),
+                                         display.user_ids_in(body)))
     reason = _str(headers.get(REASON_HEADER)) or _str(headers.get("x-first-death-reason"))
     attempts = _int(headers.get(ATTEMPT_HEADER), 0) or _int(headers.get("x-delivery-count"), 0)
     record_type = body.get("record_type")
@@ -130,13 +134,12 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
 
 
 def masked_body(message: AbstractIncomingMessage) -> Any:
-    """The body for display: the user id as its keyed hash (``raw`` is the operator's call)."""
+    """The body for display: user id and key user part as pseudonyms (``--reveal``: the
+    operator's call). An unparseable body is not shown at all unless revealed."""
     body = _body(message)
     if body is None:
         return {"unparseable_body_bytes": len(message.body)}
-    if "user_id" in body:
-        body["user_id"] = "hash:" + hash_user_id(str(body["user_id"]))
-    return body
+    return display.mask(body, display.user_ids_in(body))
 
 
 @contextlib.asynccontextmanager
@@ -167,26 +170,39 @@ async def _fetch(queue: AbstractQueue, limit: int) -> list[AbstractIncomingMessa
     return out
 
 
-async def list_dead_letters(settings: Settings, *, limit: int = 1000) -> tuple[list[DeadLetter],
-                                                                               int]:
+async def list_dead_letters(settings: Settings, *, limit: int = 1000, reveal: bool = False
+                            ) -> tuple[list[DeadLetter], int]:
     """(described messages, total ready in the DLQ); the queue is left as it was."""
     async with _dlq(settings) as (_, queue, count):
         messages = await _fetch(queue, min(limit, count))
-        return [describe(m) for m in messages], count
+        return [describe(m, reveal=reveal) for m in messages], count
 
 
-async def show(settings: Settings, wanted: str, *, raw: bool = False
+def show_document(msg: AbstractIncomingMessage, *, reveal: bool = False) -> dict[str, Any]:
+    """What ``dlq show`` prints: the list row, the headers and the body, user ids masked
+    everywhere unless ``reveal`` (then the body as sent, parsed if it is JSON)."""
+    doc = {
+        **asdict(describe(msg, reveal=True)),
+        "headers": {k: _plain(v) for k, v in (msg.headers or {}).items()},
+        "body": _body(msg) or msg.body.decode("utf-8", "replace"),
+    }
+    if reveal:
+        return doc
+    doc["body"] = masked_body(msg)
+    return dict(display.mask(doc, display.user_ids_in(_body(msg) or {})))
+
+
+def selected(msg: AbstractIncomingMessage, wanted: set[str]) -> bool:
+    """Named by its id, its message id, or the masked id that ``dlq list`` printed."""
+    return bool({message_key(msg), msg.message_id, describe(msg).id} & wanted)
+
+
+async def show(settings: Settings, wanted: str, *, reveal: bool = False
                ) -> dict[str, Any] | None:
     async with _dlq(settings) as (_, queue, count):
         for msg in await _fetch(queue, count):
-            if message_key(msg) == wanted or msg.message_id == wanted:
-                info = describe(msg)
-                return {
-                    **asdict(info),
-                    "headers": {k: _plain(v) for k, v in (msg.headers or {}).items()},
-                    "body": (msg.body.decode("utf-8", "replace") if raw
-                             else masked_body(msg)),
-                }
+            if selected(msg, {wanted}):
+                return show_document(msg, reveal=reveal)
     return None
 
 
@@ -211,7 +227,8 @@ def replay_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
 
 
 async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, str]]:
-    """Replay the messages named by ``ids`` (``None``: all). Returns (id, routing key).
+    """Replay the messages named by ``ids`` (``None``: all). Returns (id as named, else as
+    ``list`` shows it, routing key).
 
     Only the messages ready when it starts are considered, so a message that fails again
     and comes back to the DLQ while this runs is not replayed a second time.
@@ -222,7 +239,7 @@ async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, s
         exchange = await channel.get_exchange(settings.exchange, ensure=True)
         for msg in await _fetch(queue, count):
             key = message_key(msg)
-            if ids is not None and key not in wanted and msg.message_id not in wanted:
+            if ids is not None and not selected(msg, wanted):
                 continue  # left unacked: returns to the DLQ when the connection closes
             rk = replay_routing_key(msg)
             headers = replay_headers(msg)
@@ -236,7 +253,8 @@ async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, s
                 copy = copy_message(msg, headers)
                 await exchange.publish(copy, routing_key=rk, mandatory=True)  # confirmed
             await msg.ack()  # only now: the copy is safely in the work queue
-            done.append((key, rk))
+            shown = describe(msg).id  # masked if the publisher put a user id into it
+            done.append((next((w for w in (key, msg.message_id) if w in wanted), shown), rk))
     return done
 
 

@@ -27,7 +27,7 @@ from etl_engine.compute import ComputePool, CpuResult, Limits
 from etl_engine.dedup import DedupStore
 from etl_engine.errors import Disposition, LeaseBusy, PermanentError, PoisonMessage, classify
 from etl_engine.logs import hash_user_id
-from etl_engine.messages import HealthDataMessage, parse_message
+from etl_engine.messages import HealthDataMessage, header_metadata, parse_message
 from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.settings import Settings
 from etl_engine.stages import DomainConfig, Lineage
@@ -43,6 +43,7 @@ class Delivery:
     body: bytes
     message_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    correlation_id: str | None = None
     routing_key: str = ""
     attempt: int = 1
     failed_deliveries: int = 0  # earlier deliveries that ended unsettled (crash loop)
@@ -195,6 +196,10 @@ class Pipeline:
             supported_types=SUPPORTED_RECORD_TYPES,
             raw_prefix=self.s.raw_prefix,
             max_bytes=self.s.max_message_bytes,
+            amqp_correlation_id=delivery.correlation_id,
+            headers=delivery.headers,
+            require_hash=self.s.require_content_hash,
+            scheme=self.s.idempotency_scheme,
         )
 
     def verify(self, msg: HealthDataMessage, dl: Download) -> None:
@@ -224,7 +229,7 @@ class Pipeline:
         created = await self.storage.put_if_absent(
             self.s.bucket, key, body,
             content_type="application/x-ndjson",
-            metadata={"message-id": msg.message_id or "", "record-type": msg.record_type},
+            metadata=header_metadata(message_id=msg.message_id, record_type=msg.record_type),
         )
         return Outcome(
             "processed" if created else "duplicate",

@@ -14,15 +14,14 @@ publish of the same idempotency key can only produce a duplicate, never a second
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
-from etl_engine import telemetry
+from etl_engine import display, telemetry
 from etl_engine.dedup import open_store
 from etl_engine.errors import PermanentError
-from etl_engine.logs import hash_user_id
 from etl_engine.settings import Settings
 from etl_engine.storage import Storage
 
@@ -59,18 +58,43 @@ def load_reason(storage: Storage, settings: Settings, key: str) -> dict[str, Any
     return data
 
 
-def list_quarantined(storage: Storage, settings: Settings) -> list[Quarantined]:
+def _reason_keys(storage: Storage, settings: Settings) -> list[str]:
+    return [k.removesuffix(REASON_SUFFIX)
+            for k in storage.list_keys(settings.bucket, settings.quarantine_prefix)
+            if k.endswith(REASON_SUFFIX)]
+
+
+def resolve_key(storage: Storage, settings: Settings, key: str) -> str:
+    """The real quarantine key for a key as given, also the masked form ``list`` prints
+    (so an operator can show and release without ``--reveal``)."""
+    qkey = quarantine_key(settings, key)
+    if display.HASH_PREFIX not in key:
+        return qkey
+    for real in _reason_keys(storage, settings):
+        if real == qkey or _masked_key(storage, settings, real) == qkey:
+            return real
+    return qkey
+
+
+def _masked_key(storage: Storage, settings: Settings, qkey: str) -> str:
+    try:
+        users = display.user_ids_in(load_reason(storage, settings, qkey))
+    except (KeyError, orjson.JSONDecodeError):
+        users = set()
+    return str(display.mask({"key": qkey}, users)["key"])
+
+
+def list_quarantined(storage: Storage, settings: Settings, *, reveal: bool = False
+                     ) -> list[Quarantined]:
+    """Every quarantined upload with its reason; keys and ids masked unless ``reveal``."""
     out = []
-    for key in storage.list_keys(settings.bucket, settings.quarantine_prefix):
-        if not key.endswith(REASON_SUFFIX):
-            continue
-        qkey = key.removesuffix(REASON_SUFFIX)
+    for qkey in _reason_keys(storage, settings):
         try:
             data = load_reason(storage, settings, qkey)
         except (KeyError, orjson.JSONDecodeError):
             continue
         report = data.get("quality_report") or {}
-        out.append(Quarantined(
+        item = Quarantined(
             key=qkey,
             reason=str(data.get("reason") or "unknown"),
             stage=str(data.get("stage") or ""),
@@ -79,17 +103,17 @@ def list_quarantined(storage: Storage, settings: Settings) -> list[Quarantined]:
             quarantined_at=str(data.get("quarantined_at") or ""),
             raw_copied=bool(data.get("raw_copied")),
             quality_score=report.get("quality_score") if isinstance(report, dict) else None,
-        ))
+        )
+        out.append(item if reveal else Quarantined(
+            **display.mask(asdict(item), display.user_ids_in(data))))
     return sorted(out, key=lambda q: q.quarantined_at)
 
 
 def masked(reason: dict[str, Any]) -> dict[str, Any]:
-    """The reason file for display, with the user id as its keyed hash."""
+    """The reason file for display: the user id, and the user part of every key (the
+    message's, the source's, an idempotency key made from it), as the keyed pseudonym."""
     data: dict[str, Any] = orjson.loads(orjson.dumps(reason))
-    msg = data.get("message")
-    if isinstance(msg, dict) and "user_id" in msg:
-        msg["user_id"] = "hash:" + hash_user_id(str(msg["user_id"]))
-    return data
+    return dict(display.mask(data, display.user_ids_in(data)))
 
 
 async def release(settings: Settings, storage: Storage, keys: list[str]
@@ -102,15 +126,16 @@ async def release(settings: Settings, storage: Storage, keys: list[str]
     try:
         async with Publisher(settings) as pub:
             for key in keys:
-                qkey = quarantine_key(settings, key)
+                named = quarantine_key(settings, key)  # reported as the operator named it
+                qkey = resolve_key(storage, settings, key)
                 try:
                     reason = load_reason(storage, settings, qkey)
                 except (KeyError, orjson.JSONDecodeError):
-                    results.append((qkey, "not found (no reason file)"))
+                    results.append((named, "not found (no reason file)"))
                     continue
                 message = reason.get("message")
                 if not isinstance(message, dict) or not message.get("idempotency_key"):
-                    results.append((qkey, "reason file has no original message"))
+                    results.append((named, "reason file has no original message"))
                     continue
                 with telemetry.span("etl-engine quarantine release",
                                     attributes={"etl.reason": str(reason.get("reason"))}):
@@ -119,7 +144,7 @@ async def release(settings: Settings, storage: Storage, keys: list[str]
                     await pub.publish(message, headers={RELEASED_HEADER: 1})
                 storage.delete(settings.bucket, qkey)
                 storage.delete(settings.bucket, qkey + REASON_SUFFIX)  # last: the marker
-                results.append((qkey, "released"))
+                results.append((named, "released"))
     finally:
         await store.close()
     return results

@@ -6,15 +6,30 @@ Invalid values fail at start with an error that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 from functools import cached_property
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ETL_"
+# Query parameters that carry credentials in redis://, amqp:// and similar URLs.
+_QUERY_SECRET = re.compile(
+    r"((?:^|[&;])(?:password|passwd|pass|pwd|secret|token|auth|access_key|secret_key)=)"
+    r"[^&;#]*",
+    re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -41,6 +56,13 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=1024)
     prefetch: int = Field(0, ge=0, le=4096)  # 0: same as concurrency
     amqp_heartbeat_s: int = Field(15, ge=0, le=600)
+    # A message must carry the file's SHA-256 (content_hash or file_hash); false only
+    # together with ETL_IDEMPOTENCY_SCHEME=opaque.
+    require_content_hash: bool = True
+    # upload-service: idempotency_key must be the upload service's derivation from user id
+    # and file hash, and the key's file name must start with "{user_id}_"; opaque: any key
+    # (a publisher can then claim another upload's key).
+    idempotency_scheme: Literal["upload-service", "opaque"] = "upload-service"
 
     # --- object storage ---------------------------------------------------------------
     s3_endpoint_url: str = ""  # empty: AWS default endpoint
@@ -49,7 +71,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = SecretStr("")
     s3_connect_timeout_s: float = Field(5.0, gt=0)
     s3_read_timeout_s: float = Field(30.0, gt=0)
-    s3_fast_path: bool = True  # lean signed GET/PUT on the hot path; false: boto3 for all
+    s3_client: Literal["obstore", "boto3"] = "obstore"  # GetObject + conditional PutObject
     bucket: str = "health-data"
     allowed_buckets: str = ""  # empty: only ETL_BUCKET
     raw_prefix: str = "raw/"
@@ -89,19 +111,40 @@ class Settings(BaseSettings):
     env: Literal["production", "development"] = "production"
     worker_id: str = ""  # empty: "{hostname}-{pid}"
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"  # auto: uvloop if installed
-    sidecar_host: str = "0.0.0.0"
+    sidecar_host: str = "127.0.0.1"  # containers set 0.0.0.0 (the kubelet probes the pod IP)
     sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: any free port (logged)
-    admin_token: SecretStr = SecretStr("")
+    # connections held at once; a new one beyond it closes the oldest
+    sidecar_max_connections: int = Field(64, ge=1, le=4096)
+    admin_token: SecretStr = SecretStr("")  # empty: no admin routes; else 32+ characters
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     otlp_endpoint: str = ""  # empty: tracing disabled
-    user_id_hash_key: SecretStr = SecretStr("")
+    # required unless env=development: unkeyed hashes of guessable ids are reversible
+    user_id_hash_key: SecretStr = Field(SecretStr(""), validate_default=True)
     fault_point: str = ""  # tests only: "<point>" makes the worker SIGKILL itself there
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("user_id_hash_key")
+    @classmethod
+    def _hash_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        if not value.get_secret_value() and info.data.get("env") != "development":
+            raise ValueError("required (a random secret, e.g. `openssl rand -hex 32`) "
+                             "unless ETL_ENV=development")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr) -> SecretStr:
+        """The token stops /admin/drain; a short one can be guessed over the network."""
+        token = value.get_secret_value()
+        if token and len(token) < 32:
+            raise ValueError("must be at least 32 characters when set "
+                             "(e.g. `openssl rand -hex 32`); empty turns the admin routes off")
+        return value
 
     @field_validator("raw_prefix", "training_prefix", "quarantine_prefix")
     @classmethod
@@ -115,6 +158,17 @@ class Settings(BaseSettings):
     def _dedup_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
             raise ValueError("must start with redis://, rediss://, unix:// or sqlite:///")
+        return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_tls(cls, value: str, info: ValidationInfo) -> str:
+        """Spans carry message ids, keys' metadata and timings: TLS off the host in
+        production. Plain http:// is fine to a collector on this host (loopback)."""
+        if value and info.data.get("env", "production") == "production" \
+                and not value.lower().startswith("https://") and not _is_loopback(value):
+            raise ValueError("must be https:// when ETL_ENV=production (http:// only to a "
+                             "loopback collector, or set ETL_ENV=development)")
         return value
 
     @field_validator("retry_delays_ms")
@@ -132,6 +186,9 @@ class Settings(BaseSettings):
     def _cross_checks(self) -> Settings:
         if self.message_timeout_s >= 1800:
             raise ValueError("ETL_MESSAGE_TIMEOUT_S must stay under RabbitMQ's 30 min timeout")
+        if not self.require_content_hash and self.idempotency_scheme != "opaque":
+            raise ValueError("ETL_REQUIRE_CONTENT_HASH=false needs ETL_IDEMPOTENCY_SCHEME="
+                             "opaque: the upload-service key is derived from the hash")
         return self
 
     # --- derived ----------------------------------------------------------------------
@@ -176,20 +233,41 @@ class Settings(BaseSettings):
                 if name == "amqp_url":
                     shown = _mask_url(value.get_secret_value())
                 out[ENV_PREFIX + name.upper()] = shown
-            elif name == "dedup_url":
+            elif name in ("dedup_url", "s3_endpoint_url", "otlp_endpoint"):
                 out[ENV_PREFIX + name.upper()] = _mask_url(value)
             else:
                 out[ENV_PREFIX + name.upper()] = str(value)
         return out
 
 
+def _is_loopback(url: str) -> bool:
+    """http://localhost:4318, http://127.0.0.1:4318, http://[::1]:4318 stay on the host."""
+    try:
+        host = (urlsplit(url if "://" in url else "//" + url).hostname or "").lower()
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _mask_url(url: str) -> str:
-    if "@" not in url or "://" not in url:
+    """Mask the password in the userinfo and in query parameters (``?password=``)."""
+    if "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:********@{host}"
+    base, sep, query = rest.partition("?")
+    if "@" in base:
+        creds, host = base.rsplit("@", 1)
+        base = f"{creds.split(':', 1)[0]}:********@{host}"
+    return f"{scheme}://{base}{sep}{_QUERY_SECRET.sub(_mask_param, query)}"
+
+
+def _mask_param(match: re.Match[str]) -> str:
+    return match.group(1) + "********"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from etl_engine.display import safe
 from etl_engine.settings import Settings
 
 DEFAULT_SIDECAR = "http://127.0.0.1:8004"
@@ -215,7 +216,8 @@ def render(current: Snapshot, previous: Snapshot | None) -> str:
             f"{_ms(histogram_quantile(0.95, buckets)):>8}")
     if not current.workers:
         lines.append("(no sidecars given)")
-    return "\n".join(lines)
+    # Worker ids, statuses and URLs come from the sidecars: nothing reaches the terminal raw.
+    return "\n".join(safe(line) for line in lines)
 
 
 async def run(settings: Settings, sidecars: list[str], *, once: bool, interval: float,

@@ -33,8 +33,8 @@ from etl_engine.logs import error_class, get_logger, hash_user_id
 from etl_engine.messages import HealthDataMessage
 from etl_engine.pipeline import Delivery, Outcome, Pipeline
 from etl_engine.settings import ConfigError, Settings
-from etl_engine.sidecar import Sidecar
-from etl_engine.storage import AsyncStorage, Storage, make_client
+from etl_engine.sidecar import Sidecar, beat
+from etl_engine.storage import AsyncStorage, Storage, make_client, make_hot_path
 from etl_engine.topology import (
     ATTEMPT_HEADER,
     FAILED_DELIVERIES_HEADER,
@@ -99,8 +99,8 @@ class Worker:
         self.s = settings
         self.state = WorkerState(worker_id=settings.effective_worker_id)
         self.storage = AsyncStorage(
-            Storage(make_client(settings), fast_path=settings.s3_fast_path),
-            threads=settings.concurrency,
+            Storage(make_client(settings)),
+            threads=settings.concurrency, hot=make_hot_path(settings),
         )
         self.dedup = dedup or open_store(settings.dedup_url, settings.dedup_prefix)
         self.compute = ComputePool(
@@ -139,11 +139,16 @@ class Worker:
             self.state, host=self.s.sidecar_host, port=self.s.sidecar_port,
             admin_token=self.s.admin_token.get_secret_value(),
             admin_routes={"/admin/drain": self._admin_drain},
+            max_connections=self.s.sidecar_max_connections,
         )
         self.state.sidecar_port = await sidecar.start()
         if not self.s.user_id_hash_key.get_secret_value():
             log.warning("user_id_hash_key_unset",
                         hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
+        if self.s.idempotency_scheme == "opaque":
+            log.warning("idempotency_scheme_opaque",
+                        hint="idempotency keys are not bound to user and file: any publisher "
+                             "can reuse another upload's key (ETL_IDEMPOTENCY_SCHEME)")
         log.info("sidecar_listening", host=self.s.sidecar_host, port=self.state.sidecar_port,
                  worker_id=self.state.worker_id, event_loop=_loop_name(loop))
         await self.compute.warm()
@@ -286,6 +291,7 @@ class Worker:
             body=message.body,
             message_id=message.message_id,
             headers=headers,
+            correlation_id=message.correlation_id,
             routing_key=message.routing_key or "",
             attempt=_attempt(headers),
             failed_deliveries=_failed_deliveries(headers),
@@ -483,9 +489,8 @@ class Worker:
             await asyncio.sleep(5)
 
     async def _beat(self) -> None:
-        while True:
-            self.state.heartbeat = time.monotonic()
-            await asyncio.sleep(1)
+        """/live's heartbeat, and the event-loop lag histogram (sidecar.beat)."""
+        await beat(self.state)
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
