@@ -40,7 +40,7 @@ async def test_late_writer_after_lease_expiry_makes_no_second_result(chaos: Chao
     r = aioredis.Redis.from_url(s.dedup_url)
     try:
         upload = chaos.upload_samples()[0]
-        copy1 = upload.message()
+        copy1 = {**upload.message(), "message_id": upload.message_id}
         copy2 = {**copy1, "message_id": str(uuid.uuid4())}
         lease = f"{s.dedup_prefix}:lease:{copy1['idempotency_key']}"
         proxy.latency_s = 1.0  # worker A's downloads are slow: it will hold the lease
@@ -98,7 +98,8 @@ async def test_frozen_worker_loses_its_delivery_on_missed_heartbeats(chaos: Chao
     port = int(s.s3_endpoint_url.rsplit(":", 1)[1])
     proxy = FaultProxy("127.0.0.1", port)
     try:
-        body = chaos.upload_samples()[0].message()
+        first = chaos.upload_samples()[0]
+        body = {**first.message(), "message_id": first.message_id}
         proxy.latency_s = 1.0
         a = await chaos.fleet.up("a", ETL_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
         b = await chaos.fleet.up("b")
