@@ -58,22 +58,13 @@ fi
 CMD="${1:-help}"; shift || true
 
 # --- environment -----------------------------------------------------------------------------
-# A random ETL_USER_ID_HASH_KEY in .env when it has none: workers refuse to start without one
-# unless ETL_ENV=development. Written into .env only, never into .env.template.
-ensure_hash_key() {
-  grep -qE '^ETL_USER_ID_HASH_KEY=.+' .env && return 0
-  local key tmp
-  key="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
-  tmp="$(mktemp)"
-  awk -v k="$key" '/^ETL_USER_ID_HASH_KEY=/ { print "ETL_USER_ID_HASH_KEY=" k; done = 1; next }
-                   { print } END { if (!done) print "ETL_USER_ID_HASH_KEY=" k }' .env >"$tmp"
-  cat "$tmp" >.env && rm -f "$tmp"
-}
+# shellcheck source=lib/secrets.sh
+. "$ROOT/scripts/lib/secrets.sh"  # ensure_env_secrets: random keys in .env
 
 load_env() {
   [[ -f .env ]] || { [[ -f .env.template ]] && cp .env.template .env; }
   if [[ -f .env ]]; then
-    ensure_hash_key
+    ensure_env_secrets
     # Only ETL_ variables not already set in the environment.
     while IFS='=' read -r name value; do
       [[ "$name" =~ ^ETL_[A-Z0-9_]+$ ]] || continue

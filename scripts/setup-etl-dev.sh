@@ -44,23 +44,14 @@ fi
 .venv/bin/python -c 'import etl_engine, aio_pika, fastavro, moto' \
   || die "the install did not complete; see the pip output above"
 
-# A random ETL_USER_ID_HASH_KEY in .env when it has none: workers refuse to start without one
-# unless ETL_ENV=development. Written into .env only, never into .env.template.
-ensure_hash_key() {
-  grep -qE '^ETL_USER_ID_HASH_KEY=.+' .env && return 0
-  local key tmp
-  key="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
-  tmp="$(mktemp)"
-  awk -v k="$key" '/^ETL_USER_ID_HASH_KEY=/ { print "ETL_USER_ID_HASH_KEY=" k; done = 1; next }
-                   { print } END { if (!done) print "ETL_USER_ID_HASH_KEY=" k }' .env >"$tmp"
-  cat "$tmp" >.env && rm -f "$tmp"
-}
+# shellcheck source=lib/secrets.sh
+. "$ROOT/scripts/lib/secrets.sh"  # ensure_env_secrets: random keys in .env
 
 if [[ ! -f .env ]]; then
   say "writing .env from .env.template"
   cp .env.template .env
 fi
-ensure_hash_key
+ensure_env_secrets
 
 if [[ $RUN_TESTS == 1 ]]; then
   say "starting the local services"
