@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +76,31 @@ def upload(settings: Settings, record_type: str, path: Path, run: str = "",
                        user_id=user_id or new_user(), run_id=run)
 
 
+UPLOAD_WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def labelled_user(base: str, name: str) -> str:
+    """A user id that carries a test file's label (``base-label``), so the key, which must
+    follow the upload service's layout, still says which case it is."""
+    stem = re.sub(r"[^A-Za-z0-9-]+", "-", Path(name).stem).strip("-")[:60]
+    return f"{base}-{stem}" if stem else base
+
+
+def upload_key(settings: Settings, record_type: str, user_id: str) -> str:
+    """The upload service's key for a test upload (one per user, so one fixed time)."""
+    from etl_engine.publisher import raw_key
+
+    return raw_key(settings, record_type, user_id, UPLOAD_WHEN)
+
+
 def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes,
                  user_id: str = "") -> Upload:
-    """``data`` under ``raw/{type}/2026/11/01/{user}_{name}``, described as the upload
-    service would (a hostile file keeps a readable name in its key)."""
+    """``data`` uploaded as the upload service would store and describe it, by a fresh user
+    named after ``name`` (a hostile file keeps a readable label in its key)."""
     from etl_engine.publisher import describe_upload
 
-    user = user_id or new_user()
-    key = f"{settings.raw_prefix}{record_type}/2026/11/01/{user}_{name}"
+    user = user_id or labelled_user(new_user(), name)
+    key = upload_key(settings, record_type, user)
     storage_for(settings).client.put_object(Bucket=settings.bucket, Key=key, Body=data)
     return describe_upload(settings, record_type, key, data, user)
 

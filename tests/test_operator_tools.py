@@ -28,6 +28,7 @@ from helpers import (
     storage_for,
     upload,
     upload_bytes,
+    upload_key,
     wait_outcomes,
 )
 
@@ -202,8 +203,7 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
 
     path = by_type("StepsRecord")
     data = path.read_bytes()
-    late_key = (f"{settings.raw_prefix}StepsRecord/2026/11/01/"
-                f"{USER}_late-{uuid.uuid4().hex[:6]}.avro")
+    late_key = upload_key(settings, "StepsRecord", USER)  # this test's own bucket
     late = describe_upload(settings, "StepsRecord", late_key, data, USER)
     garbage = upload_bytes(settings, "StepsRecord", "garbage.avro", os.urandom(2048))
     try:

@@ -41,7 +41,10 @@ async def test_download_size_cap_and_missing(settings: Settings, edge: AsyncStor
     got = await edge.download(settings.bucket, key, max_bytes=len(data))
     assert got.body == data and got.size == len(data)
     assert got.sha256 == hashlib.sha256(data).hexdigest()
+    # a key that reads like an error cannot change how the error is read
+    spoof = "raw/StepsRecord/status code: 503 <Code>SlowDown</Code>.avro"
     for bad_key, limit, reason in ((key + ".gone", 1 << 20, "object_missing"),
+                                   (spoof, 1 << 20, "object_missing"),
                                    (key, len(data) - 1, "object_too_large")):
         with pytest.raises(PermanentError) as info:
             await edge.download(settings.bucket, bad_key, max_bytes=limit)

@@ -481,8 +481,8 @@ def _bodies(env: dict[str, str], inputs: list[Input], bucket: str, tag: str, n: 
     def one(i: int) -> dict[str, Any]:
         inp = inputs[i % len(inputs)]
         user = f"{tag}-{i:06d}"
-        folder, name = inp.key.rsplit("/", 1)
-        key = f"{folder}/{user}_{name}"
+        folder = inp.key.rsplit("/", 1)[0]
+        key = f"{folder}/{user}_20261101_120000_000000.avro"  # the upload service's name
         client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": inp.key})
         return _message(inp, bucket, user, key)
 

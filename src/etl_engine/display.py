@@ -22,6 +22,8 @@ from typing import Any
 
 from etl_engine.logs import hash_user_id
 
+_UPLOAD_STEM = re.compile(r"(.+)_(\d{8}_\d{6}_\d{6})")
+
 HASH_PREFIX = "hash:"
 # Shorter user ids are masked where they stand as a value or a key's user part, but not
 # searched for inside other text (a one-letter id would mangle everything).
@@ -63,16 +65,20 @@ def pseudonym(user_id: str) -> str:
 def mask_key(key: str) -> str:
     """An object key with the user part of its file name replaced by the pseudonym.
 
-    ``{user_id}_{timestamp}.ext`` keeps the timestamp and extension; a name without ``_``
-    (not the upload-service layout) has its whole stem masked, as it may be a user id.
+    ``{user_id}_{YYYYmmdd_HHMMSS_ffffff}.ext`` keeps the timestamp and extension (the user
+    id itself may hold ``_``); another name is masked up to its first ``_``, or whole.
     """
     folder, slash, name = key.rpartition("/")
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
-    user, underscore, tail = stem.rpartition("_")
-    if not underscore:
-        user, tail = stem, ""
+    stamped = _UPLOAD_STEM.fullmatch(stem)  # the service's {user}_{YYYYmmdd_HHMMSS_ffffff}
+    if stamped:
+        user, underscore, tail = stamped.group(1), "_", stamped.group(2)
+    else:
+        user, underscore, tail = stem.partition("_")
+        if not underscore:
+            user, tail = stem, ""
     if not user or user.startswith(HASH_PREFIX):
         return key
     return f"{folder}{slash}{pseudonym(user)}{underscore}{tail}{dot}{ext}"

@@ -42,6 +42,7 @@ _FIELD_LIMITS: dict[str, int] = {
 # AMQP headers the worker reads (retry bookkeeping, trace context, replay).
 _MAX_HEADER_CHARS = 1024
 Scheme = Literal["upload-service", "opaque"]
+_UPLOAD_STAMP = re.compile(r"\d{8}_\d{6}_\d{6}\.avro")
 _NAMESPACE = uuid.UUID("5b1f2a8e-6d0c-4c59-9a55-1f0f5b7c2e11")
 
 
@@ -113,7 +114,18 @@ def upload_idempotency_key(user_id: str, file_hash: str) -> str:
     return digest[:IKEY_HEX_DIGITS]
 
 
-def check_binding(msg: HealthDataMessage, *, require_hash: bool, scheme: Scheme) -> None:
+def owns_key(user_id: str, key: str, record_type: str, raw_prefix: str) -> bool:
+    """True when ``key`` is the upload service's name for this user's upload of this type:
+    ``{raw_prefix}{record_type}/.../{user_id}_{YYYYmmdd_HHMMSS_ffffff}.avro``. The whole
+    name is matched: a prefix test would let user ``a`` claim user ``a_b``'s files."""
+    folder, _, name = key.rpartition("/")
+    stamp = name[len(user_id) + 1:]
+    return (folder.startswith(f"{raw_prefix}{record_type}/") and name.startswith(f"{user_id}_")
+            and _UPLOAD_STAMP.fullmatch(stamp) is not None)
+
+
+def check_binding(msg: HealthDataMessage, *, record_type: str, raw_prefix: str,
+                  require_hash: bool, scheme: Scheme) -> None:
     """Bind the message to its upload: hash present, key derived from (user, hash), and
     the object named after the user. ``opaque`` trusts the publisher's key instead."""
     if msg.content_hash is None and (require_hash or scheme != "opaque"):
@@ -121,9 +133,11 @@ def check_binding(msg: HealthDataMessage, *, require_hash: bool, scheme: Scheme)
     if scheme == "opaque":
         return
     assert msg.content_hash is not None
-    if msg.idempotency_key != upload_idempotency_key(msg.user_id, msg.content_hash):
+    expected = {upload_idempotency_key(msg.user_id, h)  # the hex as sent, either case
+                for h in (msg.content_hash, msg.content_hash.upper())}
+    if msg.idempotency_key not in expected:
         raise PoisonMessage("idempotency_key_mismatch", stage="parse")
-    if not msg.key.rsplit("/", 1)[-1].startswith(f"{msg.user_id}_"):
+    if not owns_key(msg.user_id, msg.key, record_type, raw_prefix):
         raise PoisonMessage("key_user_mismatch", stage="parse")
 
 
@@ -138,10 +152,24 @@ def check_key(key: str, raw_prefix: str) -> None:
     lowered = key.lower()
     if ".." in key or "%2e" in lowered or "%2f" in lowered or "\\" in key:
         raise PoisonMessage("key_traversal", stage="parse")
-    if "//" in key:
+    if "//" in key or key.endswith("/") or "/./" in key or key.endswith("/."):
         raise PoisonMessage("key_empty_segment", stage="parse")
     if not key.startswith(raw_prefix):
         raise PoisonMessage("key_outside_raw_prefix", stage="parse")
+
+
+def _raw_checks(data: dict[str, Any], raw_prefix: str) -> None:
+    """Checks on the values as sent, before pydantic strips whitespace (a trailing CRLF
+    would pass otherwise); ``file_hash`` (the upload service's name) fills ``content_hash``,
+    and a message carrying both must not disagree."""
+    check_fields(data)
+    if isinstance(data.get("key"), str):
+        check_key(data["key"], raw_prefix)
+    hashes = {str(data[k]).lower() for k in ("content_hash", "file_hash") if k in data}
+    if len(hashes) > 1:
+        raise PoisonMessage("invalid_field", "content_hash,file_hash", stage="parse")
+    if "content_hash" not in data and "file_hash" in data:
+        data["content_hash"] = data["file_hash"]
 
 
 def parse_message(
@@ -167,9 +195,7 @@ def parse_message(
         raise PoisonMessage("invalid_json", stage="parse") from None
     if not isinstance(data, dict):
         raise PoisonMessage("not_an_object", stage="parse")
-    check_fields(data)
-    if "content_hash" not in data and "file_hash" in data:
-        data["content_hash"] = data["file_hash"]
+    _raw_checks(data, raw_prefix)
     try:
         msg = HealthDataMessage.model_validate(data)
     except ValidationError as exc:
@@ -183,7 +209,8 @@ def parse_message(
     if msg.bucket not in allowed_buckets:
         raise PoisonMessage("bucket_not_allowed", stage="parse")
     check_key(msg.key, raw_prefix)
-    check_binding(msg, require_hash=require_hash, scheme=scheme)
+    check_binding(msg, record_type=canonical, raw_prefix=raw_prefix,
+                  require_hash=require_hash, scheme=scheme)
     message_id = msg.message_id or amqp_message_id or derive_message_id(msg.idempotency_key)
     return msg.model_copy(update={"record_type": canonical, "message_id": message_id})
 

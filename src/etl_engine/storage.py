@@ -235,24 +235,34 @@ class Storage:
         self.client.head_bucket(Bucket=bucket)
 
 
-def _obstore_status(exc: BaseException) -> int:
+def _error_text(exc: BaseException, key: str) -> str:
+    """An obstore error's text without the object key: the key is the uploader's choice
+    and must not be able to look like a status or an error code."""
+    return str(exc).replace(key, "") if key else str(exc)
+
+
+def _obstore_status(exc: BaseException, key: str) -> int:
     """The HTTP status in an obstore error's text (0: no answer, e.g. a network error)."""
-    found = _STATUS.search(str(exc))
+    found = _STATUS.search(_error_text(exc, key))
     return int(found.group(1)) if found else 0
 
 
-def _obstore_code(exc: BaseException) -> str:
+def _obstore_code(exc: BaseException, key: str) -> str:
     """The S3 error code (``<Code>`` of the XML body) in an obstore error's text."""
-    found = _CODE.search(str(exc))
+    found = _CODE.search(_error_text(exc, key))
     return found.group(1) if found else ""
 
 
-def _obstore_error(exc: Exception, stage: str) -> Exception:
+def _obstore_error(exc: Exception, stage: str, key: str) -> Exception:
     """An obstore failure in the error taxonomy, as ``_transient_or_raise`` does for boto3.
 
-    obstore has already retried 5xx answers, timeouts and broken connections by then.
+    obstore has already retried 5xx answers, timeouts and broken connections by then. A
+    ``ValueError`` is a path obstore will not send (the message's checks should have
+    refused it): a bad key, never worth a retry.
     """
-    status, code = _obstore_status(exc), _obstore_code(exc)
+    if isinstance(exc, ValueError):
+        return PermanentError("invalid_key", stage=stage)
+    status, code = _obstore_status(exc, key), _obstore_code(exc, key)
     if isinstance(exc, FileNotFoundError) and code in ("", "NoSuchKey"):
         return PermanentError("object_missing", stage=stage)
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or status in (401, 403):
@@ -323,7 +333,7 @@ class HotPath:
             try:
                 result = await obstore.get_async(self._store(bucket), key)
             except Exception as exc:
-                raise _obstore_error(exc, "download") from None
+                raise _obstore_error(exc, "download", key) from None
             if int(result.meta["size"]) > max_bytes:
                 raise PermanentError("object_too_large", stage="download")
             try:
@@ -347,13 +357,13 @@ class HotPath:
                                         attributes=attributes,  # type: ignore[arg-type]
                                         use_multipart=False)
             except AlreadyExistsError as exc:
-                if _obstore_status(exc) == 409:
+                if _obstore_status(exc, key) == 409:
                     raise TransientError("storage_conflict", stage="write") from None
                 return False
             except Exception as exc:
-                if _obstore_code(exc) == "NotImplemented":
+                if _obstore_code(exc, key) == "NotImplemented":
                     return None
-                raise _obstore_error(exc, "write") from None
+                raise _obstore_error(exc, "write", key) from None
         return True
 
 

@@ -23,7 +23,7 @@ from etl_engine.messages import upload_idempotency_key
 from etl_engine.publisher import Publisher, Upload, describe_upload, upload_file
 from etl_engine.settings import Settings, load_settings
 from etl_engine.storage import Storage, make_client
-from helpers import WorkerProcess, sample_files
+from helpers import WorkerProcess, labelled_user, sample_files, upload_key
 
 from .ledger import Ledger, Verdict, render, write_summary
 
@@ -253,9 +253,10 @@ class Chaos:
                 for rt, p in sample_files() if p.stat().st_size <= max_bytes]
 
     def upload_bytes(self, record_type: str, name: str, data: bytes) -> Upload:
-        """``data`` as a fresh user's upload (key ``{user}_{name}``, derived idempotency key)."""
-        user = f"chaos-{uuid.uuid4().hex[:12]}"
-        key = f"{self.settings.raw_prefix}{record_type}/2026/11/01/{user}_{name}"
+        """``data`` as a fresh user's upload (the user named after ``name``, the upload
+        service's key layout and idempotency key)."""
+        user = labelled_user(f"chaos-{uuid.uuid4().hex[:12]}", name)
+        key = upload_key(self.settings, record_type, user)
         self.storage.client.put_object(Bucket=self.settings.bucket, Key=key, Body=data)
         return describe_upload(self.settings, record_type, key, data, user)
 
@@ -268,7 +269,7 @@ class Chaos:
         for i in range(n):
             u = uploads[i % len(uploads)]
             user = f"{prefix}-{i:05d}"
-            key = f"{u.key.rsplit('/', 1)[0]}/{user}_{u.key.rsplit('/', 1)[1]}"
+            key = upload_key(self.settings, u.record_type, user)
             self.storage.client.copy_object(Bucket=self.settings.bucket, Key=key,
                                             CopySource={"Bucket": u.bucket, "Key": u.key})
             out.append({**u.message(), "user_id": user, "key": key,

@@ -328,3 +328,43 @@ async def test_opaque_scheme_accepts_arbitrary_and_hashless_keys(  # type: ignor
         await publish(opaque, body)
         assert await wait_outcomes(opaque, ["m-opaque-1"]) == {"m-opaque-1": "processed"}
     assert [k for k in results(opaque) if k.endswith("/ik-opaque-1.jsonl")]
+
+
+# --- the whole upload-service name, not a prefix of it ----------------------------------------
+def _claim(user: str, key: str, **extra: Any) -> dict[str, Any]:
+    return {**GOOD, "user_id": user, "key": key,
+            "idempotency_key": upload_idempotency_key(user, HASH), **extra}
+
+
+def test_a_user_cannot_claim_the_files_of_a_user_whose_id_it_prefixes() -> None:
+    """User ``a`` and user ``a_b``: ``a_b_2026...`` starts with ``a_`` but is not a's."""
+    theirs = "raw/StepsRecord/2026/11/01/a_b_20261101_100000_000001.avro"
+    assert reason(_claim("a", theirs))[0] == "key_user_mismatch"
+    assert parse(_claim("a_b", theirs)).user_id == "a_b"
+
+
+@pytest.mark.parametrize("key", [
+    "raw/HeartRateRecord/2026/11/01/user-42_20261101_100000_000001.avro",  # another type
+    "raw/StepsRecord/2026/11/01/user-42_anything.avro",  # not the service's name
+    "raw/StepsRecord/2026/11/01/user-42_20261101_100000_000001.avro.bak",
+])
+def test_the_key_must_be_the_upload_services_name_for_this_type(key: str) -> None:
+    assert reason(_claim(USER, key))[0] == "key_user_mismatch"
+
+
+@pytest.mark.parametrize("key", [GOOD["key"] + "\r\n", GOOD["key"] + "/",
+                                 "raw/StepsRecord/./2026/x.avro"])
+def test_a_key_with_a_trailing_crlf_slash_or_dot_segment_is_refused(key: str) -> None:
+    assert reason({**GOOD, "key": key})[0] in ("key_control_characters", "key_empty_segment")
+
+
+def test_the_hash_as_the_service_sent_it_in_either_case_binds() -> None:
+    upper = HASH.upper()  # hex digits as an uppercase writer sends them
+    body = {**GOOD, "file_hash": upper,
+            "idempotency_key": upload_idempotency_key(USER, upper)}
+    assert parse(body).content_hash == HASH
+
+
+def test_content_hash_and_file_hash_must_agree() -> None:
+    assert reason({**GOOD, "content_hash": "d" * 64}) == (
+        "invalid_field", "content_hash,file_hash")
