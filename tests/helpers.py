@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ def upload(settings: Settings, record_type: str, path: Path, run: str = "",
 
 
 UPLOAD_WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+_UPLOADS = itertools.count()  # a user's second upload gets a later time, so its own key
 
 
 def labelled_user(base: str, name: str) -> str:
@@ -87,10 +89,11 @@ def labelled_user(base: str, name: str) -> str:
 
 
 def upload_key(settings: Settings, record_type: str, user_id: str) -> str:
-    """The upload service's key for a test upload (one per user, so one fixed time)."""
+    """The upload service's key for a test upload (a new time for each)."""
     from etl_engine.publisher import raw_key
 
-    return raw_key(settings, record_type, user_id, UPLOAD_WHEN)
+    return raw_key(settings, record_type, user_id,
+                   UPLOAD_WHEN + timedelta(microseconds=next(_UPLOADS)))
 
 
 def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes,
@@ -111,7 +114,9 @@ def sealed(body: dict[str, Any]) -> dict[str, Any]:
     from etl_engine.messages import upload_idempotency_key
 
     digest = body.get("content_hash") or body.get("file_hash")
-    return {**body, "idempotency_key": upload_idempotency_key(body["user_id"], digest)}
+    hashes = {k: digest for k in ("content_hash", "file_hash") if k in body}  # both agree
+    return {**body, **hashes,
+            "idempotency_key": upload_idempotency_key(body["user_id"], digest)}
 
 
 async def publish(settings: Settings, *bodies: dict[str, Any] | bytes, **kw: Any) -> None:

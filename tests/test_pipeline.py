@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from etl_engine.pipeline import Delivery, Pipeline, quarantine_key, result_key
-from helpers import sample_files, upload, upload_bytes
+from helpers import sample_files, upload, upload_bytes, upload_key
 
 
 def delivery(body: dict | bytes, attempt: int = 1) -> Delivery:
@@ -33,7 +33,7 @@ async def test_missing_object_is_quarantined_with_a_reason_file(pipeline: Pipeli
                                                                 settings) -> None:  # type: ignore[no-untyped-def]
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
-    body = {**u.message(), "key": u.key + ".gone"}
+    body = {**u.message(), "key": upload_key(settings, rt, u.user_id)}  # never uploaded
     out = await pipeline.run(delivery(body))
     assert (out.kind, out.reason) == ("quarantined", "object_missing")
     reason = orjson.loads(pipeline.storage.sync.get(

@@ -179,7 +179,7 @@ def file_cases() -> list[FileCase]:
     cases.append(FileCase("cut_at_block_1_claims_full_hash_only", rt, valid[:blocks[1][0]],
                           "quarantined", ("hash_mismatch",),
                           claim=lambda m: {**m, "file_size_bytes": None,
-                                           "content_hash": full_hash}))
+                                           "content_hash": full_hash, "file_hash": full_hash}))
     own("cut_at_block_1_claims_itself_is_valid", valid[:blocks[1][0]], None,
         expect="processed")
     # truncation mid-block (the message describes the cut file: the decoder must catch it)
