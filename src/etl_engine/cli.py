@@ -159,11 +159,15 @@ def cmd_load_samples(args: argparse.Namespace) -> int:
         print(f"published {len(uploads)} messages (run id {run_id or '-'})")
         return 0
     print(file=sys.stderr)
-    elapsed = time.monotonic() - start
+    return _print_summary(outcomes, len(uploads), time.monotonic() - start)
+
+
+def _print_summary(outcomes: dict[str, str], sent: int, elapsed: float) -> int:
+    """The load's outcome table; 1 while some message has not settled."""
     counts = Counter(outcomes.values())
-    pending = len(uploads) - len(outcomes)
+    pending = sent - len(outcomes)
     rows = [
-        ("messages", len(uploads)),
+        ("messages", sent),
         ("processed", counts.get("processed", 0)),
         ("duplicates", counts.get("duplicate", 0)),
         ("quarantined", counts.get("quarantined", 0)),
