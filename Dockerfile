@@ -5,10 +5,11 @@
 #   docker build -t etl-narrative-engine:0.1.0 .
 #   docker run --rm --read-only --tmpfs /tmp --env-file .env -p 8004:8004 etl-narrative-engine:0.1.0
 #
-# Layout: the source tree is kept under /app (src/, schemas/, samples/) and installed
-# editable into /opt/venv, because the engine finds its Avro schemas and the bundled
-# samples relative to the source tree (record_types.py: <src>/../schemas, cli.py:
-# <src>/../samples), i.e. /app/src/etl_engine/.. /.. -> /app/schemas and /app/samples.
+# Layout: the project is built into a wheel and installed (not editable) into /opt/venv;
+# the runtime stage copies only that virtualenv. The reader schemas and the bundled samples
+# are package data (src/etl_engine/schemas, src/etl_engine/samples, read with
+# importlib.resources). Development tooling (tools/: sample generator, benchmark, local
+# S3 server) and tests are never in the build context, so never in the image.
 #
 # Runtime: non-root (uid 10001), read-only root file system friendly: the process writes
 # only to /tmp (tmpfs / emptyDir) and /data (volume). No secrets are baked in: every ETL_
@@ -21,7 +22,7 @@
 #   (or: crane digest python:3.11.13-slim-bookworm; or docker pull and read "Digest:")
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
-# --- builder: virtualenv with the pinned dependencies, then the project (editable) -------
+# --- builder: virtualenv with the pinned dependencies, then the project (a wheel) --------
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -40,25 +41,26 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --require-hashes --no-deps -r /tmp/requirements.lock \
     && pip check
 
-# The project. Build backend from requirements-build.lock, hashed (not a runtime
-# dependency, removed afterwards).
-WORKDIR /app
+# The project, as a wheel. Build backend from requirements-build.lock, hashed (not a
+# runtime dependency, removed afterwards). The checks: package data resolves inside
+# site-packages, and no development tooling came along.
+WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY schemas ./schemas
-COPY samples ./samples
-COPY tests/fixtures/app-writer-schemas ./tests/fixtures/app-writer-schemas
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --require-hashes --no-deps -r /tmp/requirements-build.lock \
-    && pip install --no-deps --no-build-isolation -e . \
+    && pip install --no-deps --no-build-isolation . \
     && pip uninstall -y wheel setuptools \
     && pip check \
-    && python -m compileall -q /app/src \
+    && cd / && rm -rf /build \
+    && python -m compileall -q /opt/venv/lib \
     && etl-engine --version \
-    && python -c "from etl_engine import cli, record_types as r; \
-assert r.schema_dir() == __import__('pathlib').Path('/app/schemas'), r.schema_dir(); \
+    && python -c "import importlib.util as u; \
+from etl_engine.domain import record_types as r; from etl_engine.ops import cli; \
+assert 'site-packages' in str(r.schema_dir()), r.schema_dir(); \
 [r.reader_schema(t) for t in r.SUPPORTED_RECORD_TYPES]; \
-assert cli._default_samples().is_dir(), cli._default_samples()"
+assert cli._default_samples().is_dir(), cli._default_samples(); \
+assert u.find_spec('etl_devtools') is None, 'development tooling in the image'"
 
 # --- runtime --------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -76,12 +78,11 @@ RUN groupadd --system --gid 10001 etl \
     && chmod 0750 /data
 
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /app /app
 
 # PYTHONDONTWRITEBYTECODE: the root file system is read-only at run time (bytecode was
 # compiled at build time). HOME and TMPDIR point at the writable tmpfs. The code's default
 # dedup store (sqlite:///data/..., relative to the working directory) would land under the
-# read-only /app: the image's default puts the single-host SQLite store on the /data volume.
+# read-only root: the image's default puts the single-host SQLite store on the /data volume.
 # A fleet sets ETL_DEDUP_URL=redis://... (compose and Kubernetes do).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -93,7 +94,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ETL_SIDECAR_PORT=8004 \
     ETL_DEDUP_URL=sqlite:////data/etl-dedup.sqlite3
 
-WORKDIR /app
+WORKDIR /data
 USER 10001:10001
 
 # Sidecar HTTP server: /live, /ready, /health, /metrics.

@@ -3,7 +3,7 @@
 #
 # Docker mode when a Docker engine answers (deployment/docker-compose.yml), native mode
 # otherwise or with --native: RabbitMQ and Redis on localhost (started if installed but
-# stopped), an S3 server (MinIO if on PATH, else moto via etl_engine.dev_s3 from .venv), and
+# stopped), an S3 server (MinIO if on PATH, else moto via etl_devtools.dev_s3 from .venv), and
 # ETL_WORKERS worker processes; pids and logs under .run/. `stop` ends only those pids.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -146,8 +146,8 @@ ensure_s3() {
       MINIO_ROOT_USER="$ETL_S3_ACCESS_KEY_ID" MINIO_ROOT_PASSWORD="$ETL_S3_SECRET_ACCESS_KEY" \
         nohup minio server "$RUN/minio-data" --address "127.0.0.1:$port" >"$RUN/s3.log" 2>&1 &
     else
-      say "starting the S3 server (moto, keep-alive: etl_engine.dev_s3) on port $port"
-      nohup .venv/bin/python -m etl_engine.dev_s3 -H 127.0.0.1 -p "$port" >"$RUN/s3.log" 2>&1 &
+      say "starting the S3 server (moto, keep-alive: etl_devtools.dev_s3) on port $port"
+      nohup .venv/bin/python -m etl_devtools.dev_s3 -H 127.0.0.1 -p "$port" >"$RUN/s3.log" 2>&1 &
     fi
     echo $! >"$RUN/s3.pid"
     wait_until 60 "S3 server" s3_ready
@@ -155,7 +155,7 @@ ensure_s3() {
   fi
   .venv/bin/python - <<'PY'
 from etl_engine.settings import load_settings
-from etl_engine.storage import Storage, make_client
+from etl_engine.adapters.storage import Storage, make_client
 s = load_settings()
 Storage(make_client(s)).ensure_bucket(s.bucket)
 PY

@@ -33,15 +33,18 @@ say "installing the project and its dev extras"
 # The lock carries hashes (scripts/update-locks.sh): install it hash-checked, then the project
 # itself without dependencies (an editable install cannot be hashed, so no -c with the lock).
 if [[ -f requirements-dev.lock ]]; then
+  # requirements-build.lock: the image's build backend, so a test can build the same wheel
   .venv/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock \
-    2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install --quiet --no-deps -e '.[dev,codecs]' 2>&1 \
+    -r requirements-build.lock 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install --quiet --no-deps -e '.[dev,codecs]' -e tools 2>&1 \
     | grep -v '^WARNING: Location' || true
 else
-  .venv/bin/python -m pip install --quiet -e '.[dev,codecs]' 2>&1 \
+  .venv/bin/python -m pip install --quiet -e '.[dev,codecs]' -e tools 2>&1 \
     | grep -v '^WARNING: Location' || true
 fi
-.venv/bin/python -c 'import etl_engine, aio_pika, fastavro, moto' \
+# tools/: the development tooling (sample generator, benchmark, local S3 server), its own
+# package so the worker image does not carry it.
+.venv/bin/python -c 'import etl_engine, etl_devtools, aio_pika, fastavro, moto' \
   || die "the install did not complete; see the pip output above"
 
 # shellcheck source=lib/secrets.sh

@@ -48,7 +48,7 @@ def _services_up() -> None:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, _services_up: None) -> Iterator[str]:
-    """A moto S3 server (etl_engine.dev_s3: keep-alive) in its own process, like MinIO."""
+    """A moto S3 server (etl_devtools.dev_s3: keep-alive) in its own process, like MinIO."""
     proc, url = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log", _free_port())
     yield url
     proc.terminate()
@@ -92,8 +92,8 @@ def test_env(s3_endpoint: str, run_id: str) -> dict[str, str]:
 
 @pytest.fixture
 def settings(test_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.settings import load_settings
-    from etl_engine.storage import Storage, make_client
 
     for k, v in test_env.items():
         monkeypatch.setenv(k, v)
@@ -114,10 +114,10 @@ async def clean_topology(settings):  # type: ignore[no-untyped-def]
 @pytest.fixture
 async def pipeline(settings):  # type: ignore[no-untyped-def]
     """A Pipeline on the real S3 server and Redis, decoding in a thread, no broker."""
-    from etl_engine.compute import ComputePool
-    from etl_engine.dedup import open_store
-    from etl_engine.pipeline import Pipeline
-    from etl_engine.storage import AsyncStorage, Storage, make_client, make_hot_path
+    from etl_engine.adapters.dedup import open_store
+    from etl_engine.adapters.storage import AsyncStorage, Storage, make_client, make_hot_path
+    from etl_engine.runtime.compute import ComputePool
+    from etl_engine.runtime.pipeline import Pipeline
 
     storage = AsyncStorage(Storage(make_client(settings)), threads=2,
                            hot=make_hot_path(settings))

@@ -20,22 +20,22 @@ from typing import Any
 import aio_pika
 import orjson
 
-from etl_engine.publisher import Publisher, Upload, upload_file
+from etl_engine.adapters.publisher import Publisher, Upload, upload_file
+from etl_engine.adapters.storage import Storage, make_client
+from etl_engine.runtime.worker import Worker
 from etl_engine.settings import Settings
-from etl_engine.storage import Storage, make_client
-from etl_engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 
 def start_s3_server(log: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    """Our local S3 server (etl_engine.dev_s3, keep-alive like MinIO) in its own process;
+    """Our local S3 server (etl_devtools.dev_s3, keep-alive like MinIO) in its own process;
     returns it and its URL once it answers."""
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.dev_s3", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "etl_devtools.dev_s3", "-H", "127.0.0.1", "-p", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
@@ -57,7 +57,7 @@ def storage_for(settings: Settings) -> Storage:
 
 
 def sample_files() -> list[tuple[str, Path]]:
-    from etl_engine.samples import iter_sample_files
+    from etl_engine.ops.sample_files import iter_sample_files
 
     return iter_sample_files(SAMPLES)
 
@@ -90,7 +90,7 @@ def labelled_user(base: str, name: str) -> str:
 
 def upload_key(settings: Settings, record_type: str, user_id: str) -> str:
     """The upload service's key for a test upload (a new time for each)."""
-    from etl_engine.publisher import raw_key
+    from etl_engine.adapters.publisher import raw_key
 
     return raw_key(settings, record_type, user_id,
                    UPLOAD_WHEN + timedelta(microseconds=next(_UPLOADS)))
@@ -100,7 +100,7 @@ def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes,
                  user_id: str = "") -> Upload:
     """``data`` uploaded as the upload service would store and describe it, by a fresh user
     named after ``name`` (a hostile file keeps a readable label in its key)."""
-    from etl_engine.publisher import describe_upload
+    from etl_engine.adapters.publisher import describe_upload
 
     user = user_id or labelled_user(new_user(), name)
     key = upload_key(settings, record_type, user)
@@ -111,7 +111,7 @@ def upload_bytes(settings: Settings, record_type: str, name: str, data: bytes,
 def sealed(body: dict[str, Any]) -> dict[str, Any]:
     """``body`` with the idempotency key the upload service derives from its user and hash
     (a test that changes the claimed hash keeps a well-formed message)."""
-    from etl_engine.messages import upload_idempotency_key
+    from etl_engine.domain.messages import upload_idempotency_key
 
     digest = body.get("content_hash") or body.get("file_hash")
     hashes = {k: digest for k in ("content_hash", "file_hash") if k in body}  # both agree
@@ -156,7 +156,7 @@ async def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition
 
 async def wait_outcomes(settings: Settings, message_ids: list[str], timeout: float = 30.0
                         ) -> dict[str, str]:
-    from etl_engine.publisher import wait_for_outcomes
+    from etl_engine.adapters.publisher import wait_for_outcomes
 
     seen, _ = await wait_for_outcomes(settings, message_ids, timeout_s=timeout)
     assert len(seen) == len(message_ids), f"settled {len(seen)}/{len(message_ids)}: {seen}"
@@ -184,7 +184,7 @@ async def queue_counts(settings: Settings, name: str) -> tuple[int, int]:
 
 
 async def delete_topology(settings: Settings) -> None:
-    from etl_engine.topology import delete_all
+    from etl_engine.adapters.topology import delete_all
 
     with contextlib.suppress(Exception):
         conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
@@ -206,7 +206,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.cli", "worker"], env=full,
+            [sys.executable, "-m", "etl_engine.ops.cli", "worker"], env=full,
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

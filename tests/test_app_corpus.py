@@ -16,13 +16,13 @@ import fastavro
 import orjson
 import pytest
 
-from etl_engine.app_corpus import PREFIX, corpus
-from etl_engine.avro import needs_resolution, scan_container
-from etl_engine.compact import compact_month, latest_exports
-from etl_engine.compute import Limits, run_cpu_stages
-from etl_engine.record_types import reader_schema
-from etl_engine.samples import app_writer_schema, generate_samples
-from etl_engine.stages import DomainConfig, Lineage
+from etl_devtools.app_corpus import PREFIX, corpus
+from etl_devtools.samples import app_writer_schema, generate_samples
+from etl_engine.domain.avro import needs_resolution, scan_container
+from etl_engine.domain.model import DomainConfig, Lineage
+from etl_engine.domain.record_types import reader_schema
+from etl_engine.ops.compact import compact_month, latest_exports
+from etl_engine.runtime.compute import Limits, run_cpu_stages
 from helpers import storage_for
 
 ROOT = Path(__file__).resolve().parent.parent

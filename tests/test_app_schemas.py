@@ -1,6 +1,6 @@
 """Writer schemas other than the app's current ones: what decodes, what is refused and how.
 
-Files are written with the app's contract schemas (tests/fixtures/app-writer-schemas),
+Files are written with the app's contract schemas (tools/etl_devtools/app_writer_schemas),
 edited the way a newer or older app might, and decoded by the worker's own decode path.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import fastavro
 import pytest
 
-from etl_engine.avro import decode
+from etl_devtools.samples import app_writer_schema
+from etl_engine.domain.avro import decode
+from etl_engine.domain.record_types import reader_schema
+from etl_engine.domain.schema_check import first_mismatch
 from etl_engine.errors import PermanentError
-from etl_engine.record_types import reader_schema
-from etl_engine.samples import app_writer_schema
-from etl_engine.schema_check import first_mismatch
 
 LIMITS = {"max_records": 1000, "max_decompressed_bytes": 1 << 20}
 META = {"id": "r1", "dataOriginPackageName": "com.sec.android.app.shealth",
@@ -33,7 +33,7 @@ STEPS = {"metadata": META, "startTimeEpochMillis": 1_758_258_000_000,
 
 def contract(record_type: str) -> dict[str, Any]:
     """The app's writer schema as plain JSON, safe to edit."""
-    with open(f"tests/fixtures/app-writer-schemas/{record_type}.avsc") as fo:
+    with open(f"tools/etl_devtools/app_writer_schemas/{record_type}.avsc") as fo:
         return dict(json.load(fo))
 
 

@@ -10,10 +10,10 @@ import zlib
 import fastavro
 import pytest
 
-from etl_engine.avro import decode, prescan
+from etl_devtools.samples import app_writer_schema
+from etl_engine.domain.avro import decode, prescan
+from etl_engine.domain.record_types import reader_schema
 from etl_engine.errors import PermanentError
-from etl_engine.record_types import reader_schema
-from etl_engine.samples import app_writer_schema
 from helpers import avro_bytes, varint
 
 LIMITS = {"max_records": 100_000, "max_decompressed_bytes": 8 * 1024 * 1024}
@@ -179,7 +179,7 @@ def test_a_file_of_empty_blocks_is_refused_after_a_few() -> None:
     """A million 18-byte blocks of no record used to cost a second per scan."""
     import time
 
-    from etl_engine.avro import EMPTY_BLOCK_ALLOWANCE
+    from etl_engine.domain.avro import EMPTY_BLOCK_ALLOWANCE
 
     head, sync = _head_and_sync()
     empty = _raw_block(0, b"", sync)
@@ -197,7 +197,7 @@ def test_a_file_of_empty_blocks_is_refused_after_a_few() -> None:
 
 
 def test_the_number_of_blocks_follows_the_file_size() -> None:
-    from etl_engine.avro import max_blocks_for
+    from etl_engine.domain.avro import max_blocks_for
 
     head, sync = _head_and_sync()
     tiny = head + _raw_block(1, b"\x00", sync) * 200_000  # 19 bytes a block
@@ -228,7 +228,7 @@ def test_snappy_bomb_is_counted_decompressed() -> None:
 
 
 def test_zstandard_bomb_is_counted_decompressed_with_or_without_a_content_size() -> None:
-    from etl_engine.avro import _zstd
+    from etl_engine.domain.avro import _zstd
 
     head, sync = _head_and_sync("zstandard")
     sized = _zstd.compress(bytes(16 << 20))
@@ -248,7 +248,7 @@ def test_zstandard_bomb_is_counted_decompressed_with_or_without_a_content_size()
 
 
 def test_a_block_of_two_zstandard_frames_decodes() -> None:
-    from etl_engine.avro import _zstd
+    from etl_engine.domain.avro import _zstd
 
     records = io.BytesIO()
     for rec in steps():
@@ -265,7 +265,7 @@ def test_the_event_loop_routing_check_is_bounded() -> None:
     """fits_loop reads at most LOOP_MAX_BLOCKS blocks of a file at most twice the cap."""
     import time
 
-    from etl_engine import compute
+    from etl_engine.runtime import compute
 
     limits = compute.Limits(2_000_000, 512 << 20)
     head, sync = _head_and_sync()

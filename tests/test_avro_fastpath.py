@@ -10,10 +10,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from etl_engine.avro import decode, decode_stream, needs_resolution, scan_container
+from etl_engine.domain.avro import decode, decode_stream, needs_resolution, scan_container
+from etl_engine.domain.record_types import reader_schema
 from etl_engine.errors import PermanentError
-from etl_engine.record_types import reader_schema
-from etl_engine.samples import iter_sample_files
+from etl_engine.ops.sample_files import iter_sample_files
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {"max_records": 100_000, "max_decompressed_bytes": 64 * 1024 * 1024}

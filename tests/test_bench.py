@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from etl_engine import bench
+from etl_devtools import bench
 
 
 def test_ab_settings_parse_and_refuse_what_is_not_an_etl_setting() -> None:

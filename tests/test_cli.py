@@ -12,7 +12,7 @@ import aio_pika
 import orjson
 import pytest
 
-from etl_engine.compact import compact_month
+from etl_engine.ops.compact import compact_month
 from helpers import SAMPLES, results, running_worker, storage_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_topology")]
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_topology")
 
 async def etl(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "etl_engine.cli", *args, env={**os.environ, **env},
+        sys.executable, "-m", "etl_engine.ops.cli", *args, env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -58,7 +58,7 @@ async def test_publish_uploads_a_file_and_announces_it(settings, test_env) -> No
 
 
 async def test_publish_unroutable_is_an_error(settings, test_env) -> None:  # type: ignore[no-untyped-def]
-    from etl_engine.publisher import Publisher
+    from etl_engine.adapters.publisher import Publisher
 
     async with Publisher(settings) as pub:
         with pytest.raises(aio_pika.exceptions.DeliveryError):

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from etl_engine import compute
-from etl_engine.compute import ComputePool, CpuResult, Limits
+from etl_engine.domain.model import DomainConfig, Lineage
 from etl_engine.errors import PermanentError
-from etl_engine.stages import DomainConfig, Lineage
+from etl_engine.runtime import compute
+from etl_engine.runtime.compute import ComputePool, CpuResult, Limits
 
 
 def fake_stages(data: bytes, *_: object) -> CpuResult:
@@ -57,7 +57,7 @@ async def test_a_crash_is_pinned_on_its_own_file(monkeypatch: pytest.MonkeyPatch
 async def test_small_files_run_in_the_worker_big_ones_in_a_child(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """ETL_DECODE_INLINE_MAX_BYTES: a daily export stays in process; a file that
     decompresses past the cap (here a deflate file 30x smaller on disk) goes to a child."""
-    from etl_engine.samples import generate_large
+    from etl_devtools.samples import generate_large
 
     small, big = tmp_path / "small.avro", tmp_path / "big.avro"
     generate_large(small, "BloodGlucoseRecord", 300)
@@ -105,7 +105,7 @@ async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
     """ETL_DECODE_ON_LOOP_MAX_BYTES: no thread hand-off for the smallest files."""
     import threading
 
-    from etl_engine.samples import generate_large
+    from etl_devtools.samples import generate_large
 
     small, bigger = tmp_path / "small.avro", tmp_path / "bigger.avro"
     generate_large(small, "BloodGlucoseRecord", 200)

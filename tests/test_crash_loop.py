@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import orjson
 
-from etl_engine.pipeline import Delivery, Pipeline
-from etl_engine.topology import FAILED_DELIVERIES_HEADER
-from etl_engine.worker import _failed_deliveries
+from etl_engine.adapters.topology import FAILED_DELIVERIES_HEADER
+from etl_engine.runtime.pipeline import Delivery, Pipeline
+from etl_engine.runtime.worker import _failed_deliveries
 from helpers import sample_files, upload
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REDIS_URL
-from etl_engine.dedup import DedupStore, open_store
+from etl_engine.adapters.dedup import DedupStore, open_store
 
 
 @pytest.fixture(params=["redis", "sqlite"])

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,9 +30,11 @@ from typing import Any
 import pytest
 import yaml
 
-from etl_engine import cli, metrics, record_types
+from etl_engine.adapters.topology import work_queue_arguments
+from etl_engine.domain import record_types
+from etl_engine.observability import metrics
+from etl_engine.ops import cli
 from etl_engine.settings import ConfigError, Settings, load_settings, setting_names
-from etl_engine.topology import work_queue_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deployment"
@@ -114,7 +117,8 @@ def _metric_sample_names() -> set[str]:
 def _assert_known_metrics(expr: str, where: str) -> None:
     known = _metric_sample_names()
     unknown = sorted(set(re.findall(r"\betl_[a-z0-9_]+", expr)) - known)
-    assert not unknown, f"{where}: unknown metric(s) {unknown} (see src/etl_engine/metrics.py)"
+    assert not unknown, (f"{where}: unknown metric(s) {unknown} "
+                        "(see src/etl_engine/observability/metrics.py)")
 
 
 # --- .env.template ------------------------------------------------------------------------
@@ -313,8 +317,9 @@ def test_dockerfile_caches_dependencies_before_the_source(dockerfile: list[Stage
     src_copy = next(i for i, x in enumerate(seq) if x.cmd == "COPY" and x.args.startswith("src"))
     assert lock_copy < lock_install < src_copy, "deps layer must come before COPY src"
     assert "--no-deps" in seq[lock_install].args and "pip check" in seq[lock_install].args
-    assert any(x.cmd == "RUN" and re.search(r"pip install .*-e \.", x.args) for x in seq), (
-        "editable install keeps schemas/ and samples/ resolvable next to src/")
+    install = [x.args for x in seq if x.cmd == "RUN" and "--no-build-isolation" in x.args]
+    assert install and re.search(r"pip install --no-deps --no-build-isolation \.( |$)",
+                                 install[0]), "a wheel install (not editable): no source tree"
 
 
 def _copies(stage: Stage) -> dict[str, str]:
@@ -335,22 +340,42 @@ def _copies(stage: Stage) -> dict[str, str]:
     return out
 
 
-def test_dockerfile_keeps_the_source_tree_layout(dockerfile: list[Stage]) -> None:
-    """The engine finds schemas/ and samples/ next to src/; the image must keep that."""
-    # In the repository: <root>/src/etl_engine -> <root>/schemas and <root>/samples.
-    assert record_types.schema_dir() == ROOT / "schemas"
-    assert cli._default_samples() == ROOT / "samples"
+def test_dockerfile_ships_the_package_and_no_development_tooling(
+    dockerfile: list[Stage],
+) -> None:
+    """The image holds the installed wheel only: no source tree, no tools/, no tests."""
     builder, final = dockerfile[0], _final(dockerfile)
-    copies = _copies(builder)
-    app = copies["src"].rsplit("/", 1)[0]
-    assert copies["schemas"] == f"{app}/schemas" and copies["samples"] == f"{app}/samples", (
-        copies)
-    # pyproject's readme must be in the build, or the editable install fails.
-    assert copies.get("README.md") == f"{app}/README.md"
-    final_copies = _copies(final)
-    assert final_copies.get(f"{builder.name}:{app}") == app, "runtime copies the tree as is"
-    assert final_copies.get(f"{builder.name}:/opt/venv") == "/opt/venv"
-    assert [w.args for w in final.all("WORKDIR")][-1] == app
+    sources = {src for stage in dockerfile for src in _copies(stage)}
+    assert {s for s in sources if ":" not in s} <= {
+        "pyproject.toml", "README.md", "src", "requirements.lock", "requirements-build.lock",
+        "/tmp/"}, sources
+    assert not any(s.startswith(("tools", "tests", "schemas", "samples")) for s in sources)
+    assert _copies(final) == {f"{builder.name}:/opt/venv": "/opt/venv"}, _copies(final)
+    assert "find_spec('etl_devtools') is None" in (ROOT / "Dockerfile").read_text()
+
+
+def test_wheel_carries_schemas_and_samples_and_no_tooling(tmp_path: Path) -> None:
+    """What a non-editable install gets: package data in, development tooling out."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], check=True,
+                   capture_output=True)
+    (wheel,) = tmp_path.glob("etl_narrative_engine-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for record_type in record_types.SUPPORTED_RECORD_TYPES:
+        assert f"etl_engine/schemas/{record_type}.avsc" in names
+        assert any(n.startswith(f"etl_engine/samples/{record_type}/") for n in names)
+    assert "etl_engine/schemas/training-record.schema.json" in names
+    assert "etl_engine/samples/bad/manifest.json" in names
+    assert not [n for n in names if n.startswith(("etl_devtools", "tests/"))], names
+    assert not [n for n in names if re.search(r"bench|dev_s3|app_corpus", n)], names
+
+
+def test_repository_paths_point_into_the_package() -> None:
+    """schemas/ and samples/ at the top are links to the package data (one copy)."""
+    assert record_types.schema_dir() == ROOT / "src" / "etl_engine" / "schemas"
+    assert cli._default_samples() == ROOT / "src" / "etl_engine" / "samples"
+    assert (ROOT / "schemas").resolve() == record_types.schema_dir()
+    assert (ROOT / "samples").resolve() == cli._default_samples()
 
 
 def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
@@ -374,14 +399,15 @@ def test_dockerignore_keeps_secrets_out_and_the_copied_files_in(
                 if line.strip() and not line.strip().startswith("#")]
     for path in (".env", ".git/HEAD", ".venv/bin/python", ".run/worker-1.log",
                  "tests/conftest.py", "src/etl_engine/__pycache__/cli.cpython-311.pyc",
-                 "src/etl_narrative_engine.egg-info/PKG-INFO", "samples/.env"):
+                 "src/etl_narrative_engine.egg-info/PKG-INFO", "samples/.env",
+                 "tools/etl_devtools/bench.py"):
         assert _dockerignore_excludes(patterns, path), f"{path} must not reach the build"
     sources = [s for stage in dockerfile for s in _copies(stage) if ":" not in s]
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: missing in the repository"
         assert not _dockerignore_excludes(patterns, src), f"COPY {src}: excluded by .dockerignore"
-    for path in ("src/etl_engine/worker.py", "schemas/StepsRecord.avsc",
-                 "samples/StepsRecord/steps_watch.avro"):
+    for path in ("src/etl_engine/runtime/worker.py", "src/etl_engine/schemas/StepsRecord.avsc",
+                 "src/etl_engine/samples/StepsRecord/steps_watch.avro"):
         assert not _dockerignore_excludes(patterns, path), path
 
 
@@ -462,7 +488,7 @@ def test_dockerfile_installs_only_hashed_locks(dockerfile: list[Stage]) -> None:
     assert installs
     for run in installs:
         for command in re.split(r"&&|;", run):
-            if "pip install" not in command or "-e ." in command:
+            if "pip install" not in command or re.search(r"--no-deps .*\.\s*$", command):
                 continue  # the project itself: local source, --no-deps
             assert "--require-hashes" in command and re.search(r"-r \S*requirements", command), (
                 f"every download must be hash-checked: {command.strip()!r}")

@@ -1,4 +1,4 @@
-"""The local S3 server (etl_engine.dev_s3): keep-alive and moto's S3 semantics over a socket."""
+"""The local S3 server (etl_devtools.dev_s3): keep-alive and moto's S3 semantics over a socket."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from etl_engine import narratives
-from etl_engine.processors import compute_statistics
-from etl_engine.processors import glucose as glucose_mod
-from etl_engine.stages import DomainConfig
+from etl_engine.domain import narratives
+from etl_engine.domain.model import DomainConfig
+from etl_engine.domain.records import glucose as glucose_mod
+from etl_engine.domain.transform import compute_statistics
 
 MIN = 60_000
 HOUR = 60 * MIN

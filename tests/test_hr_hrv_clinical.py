@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_engine import narratives
-from etl_engine.processors import compute_statistics
-from etl_engine.processors import heart_rate as hr_mod
-from etl_engine.processors.columns import Samples
-from etl_engine.processors.origins import covered_length
-from etl_engine.stages import DomainConfig
+from etl_engine.domain import narratives
+from etl_engine.domain.model import DomainConfig
+from etl_engine.domain.records import heart_rate as hr_mod
+from etl_engine.domain.stats.columns import Samples
+from etl_engine.domain.stats.origins import covered_length
+from etl_engine.domain.transform import compute_statistics
 
 MIN = 60_000
 HOUR = 3_600_000

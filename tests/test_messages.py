@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from etl_engine.domain.messages import derive_message_id, parse_message, upload_idempotency_key
+from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.errors import Disposition, PermanentError, PoisonMessage, TransientError, classify
-from etl_engine.messages import derive_message_id, parse_message, upload_idempotency_key
-from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 
 IKEY = upload_idempotency_key("user-123", "a" * 64)
 GOOD = {  # the upload service's message

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_engine import narratives
-from etl_engine.processors import compute_statistics, transform
-from etl_engine.stages import DomainConfig, Lineage, ValidationReport
+from etl_engine.domain import narratives
+from etl_engine.domain.model import DomainConfig, Lineage, ValidationReport
+from etl_engine.domain.transform import compute_statistics, transform
 from helpers import flat_items
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

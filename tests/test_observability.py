@@ -24,8 +24,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.errors import TransientError
-from etl_engine.record_types import SUPPORTED_RECORD_TYPES
 from helpers import (
     SAMPLES,
     WorkerProcess,
@@ -88,7 +88,7 @@ def total(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 async def test_metrics_after_a_known_workload(settings) -> None:  # type: ignore[no-untyped-def]
-    from etl_engine.dedup import open_store
+    from etl_engine.adapters.dedup import open_store
 
     files = sample_files()
     by_type = {rt: p for rt, p in files}
@@ -306,7 +306,7 @@ async def test_one_trace_from_publish_through_worker_stages_and_s3(
 
         pub = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "etl_engine.cli", "publish", "--record-type", rt,
+            [sys.executable, "-m", "etl_engine.ops.cli", "publish", "--record-type", rt,
              "--file", str(path), "--user-id", USER, "--run-id", "trace"],
             env={**os.environ, **env}, capture_output=True, timeout=60)
         assert pub.returncode == 0, pub.stderr.decode()

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
+from etl_engine.adapters.publisher import describe_upload
 from etl_engine.errors import TransientError
-from etl_engine.publisher import describe_upload
-from etl_engine.status import WorkerFigures, histogram_quantile, parse_metrics
+from etl_engine.ops.status import WorkerFigures, histogram_quantile, parse_metrics
 from helpers import (
     WorkerProcess,
     delete_topology,
@@ -38,7 +38,7 @@ USER = "patient-SECRET-9090"
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``etl-engine ARGS`` as a real process with this test's ETL_* environment."""
     return subprocess.run(
-        [sys.executable, "-m", "etl_engine.cli", *args], env={**os.environ, **env},
+        [sys.executable, "-m", "etl_engine.ops.cli", *args], env={**os.environ, **env},
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -49,7 +49,7 @@ async def acli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 async def wait_outcome(settings, message_id: str, want: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
     """Wait for a message's recorded outcome to become ``want`` (it may be set already)."""
-    from etl_engine.dedup import open_store
+    from etl_engine.adapters.dedup import open_store
 
     store = open_store(settings.dedup_url, settings.dedup_prefix)
     try:
@@ -154,7 +154,7 @@ async def test_dlq_tool_crashing_mid_read_loses_nothing(settings, test_env) -> N
             await wait_outcomes(settings, [b["message_id"] for b in bodies])
         crash = (
             "import asyncio, os\n"
-            "from etl_engine import dlq\n"
+            "from etl_engine.ops import dlq\n"
             "from etl_engine.settings import load_settings\n"
             "async def main():\n"
             "    async with dlq._dlq(load_settings()) as (_, queue, count):\n"
@@ -177,7 +177,7 @@ async def test_dlq_tool_crashing_mid_read_loses_nothing(settings, test_env) -> N
 
 
 def test_replay_headers_reset_the_attempt_and_keep_the_trace() -> None:
-    from etl_engine import dlq
+    from etl_engine.ops import dlq
 
     class Msg:
         message_id = "m1"
@@ -199,7 +199,7 @@ def test_replay_headers_reset_the_attempt_and_keep_the_trace() -> None:
 # --- quarantine ---------------------------------------------------------------------------
 @pytest.mark.integration
 async def test_quarantine_list_show_release(settings, test_env) -> None:  # type: ignore[no-untyped-def]
-    from etl_engine.dedup import open_store
+    from etl_engine.adapters.dedup import open_store
 
     path = by_type("StepsRecord")
     data = path.read_bytes()
@@ -332,11 +332,11 @@ async def test_status_once_shows_queues_and_worker_figures(settings, test_env, t
 def test_worker_refuses_bad_config_naming_the_variable(variable: str, value: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
     env[variable] = value
-    proc = subprocess.run([sys.executable, "-m", "etl_engine.cli", "worker"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "etl_engine.ops.cli", "worker"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert variable in proc.stderr
     assert value not in proc.stdout
-    check = subprocess.run([sys.executable, "-m", "etl_engine.cli", "config", "check"],
+    check = subprocess.run([sys.executable, "-m", "etl_engine.ops.cli", "config", "check"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert check.returncode == 2 and variable in check.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from etl_engine.pipeline import Delivery, Pipeline, quarantine_key, result_key
+from etl_engine.runtime.pipeline import Delivery, Pipeline, quarantine_key, result_key
 from helpers import sample_files, upload, upload_bytes, upload_key
 
 
@@ -43,7 +43,7 @@ async def test_missing_object_is_quarantined_with_a_reason_file(pipeline: Pipeli
 
 async def test_low_quality_file_is_quarantined_with_its_report(pipeline: Pipeline,
                                                                settings) -> None:  # type: ignore[no-untyped-def]
-    from etl_engine.samples import iter_bad_files
+    from etl_devtools.samples import iter_bad_files
     from helpers import SAMPLES
 
     out_of_range = [(rt, p) for rt, _problem, expect, p in iter_bad_files(SAMPLES)

@@ -16,28 +16,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_engine.processors import (
-    PROCESSORS,
-    compute_statistics,
-    training_category,
-    transform,
-)
-from etl_engine.processors import glucose as glucose_mod
-from etl_engine.processors import heart_rate as hr_mod
-from etl_engine.processors._common import (
+from etl_engine.domain.model import DomainConfig, Lineage, TrainingOutput, ValidationReport
+from etl_engine.domain.records import glucose as glucose_mod
+from etl_engine.domain.records import heart_rate as hr_mod
+from etl_engine.domain.stats.common import (
     local_date,
     percentages,
     percentile,
     sample_sd,
     slope_per_day,
 )
-from etl_engine.processors.origins import (
+from etl_engine.domain.stats.origins import (
     additive_total,
     choose_origin,
     clusters,
     union_length,
 )
-from etl_engine.stages import DomainConfig, Lineage, TrainingOutput, ValidationReport
+from etl_engine.domain.transform import (
+    PROCESSORS,
+    compute_statistics,
+    training_category,
+    transform,
+)
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "schemas" / "training-record.schema.json")
@@ -687,8 +687,8 @@ def test_transform_lineage_quality_and_warnings() -> None:
 
 
 def test_validate_then_transform_end_to_end() -> None:
-    from etl_engine.stages import DecodedFile
-    from etl_engine.validation import validate
+    from etl_engine.domain.model import DecodedFile
+    from etl_engine.domain.validation import validate
 
     records = cgm([100, 120, 140, 900, 160])
     decoded = DecodedFile("BloodGlucoseRecord", records, "null", "BloodGlucoseRecord", 0)
@@ -726,7 +726,7 @@ def test_transform_is_deterministic_and_order_independent(rtype: str) -> None:
 
 
 def test_training_categories_agree_with_record_types() -> None:
-    from etl_engine.record_types import TRAINING_CATEGORY
+    from etl_engine.domain.record_types import TRAINING_CATEGORY
 
     assert {rt: training_category(rt) for rt in TRAINING_CATEGORY} == TRAINING_CATEGORY
     assert set(PROCESSORS) == set(TRAINING_CATEGORY)

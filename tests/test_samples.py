@@ -13,14 +13,14 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from etl_engine import record_types as rt
-from etl_engine.samples import (
+from etl_devtools.samples import (
     generate_large,
     generate_samples,
     iter_bad_files,
-    iter_sample_files,
 )
-from etl_engine.stages import Record
+from etl_engine.domain import record_types as rt
+from etl_engine.domain.model import Record
+from etl_engine.ops.sample_files import iter_sample_files
 
 REPO_SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

@@ -12,8 +12,8 @@ import pytest
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import load_schema
 
-from etl_engine import record_types as rt
-from etl_engine.samples import app_writer_schema
+from etl_devtools.samples import app_writer_schema
+from etl_engine.domain import record_types as rt
 
 NS = "io.github.hitoshura25.healthsyncapp.data.avro"
 
@@ -67,7 +67,7 @@ def test_every_schema_loads_with_the_app_full_name(record_type: str) -> None:
     schema = rt.reader_schema(record_type)
     assert schema["name"] == rt.full_name(record_type) == f"{NS}.Avro{record_type}"
     names = [f["name"] for f in schema["fields"]]
-    # the app's own fields, names and order (tests/fixtures/app-writer-schemas)
+    # the app's own fields, names and order (tools/etl_devtools/app_writer_schemas)
     assert names == [f["name"] for f in app_writer_schema(record_type)["fields"]]
     if rt.is_interval(record_type):
         assert {"startTimeEpochMillis", "endTimeEpochMillis"} <= set(names)

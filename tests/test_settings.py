@@ -51,7 +51,7 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_config_check_command_fails_fast_naming_the_variable() -> None:
     env = {"ETL_MAX_ATTEMPTS": "lots", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "etl_engine.cli", "config", "check"],
+    proc = subprocess.run([sys.executable, "-m", "etl_engine.ops.cli", "config", "check"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "ETL_MAX_ATTEMPTS" in proc.stderr
@@ -65,7 +65,7 @@ def test_setting_names_are_prefixed_and_unique() -> None:
 def test_event_loop_choice() -> None:
     import uvloop
 
-    from etl_engine.worker import loop_factory
+    from etl_engine.runtime.worker import loop_factory
 
     assert loop_factory("asyncio") is None
     assert loop_factory("auto") is uvloop.new_event_loop

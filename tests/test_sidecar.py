@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from etl_engine import __version__
-from etl_engine.sidecar import Sidecar
-from etl_engine.worker import WorkerState
+from etl_engine.runtime.sidecar import Sidecar
+from etl_engine.runtime.worker import WorkerState
 from helpers import WorkerProcess, delete_topology, running_worker
 
 TOKEN = "s3cret-admin-token-of-32-chars-or-more"
@@ -280,8 +280,8 @@ async def test_a_silent_connection_times_out() -> None:
 
 
 async def test_the_heartbeat_measures_event_loop_lag() -> None:
-    from etl_engine.metrics import EVENT_LOOP_LAG, REGISTRY
-    from etl_engine.sidecar import beat
+    from etl_engine.observability.metrics import EVENT_LOOP_LAG, REGISTRY
+    from etl_engine.runtime.sidecar import beat
 
     def over(bound: float) -> float:
         total = REGISTRY.get_sample_value("etl_event_loop_lag_seconds_count") or 0.0

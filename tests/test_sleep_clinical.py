@@ -16,10 +16,10 @@ from typing import Any
 
 import jsonschema
 
-from etl_engine import narratives
-from etl_engine.processors import compute_statistics, transform
-from etl_engine.processors._common import percentages
-from etl_engine.stages import DomainConfig, Lineage, ValidationReport
+from etl_engine.domain import narratives
+from etl_engine.domain.model import DomainConfig, Lineage, ValidationReport
+from etl_engine.domain.stats.common import percentages
+from etl_engine.domain.transform import compute_statistics, transform
 from helpers import flat_items
 
 SEC = 1_000

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from etl_engine.adapters.storage import AsyncStorage, HotPath, Storage, make_client, make_hot_path
 from etl_engine.errors import PermanentError, TransientError
 from etl_engine.settings import Settings
-from etl_engine.storage import AsyncStorage, HotPath, Storage, make_client, make_hot_path
 from faultproxy import FaultProxy
 from helpers import storage_for
 
@@ -225,7 +225,7 @@ async def test_hot_path_calls_are_traced(settings: Settings, edge: AsyncStorage,
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from etl_engine import telemetry
+    from etl_engine.observability import telemetry
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -10,13 +10,14 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from etl_engine import validation
-from etl_engine.avro import decode
-from etl_engine.compute import Limits, run_cpu_stages
-from etl_engine.processors import column_sink, transform
-from etl_engine.record_types import reader_schema
-from etl_engine.samples import app_writer_schema, iter_bad_files, iter_sample_files
-from etl_engine.stages import DecodedFile, DomainConfig, Lineage
+from etl_devtools.samples import app_writer_schema, iter_bad_files
+from etl_engine.domain import validation
+from etl_engine.domain.avro import decode
+from etl_engine.domain.model import DecodedFile, DomainConfig, Lineage
+from etl_engine.domain.record_types import reader_schema
+from etl_engine.domain.transform import column_sink, transform
+from etl_engine.ops.sample_files import iter_sample_files
+from etl_engine.runtime.compute import Limits, run_cpu_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = Limits(2_000_000, 512 * 1024 * 1024)
@@ -98,7 +99,7 @@ def test_empty_stream_is_an_empty_file() -> None:
                                   if t == "HeartRateRecord"], ids=lambda p: p.name)
 def test_heart_rate_counted_order_equals_sorting(path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl_engine.processors import heart_rate
+    from etl_engine.domain.records import heart_rate
 
     records = list(fastavro.reader(io.BytesIO(path.read_bytes())))
     counted = heart_rate.compute_statistics(records, CFG)
@@ -114,8 +115,8 @@ def test_heart_rate_counted_order_equals_sorting(path: Path,
 
 def _reference_daily_totals(records: list[dict], key: str, priority: tuple[str, ...]) -> tuple:
     """The record-dict algorithm the interval store replaced (session 2's daily_totals)."""
-    from etl_engine.processors._common import DAY_MS, offset_ms
-    from etl_engine.processors.origins import additive_total, choose_origin, union_length
+    from etl_engine.domain.stats.common import DAY_MS, offset_ms
+    from etl_engine.domain.stats.origins import additive_total, choose_origin, union_length
 
     groups: dict[int, dict[str, list[dict]]] = {}
     for rec in records:
@@ -144,9 +145,9 @@ def test_interval_store_daily_totals_equal_the_record_algorithm(seed: int) -> No
     repeated intervals, several origins and zones, any input order."""
     import random
 
-    from etl_engine.processors._common import day_from_index
-    from etl_engine.processors.columns import Intervals
-    from etl_engine.processors.origins import interval_daily_totals
+    from etl_engine.domain.stats.columns import Intervals
+    from etl_engine.domain.stats.common import day_from_index
+    from etl_engine.domain.stats.origins import interval_daily_totals
 
     rng = random.Random(seed)
     origins = ["a.phone", "b.watch", "c.ring"][: rng.choice((1, 2, 3))]
@@ -179,7 +180,7 @@ def test_interval_store_daily_totals_equal_the_record_algorithm(seed: int) -> No
 
 
 def test_steps_and_calories_stream_into_interval_columns() -> None:
-    from etl_engine.processors.columns import Intervals
+    from etl_engine.domain.stats.columns import Intervals
 
     for record_type in ("StepsRecord", "ActiveCaloriesBurnedRecord"):
         assert isinstance(column_sink(record_type), Intervals)

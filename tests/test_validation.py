@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from etl_engine.stages import DecodedFile, DomainConfig
-from etl_engine.validation import (
+from etl_engine.domain.model import DecodedFile, DomainConfig
+from etl_engine.domain.validation import (
     IN_PROGRESS_KEY,
     MIN_TIMESTAMP_MS,
     canonical_record_type,
@@ -596,7 +596,7 @@ def _report(rtype: str, records: list[Any]) -> tuple[Any, ...]:
 @pytest.mark.parametrize("chunk", [1024, 5])
 def test_chunk_checks_equal_record_by_record(rtype: str, chunk: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import etl_engine.validation as v
+    import etl_engine.domain.validation as v
 
     monkeypatch.setattr(v, "CHUNK_DEFAULT", chunk)
     monkeypatch.setattr(v, "CHUNK_RECORDS", {})
@@ -620,7 +620,7 @@ def test_chunk_checks_equal_record_by_record(rtype: str, chunk: int,
 
 def test_chunk_sum_of_usable_matches_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A partly kept heart-rate record leaves a fraction; later whole chunks add 1.0 each."""
-    import etl_engine.validation as v
+    import etl_engine.domain.validation as v
 
     monkeypatch.setattr(v, "CHUNK_RECORDS", {"HeartRateRecord": 2})
     records = [heart("h0", [60, 300, 300]), *(heart(f"h{i}", [60], s=T0 + i * HOUR)

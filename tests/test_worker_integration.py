@@ -64,7 +64,7 @@ async def test_same_message_twice_gives_one_result_and_a_duplicate(settings) -> 
 
 async def test_duplicate_is_caught_without_redis_state(settings) -> None:  # type: ignore[no-untyped-def]
     """Correctness does not depend on the dedup store: flush it, the write still refuses."""
-    from etl_engine.dedup import open_store
+    from etl_engine.adapters.dedup import open_store
 
     rt, path = sample_files()[0]
     u = upload(settings, rt, path)
@@ -175,7 +175,7 @@ async def test_a_stalled_message_times_out_and_is_dead_lettered_after_its_attemp
     settings,
 ) -> None:  # type: ignore[no-untyped-def]
     """ETL_MESSAGE_TIMEOUT_S bounds a message whose I/O hangs; the worker carries on."""
-    from etl_engine.dedup import open_store
+    from etl_engine.adapters.dedup import open_store
     from faultproxy import FaultProxy
 
     proxy = FaultProxy("127.0.0.1", int(settings.s3_endpoint_url.rsplit(":", 1)[1]))

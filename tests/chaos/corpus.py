@@ -18,8 +18,8 @@ from typing import Any
 
 import fastavro
 
-from etl_engine.avro import MAGIC, SYNC_SIZE, _Cursor, _read_header
-from etl_engine.samples import app_writer_schema
+from etl_devtools.samples import app_writer_schema
+from etl_engine.domain.avro import MAGIC, SYNC_SIZE, _Cursor, _read_header
 from helpers import avro_bytes, varint
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import pytest
 
-from etl_engine.messages import upload_idempotency_key
-from etl_engine.publisher import Publisher, Upload, describe_upload, upload_file
+from etl_engine.adapters.publisher import Publisher, Upload, describe_upload, upload_file
+from etl_engine.adapters.storage import Storage, make_client
+from etl_engine.domain.messages import upload_idempotency_key
 from etl_engine.settings import Settings, load_settings
-from etl_engine.storage import Storage, make_client
 from helpers import WorkerProcess, labelled_user, sample_files, upload_key
 
 from .ledger import Ledger, Verdict, render, write_summary

@@ -33,10 +33,10 @@ from typing import Any
 import aio_pika
 import orjson
 
-from etl_engine.dedup import open_store
-from etl_engine.pipeline import _SAFE_KEY
+from etl_engine.adapters.dedup import open_store
+from etl_engine.adapters.storage import Storage, make_client
+from etl_engine.runtime.pipeline import _SAFE_KEY
 from etl_engine.settings import Settings
-from etl_engine.storage import Storage, make_client
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "chaos"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from etl_engine.publisher import Publisher
-from etl_engine.samples import iter_bad_files
+from etl_devtools.samples import iter_bad_files
+from etl_engine.adapters.publisher import Publisher
 from helpers import SAMPLES, sealed
 
 from .corpus import RssMonitor, file_cases, message_cases

@@ -16,15 +16,15 @@ import aio_pika
 import orjson
 import pytest
 
-from etl_engine.errors import PoisonMessage
-from etl_engine.messages import (
+from etl_engine.adapters.topology import REASON_HEADER, declare
+from etl_engine.domain.messages import (
     header_metadata,
     parse_message,
     upload_idempotency_key,
 )
-from etl_engine.record_types import SUPPORTED_RECORD_TYPES
+from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
+from etl_engine.errors import PoisonMessage
 from etl_engine.settings import ConfigError, Settings, _mask_url, load_settings
-from etl_engine.topology import REASON_HEADER, declare
 from helpers import (
     drain_dlq,
     publish,

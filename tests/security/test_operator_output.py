@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from etl_engine import cli, display, dlq, logs, quarantine, status
 from etl_engine.errors import PermanentError
+from etl_engine.observability import logs
+from etl_engine.ops import cli, display, dlq, quarantine, status
 from etl_engine.settings import ConfigError, load_settings
 
 USER = "patient-SECRET-9090"
@@ -115,7 +116,7 @@ def fake_dlq(monkeypatch: pytest.MonkeyPatch, operator_env: None) -> None:
 
 @pytest.fixture
 def fake_storage(monkeypatch: pytest.MonkeyPatch, operator_env: None) -> None:
-    import etl_engine.storage as storage_module
+    import etl_engine.adapters.storage as storage_module
 
     objects = {QKEY: b"avro", QKEY + ".reason.json": orjson.dumps(_reason())}
     monkeypatch.setattr(storage_module, "make_client", lambda _s: None)

@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from chaos.conftest import chaos as chaos  # the chaos suite's fixture (fleet, ledger)
 from chaos.corpus import RssMonitor, block, clean_schema, header
 from chaos.harness import Chaos, descendants
-from etl_engine.avro import _zstd
-from etl_engine.publisher import Publisher
+from etl_engine.adapters.publisher import Publisher
+from etl_engine.domain.avro import _zstd
 
 pytestmark = [pytest.mark.chaos, pytest.mark.security]
 

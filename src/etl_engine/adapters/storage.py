@@ -1,0 +1,425 @@
+"""The S3 edge (MinIO, AWS, moto): plain S3 calls only.
+
+The two calls on every message, GetObject and the conditional PutObject, go through
+``HotPath``: obstore (Rust ``object_store``) on the event loop, ~0.3 ms of CPU per call
+where botocore spends ~1.2 ms, with SigV4, credential refresh, retries and header
+validation maintained upstream. Everything else (list, copy, delete, HEAD, the operator
+tools) is the long-lived boto3 client in ``Storage``, whose blocking calls ``AsyncStorage``
+runs on a thread pool sized to the worker's concurrency. ``ETL_S3_CLIENT=boto3`` sends the
+hot path through boto3 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import hashlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import obstore
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from obstore.store import S3Store
+from opentelemetry.trace import SpanKind
+
+from etl_engine.errors import PermanentError, TransientError
+from etl_engine.observability import metrics, telemetry
+from etl_engine.settings import Settings
+
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_EXISTS = {"PreconditionFailed", "412"}
+# 409 ConditionalRequestConflict: another write to the key was in flight. The object may
+# not exist yet, so it is retried, never read as "already exists".
+_CONFLICT = {"ConditionalRequestConflict", "409"}
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>")
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    body: bytes
+    size: int
+    sha256: str
+
+
+def safe_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """User metadata as header-safe values.
+
+    A value may come from a message (the message id): one with CR, LF or other
+    non-printable characters could split or forge headers, so it is stored as an RFC 2047
+    encoded word (the form S3 itself returns non-ASCII metadata in). Keys are ours and
+    must be plain tokens.
+    """
+    out = {}
+    for name, value in metadata.items():
+        if not re.fullmatch(r"[a-z0-9-]{1,64}", name):
+            raise ValueError(f"metadata key {name!r} is not a lower-case token")
+        if not _PRINTABLE.match(value) or value.startswith("=?"):
+            value = "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
+        out[name] = value
+    return out
+
+
+def make_client(settings: Settings, *, pool: int | None = None) -> Any:
+    cfg = Config(
+        region_name=settings.s3_region,
+        max_pool_connections=max(pool or settings.concurrency, 4) + 2,
+        connect_timeout=settings.s3_connect_timeout_s,
+        read_timeout=settings.s3_read_timeout_s,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    kwargs: dict[str, Any] = {"config": cfg}
+    if settings.s3_endpoint_url:
+        kwargs["endpoint_url"] = settings.s3_endpoint_url
+    if settings.s3_access_key_id.get_secret_value():
+        kwargs["aws_access_key_id"] = settings.s3_access_key_id.get_secret_value()
+        kwargs["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    return boto3.session.Session().client("s3", **kwargs)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _transient_or_raise(exc: ClientError, stage: str) -> TransientError:
+    status = _status(exc)
+    if status >= 500 or status in (408, 429) or _code(exc) in {"SlowDown", "RequestTimeout"}:
+        return TransientError("storage_unavailable", _code(exc), stage=stage)
+    if _code(exc) in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        # Permissions are operator-fixable: retry, then DLQ, rather than quarantine data.
+        return TransientError("storage_access_denied", stage=stage)
+    raise PermanentError("storage_rejected", _code(exc), stage=stage) from None
+
+
+class Storage:
+    """Blocking S3 operations with the error taxonomy applied."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
+        try:
+            resp = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise PermanentError("object_missing", stage="download") from None
+            raise _transient_or_raise(exc, "download") from None
+        size = int(resp.get("ContentLength") or 0)
+        stream = resp["Body"]
+        if size > max_bytes:
+            stream.close()
+            raise PermanentError("object_too_large", stage="download")
+        try:
+            body = stream.read(max_bytes + 1)
+        finally:
+            stream.close()
+        if len(body) > max_bytes:
+            raise PermanentError("object_too_large", stage="download")
+        if "ContentLength" in resp and len(body) != size:
+            # The connection broke mid-body and read() handed back what it had: a network
+            # fault to retry, not a bad file (it would be judged size_mismatch and quarantined).
+            raise TransientError("download_incomplete", stage="download")
+        return Download(body=body, size=len(body), sha256=hashlib.sha256(body).hexdigest())
+
+    def put_if_absent(
+        self, bucket: str, key: str, body: bytes, *, content_type: str,
+        metadata: dict[str, str],
+    ) -> bool:
+        """Create ``key`` unless it exists. False means another writer got there first."""
+        try:
+            self.client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                Metadata=safe_metadata(metadata),
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _code(exc) in _CONFLICT or _status(exc) == 409:
+                raise TransientError("storage_conflict", stage="write") from None
+            if _code(exc) in _EXISTS or _status(exc) == 412:
+                return False
+            if _code(exc) == "NotImplemented":
+                return self._put_if_absent_fallback(bucket, key, body, content_type, metadata)
+            raise _transient_or_raise(exc, "write") from None
+        return True
+
+    def _put_if_absent_fallback(
+        self, bucket: str, key: str, body: bytes, content_type: str, metadata: dict[str, str]
+    ) -> bool:
+        # Servers without conditional writes: same key + deterministic content means a
+        # racing second PUT rewrites identical bytes, never a second object.
+        if self.exists(bucket, key):
+            return False
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=body,
+                                   ContentType=content_type, Metadata=safe_metadata(metadata))
+        except ClientError as exc:
+            raise _transient_or_raise(exc, "write") from None
+        return True
+
+    def put(self, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+        except ClientError as exc:
+            raise _transient_or_raise(exc, "write") from None
+
+    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> bool:
+        """Server-side copy; False when the source does not exist."""
+        try:
+            self.client.copy_object(
+                Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key}
+            )
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return False
+            raise _transient_or_raise(exc, "quarantine") from None
+        return True
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING or _status(exc) == 404:
+                return False
+            raise _transient_or_raise(exc, "head") from None
+        return True
+
+    def get(self, bucket: str, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise PermanentError("object_missing", stage="get") from None
+            raise _transient_or_raise(exc, "get") from None
+        with resp["Body"] as stream:
+            return stream.read()
+
+    def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=bucket)
+
+    def ping(self, bucket: str) -> None:
+        self.client.head_bucket(Bucket=bucket)
+
+
+def _error_text(exc: BaseException, key: str) -> str:
+    """An obstore error's text without the object key: the key is the uploader's choice
+    and must not be able to look like a status or an error code."""
+    return str(exc).replace(key, "") if key else str(exc)
+
+
+def _obstore_status(exc: BaseException, key: str) -> int:
+    """The HTTP status in an obstore error's text (0: no answer, e.g. a network error)."""
+    found = _STATUS.search(_error_text(exc, key))
+    return int(found.group(1)) if found else 0
+
+
+def _obstore_code(exc: BaseException, key: str) -> str:
+    """The S3 error code (``<Code>`` of the XML body) in an obstore error's text."""
+    found = _CODE.search(_error_text(exc, key))
+    return found.group(1) if found else ""
+
+
+def _obstore_error(exc: Exception, stage: str, key: str) -> Exception:
+    """An obstore failure in the error taxonomy, as ``_transient_or_raise`` does for boto3.
+
+    obstore has already retried 5xx answers, timeouts and broken connections by then. A
+    ``ValueError`` is a path obstore will not send (the message's checks should have
+    refused it): a bad key, never worth a retry.
+    """
+    if isinstance(exc, ValueError):
+        return PermanentError("invalid_key", stage=stage)
+    status, code = _obstore_status(exc, key), _obstore_code(exc, key)
+    if isinstance(exc, FileNotFoundError) and code in ("", "NoSuchKey"):
+        return PermanentError("object_missing", stage=stage)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or status in (401, 403):
+        return TransientError("storage_access_denied", stage=stage)
+    if status == 409 or code in _CONFLICT:
+        return TransientError("storage_conflict", stage=stage)
+    if status in (0, 408, 429) or status >= 500 or code in {"SlowDown", "RequestTimeout"}:
+        return TransientError("storage_unavailable", code or type(exc).__name__, stage=stage)
+    return PermanentError("storage_rejected", code or str(status), stage=stage)
+
+
+def _s3_span(method: str, bucket: str) -> Any:
+    """Our own client span for a hot-path call (no library instruments obstore); named
+    like botocore's so traces look the same whichever client served the call."""
+    return telemetry.span(f"S3.{method}", kind=SpanKind.CLIENT, attributes={
+        "rpc.system": "aws-api", "rpc.service": "S3", "rpc.method": method,
+        "aws.s3.bucket": bucket})
+
+
+class HotPath:
+    """GetObject with a size cap and the conditional create PutObject, on obstore.
+
+    Async on the caller's event loop (obstore's own Tokio runtime does the I/O): no thread
+    hand-off per call. One ``S3Store`` per bucket (a store is bound to a bucket), each
+    with its own keep-alive pool.
+    """
+
+    def __init__(self, settings: Settings, *, pool: int | None = None) -> None:
+        self._s = settings
+        self._pool = max(pool or settings.concurrency, 4) + 2
+        self._stores: dict[str, S3Store] = {}
+
+    def _store(self, bucket: str) -> S3Store:
+        store = self._stores.get(bucket)
+        if store is None:
+            store = self._stores[bucket] = self._make_store(bucket)
+        return store
+
+    def _make_store(self, bucket: str) -> S3Store:
+        """Same endpoint, region, credentials, timeouts and retry budget as ``make_client``;
+        empty keys: obstore's own AWS credential chain (env, web identity, ECS, IMDS)."""
+        s = self._s
+        config: dict[str, Any] = {"region": s.s3_region,
+                                  "virtual_hosted_style_request": False}
+        if s.s3_endpoint_url:
+            config["endpoint"] = s.s3_endpoint_url
+        if s.s3_access_key_id.get_secret_value():
+            config["access_key_id"] = s.s3_access_key_id.get_secret_value()
+            config["secret_access_key"] = s.s3_secret_access_key.get_secret_value()
+        read = timedelta(seconds=s.s3_read_timeout_s)
+        connect = timedelta(seconds=s.s3_connect_timeout_s)
+        return S3Store(
+            bucket, config=config,  # type: ignore[arg-type]
+            client_options={
+                "allow_http": s.s3_endpoint_url.startswith("http://"),
+                "connect_timeout": connect, "read_timeout": read,
+                "timeout": connect + 2 * read,  # a whole call, the body included
+                "pool_max_idle_per_host": str(self._pool),
+            },
+            retry_config={"max_retries": 2, "retry_timeout": connect + read,
+                          "backoff": {"init_backoff": timedelta(milliseconds=50),
+                                      "max_backoff": timedelta(seconds=1), "base": 2}},
+        )
+
+    async def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
+        """The object, refused from its Content-Length before the body when too large."""
+        with _s3_span("GetObject", bucket):
+            try:
+                result = await obstore.get_async(self._store(bucket), key)
+            except Exception as exc:
+                raise _obstore_error(exc, "download", key) from None
+            if int(result.meta["size"]) > max_bytes:
+                raise PermanentError("object_too_large", stage="download")
+            try:
+                body = bytes(await result.bytes_async())
+            except Exception:
+                # The connection broke mid-body (after obstore's own retries): a network
+                # fault to retry, not a bad file.
+                raise TransientError("download_incomplete", stage="download") from None
+        if len(body) != int(result.meta["size"]) or len(body) > max_bytes:
+            raise TransientError("download_incomplete", stage="download")
+        return Download(body=body, size=len(body), sha256=hashlib.sha256(body).hexdigest())
+
+    async def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                            metadata: dict[str, str]) -> bool | None:
+        """PutObject with ``If-None-Match: *``: True created, False it exists (412), None:
+        the server has no conditional writes (501); the caller falls back."""
+        attributes: dict[str, str] = {"Content-Type": content_type, **safe_metadata(metadata)}
+        with _s3_span("PutObject", bucket):
+            try:
+                await obstore.put_async(self._store(bucket), key, body, mode="create",
+                                        attributes=attributes,  # type: ignore[arg-type]
+                                        use_multipart=False)
+            except AlreadyExistsError as exc:
+                if _obstore_status(exc, key) == 409:
+                    raise TransientError("storage_conflict", stage="write") from None
+                return False
+            except Exception as exc:
+                if _obstore_code(exc, key) == "NotImplemented":
+                    return None
+                raise _obstore_error(exc, "write", key) from None
+        return True
+
+
+def make_hot_path(settings: Settings, *, pool: int | None = None) -> HotPath | None:
+    """The worker's hot-path client per ``ETL_S3_CLIENT`` (None: boto3 serves it)."""
+    return HotPath(settings, pool=pool) if settings.s3_client == "obstore" else None
+
+
+class AsyncStorage:
+    """Runs ``Storage`` calls on a dedicated pool so the event loop never blocks."""
+
+    def __init__(self, storage: Storage, *, threads: int, hot: HotPath | None = None
+                 ) -> None:
+        self.sync = storage
+        self.hot = hot  # None: GetObject and the conditional PutObject through boto3 too
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3")
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # run_in_executor does not carry contextvars: copy them, so the S3 client's spans
+        # join the caller's trace and log lines keep the message's bound context.
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: ctx.run(fn, *args, **kwargs))
+
+    async def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
+        if self.hot is not None:
+            dl = await self.hot.download(bucket, key, max_bytes=max_bytes)
+        else:
+            dl = await self.call(self.sync.download, bucket, key, max_bytes=max_bytes)
+        metrics.BYTES_DOWNLOADED.inc(dl.size)  # counted here: quarantined files count too
+        return dl
+
+    async def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                            metadata: dict[str, str]) -> bool:
+        if self.hot is not None:
+            created = await self.hot.put_if_absent(bucket, key, body,
+                                                   content_type=content_type,
+                                                   metadata=metadata)
+            if created is not None:
+                return created
+            return bool(await self.call(self.sync._put_if_absent_fallback, bucket, key, body,
+                                        content_type, metadata))
+        return bool(await self.call(self.sync.put_if_absent, bucket, key, body,
+                                    content_type=content_type, metadata=metadata))
+
+    async def put(self, bucket: str, key: str, body: bytes, **kw: Any) -> None:
+        await self.call(self.sync.put, bucket, key, body, **kw)
+
+    async def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> bool:
+        return await self.call(self.sync.copy, src_bucket, src_key, bucket, key)
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        return await self.call(self.sync.exists, bucket, key)
+
+    async def ping(self, bucket: str) -> None:
+        await self.call(self.sync.ping, bucket)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,163 @@
+"""Heart-rate variability (RMSSD) statistics, summarised per night.
+
+Why these choices: RMSSD is noisy reading to reading, so the useful signals are the level
+(mean, median), its spread (sample SD) and the direction over the period. Devices such as
+Oura measure it only during the night's sleep, so splitting readings by clock hours
+("midnight to 6 a.m." against "the rest of the day") describes when the device measured,
+not the person; the readings are grouped into nights instead:
+
+* **Night** = a run of time-ordered readings (all origins together) in which no two
+  consecutive readings are more than 3 h apart; a longer gap starts a new night. This
+  engine reads no sleep data, so a cluster of daytime readings (some watches measure by
+  day) is a "night" too; ``night_of`` is the local date 12 h before its first reading (the
+  rule sleep uses: a 01:00 reading belongs to the previous evening's night), so two
+  clusters can share a ``night_of``.
+* **Origin**: one per night (``origins.py``: ``origin_priority``, else the origin with the
+  most distinct readings in that night, ties by name); readings with the same timestamp,
+  once. Level and spread are over the chosen readings of every night.
+* **Trend** = least-squares slope of the nightly means against each night's midpoint (half
+  way between its first and last reading), in ms per day, reported only with at least 3
+  nights whose midpoints span at least 24 h. Nightly means rather than single readings, so
+  that a night with many readings does not outweigh one with few. ``trend_direction`` is
+  ``stable`` when the fitted change over that span is under 5 % of the mean, else
+  ``rising``/``falling``.
+* **Sufficiency**: ``nights_covered`` (distinct ``night_of`` dates), ``hours_covered`` (sum
+  of each night's first-to-last reading span) and ``readings_per_hour`` (readings of the
+  nights with a span / ``hours_covered``; None when no night has a span).
+
+Each input's statistics depend on that input alone (no other record type is read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.stats.common import (
+    DAY_MS,
+    HOUR_MS,
+    hhmm,
+    local_date,
+    local_minute_of_day,
+    mean,
+    percentile,
+    rnd,
+    sample_sd,
+    slope_per_day,
+    start_ms,
+    start_offset_ms,
+)
+from etl_engine.domain.stats.origins import by_origin, choose_origin, clusters, reading_coverage
+
+VALUE_KEY = "heartRateVariabilityRmssd"
+NIGHT_GAP_MS = 3 * HOUR_MS
+NIGHT_OF_SHIFT_MS = 12 * HOUR_MS
+TREND_MIN_NIGHTS = 3
+TREND_MIN_SPAN_MS = DAY_MS
+STABLE_CHANGE_FRACTION = 0.05
+
+Reading = tuple[int, float, int]  # (ms, value, zone offset ms)
+
+
+def _readings(records: list[Record]) -> list[Reading]:
+    """Time-ordered (ms, value, zone offset ms), one per timestamp."""
+    out: list[Reading] = []
+    last: int | None = None
+    for t, v, off in sorted((start_ms(r), float(r[VALUE_KEY]), start_offset_ms(r))
+                            for r in records):
+        if t != last:
+            out.append((t, v, off))
+            last = t
+    return out
+
+
+def _night(group: list[Record], priority: Sequence[str]) -> tuple[dict[str, Any], list[Reading]]:
+    """One night's figures (chosen origin only) and its chosen readings."""
+    per_origin = by_origin(group)
+    coverage = {name: reading_coverage(recs) for name, recs in sorted(per_origin.items())}
+    chosen = choose_origin(coverage, priority)
+    readings = _readings(per_origin[chosen])
+    values = [v for _, v, _ in readings]
+    (t0, _, off0), (t1, _, off1) = readings[0], readings[-1]
+    detail = {
+        "night_of": local_date(t0 - NIGHT_OF_SHIFT_MS, off0).isoformat(),
+        "readings": len(readings),
+        "mean_ms": rnd(mean(values)),
+        "median_ms": rnd(percentile(sorted(values), 50)),
+        "first_reading_local": hhmm(local_minute_of_day(t0, off0)),
+        "last_reading_local": hhmm(local_minute_of_day(t1, off1)),
+        "origin": chosen,
+        "origins_present": len(per_origin),
+    }
+    return detail, readings
+
+
+def _trend(nights: list[list[Reading]], level: float) -> tuple[float | None, str | None]:
+    """Slope (ms/day) of nightly means against night midpoints, and its direction."""
+    if len(nights) < TREND_MIN_NIGHTS:
+        return None, None
+    mids = [(night[0][0] + night[-1][0]) // 2 for night in nights]
+    span_ms = mids[-1] - mids[0]
+    if span_ms < TREND_MIN_SPAN_MS:
+        return None, None
+    slope = slope_per_day(mids, [mean([v for _, v, _ in night]) for night in nights])
+    if slope is None:
+        return None, None
+    change = slope * span_ms / DAY_MS
+    if abs(change) < STABLE_CHANGE_FRACTION * level:
+        return slope, "stable"
+    return slope, "rising" if change > 0 else "falling"
+
+
+def _sufficiency(details: list[dict[str, Any]], nights: list[list[Reading]]) -> dict[str, Any]:
+    """Nights, hours and reading density the figures rest on (module doc)."""
+    spans = [night[-1][0] - night[0][0] for night in nights]
+    covered_ms = sum(spans)
+    spanned_readings = sum(len(night) for night, span in zip(nights, spans, strict=True)
+                           if span > 0)
+    return {
+        "nights_covered": len({d["night_of"] for d in details}),
+        "hours_covered": rnd(covered_ms / HOUR_MS),
+        "readings_per_hour": (rnd(spanned_readings / (covered_ms / HOUR_MS))
+                              if covered_ms > 0 else None),
+    }
+
+
+def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str, Any]:
+    """Level, spread, per-night figures, trend of nightly means, coverage, per origin."""
+    pairs = [_night(g, config.origin_priority) for g in clusters(records, NIGHT_GAP_MS)]
+    details = [d for d, _ in pairs]
+    nights = [rs for _, rs in pairs]
+    readings = [r for night in nights for r in night]
+    values = [v for _, v, _ in readings]
+    m = mean(values)
+    ordered = sorted(values)
+    slope, direction = _trend(nights, m)
+
+    per_origin = by_origin(records)
+    origins = {}
+    for name in sorted(per_origin):
+        vals = values if len(per_origin) == 1 else [v for _, v, _ in _readings(per_origin[name])]
+        origins[name] = {"readings": len(vals), "mean_ms": rnd(mean(vals))}
+
+    night_dates = sorted(d["night_of"] for d in details)
+    return {
+        "reading_count": len(values),
+        "span_days": rnd((readings[-1][0] - readings[0][0]) / DAY_MS),
+        "mean_ms": rnd(m),
+        "median_ms": rnd(percentile(ordered, 50)),
+        "sd_ms": rnd(sample_sd(values, m)),
+        "min_ms": rnd(ordered[0]),
+        "max_ms": rnd(ordered[-1]),
+        "nights": len(details),
+        "nights_detail": details,
+        "period_first_day": night_dates[0],
+        "period_last_day": night_dates[-1],
+        "trend_basis": "nightly_means",
+        "trend_ms_per_day": rnd(slope, 2),
+        "trend_direction": direction,
+        "sufficiency": _sufficiency(details, nights),
+        "origins": origins,
+        "nights_with_multiple_origins": sum(1 for d in details if d["origins_present"] > 1),
+    }

@@ -1,0 +1,199 @@
+"""Transform a validated file into one training record: statistics, narrative, lineage.
+
+Why one entry point: the pipeline only knows ``transform``; which statistics apply is a
+property of the record type, and unknown types fall back to ``generic`` instead of failing.
+Pure and deterministic: ``processed_at`` is passed in, nothing is read or logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from types import ModuleType
+from typing import Any
+
+from etl_engine.domain import narratives
+from etl_engine.domain.model import DomainConfig, Lineage, Record, TrainingOutput, ValidationReport
+from etl_engine.domain.record_types import TRAINING_CATEGORY
+from etl_engine.domain.records import (
+    calories,
+    glucose,
+    heart_rate,
+    hrv,
+    sleep,
+    steps,
+)
+from etl_engine.domain.stats import generic
+from etl_engine.domain.stats.columns import Intervals, Readings, Samples
+from etl_engine.domain.stats.common import (
+    end_ms,
+    iso_utc,
+    local_date,
+    origins_of,
+    start_ms,
+    start_offset_ms,
+)
+from etl_engine.domain.validation import canonical_record_type
+
+__all__ = ["GENERIC_CATEGORY", "PROCESSORS", "column_sink", "compute_statistics",
+           "training_category", "transform"]
+
+PROCESSORS: dict[str, ModuleType] = {
+    "BloodGlucoseRecord": glucose,
+    "HeartRateRecord": heart_rate,
+    "HeartRateVariabilityRmssdRecord": hrv,
+    "SleepSessionRecord": sleep,
+    "StepsRecord": steps,
+    "ActiveCaloriesBurnedRecord": calories,
+}
+
+_TRAINING_CATEGORY = TRAINING_CATEGORY
+GENERIC_CATEGORY = "general_health"
+
+
+def training_category(record_type: str) -> str:
+    """Training category of a record type; ``general_health`` for types we do not know."""
+    rtype = canonical_record_type(record_type)
+    if rtype in _TRAINING_CATEGORY:
+        return _TRAINING_CATEGORY[rtype]
+    try:  # a type added to record_types before this table learns about it
+        from etl_engine.domain.record_types import TRAINING_CATEGORY
+    except ImportError:  # pragma: no cover - module absent
+        return GENERIC_CATEGORY
+    return TRAINING_CATEGORY.get(rtype, GENERIC_CATEGORY)
+
+
+def compute_statistics(
+    record_type: str, records: list[Record], config: DomainConfig
+) -> dict[str, Any]:
+    """Statistics of the type's processor, or the generic summary for unknown types."""
+    module = PROCESSORS.get(canonical_record_type(record_type), generic)
+    compute: Callable[[list[Record], DomainConfig], dict[str, Any]] = module.compute_statistics
+    return compute(records, config)
+
+
+def column_sink(record_type: str) -> Readings | Samples | Intervals | None:
+    """A column store for validation to stream into, for the types whose files can hold
+    millions of values (CGM readings, heart-rate samples, minute-level steps or calories);
+    None: keep records as a list."""
+    rtype = canonical_record_type(record_type)
+    if rtype == "StepsRecord":
+        return Intervals(steps.VALUE_KEY)
+    if rtype == "ActiveCaloriesBurnedRecord":
+        return Intervals(calories.VALUE_KEY)
+    if rtype == "BloodGlucoseRecord":
+        return Readings(glucose.VALUE_KEY)
+    if rtype == "HeartRateRecord":
+        return Samples()
+    return None
+
+
+def _column_statistics(rtype: str, cols: Readings | Samples | Intervals,
+                       config: DomainConfig) -> dict[str, Any]:
+    if isinstance(cols, Samples):
+        return heart_rate.statistics(cols, config)
+    if isinstance(cols, Intervals):
+        return (steps if rtype == "StepsRecord" else calories).statistics(cols, config)
+    if rtype == "BloodGlucoseRecord":
+        return glucose.statistics(cols, config)
+    raise TypeError(f"no column statistics for {rtype}")
+
+
+def _bounds(records: list[Record]) -> tuple[int, int, date, date]:
+    """Earliest start, latest end, and the local dates of the earliest and latest start."""
+    first = last = records[0]
+    first_s = last_s = start_ms(first)
+    latest_end = end_ms(first)
+    for rec in records:
+        s = start_ms(rec)
+        if s < first_s or (s == first_s and start_offset_ms(rec) < start_offset_ms(first)):
+            first, first_s = rec, s  # ties: the earlier local date, whatever the input order
+        if s > last_s or (s == last_s and start_offset_ms(rec) > start_offset_ms(last)):
+            last, last_s = rec, s
+        e = end_ms(rec)
+        if e > latest_end:
+            latest_end = e
+    return (first_s, latest_end, local_date(first_s, start_offset_ms(first)),
+            local_date(last_s, start_offset_ms(last)))
+
+
+def _period(stats: dict[str, Any], first: date, last: date) -> tuple[date, date]:
+    """The period a narrative names: the statistics' own (a night is named for the evening
+    it began, ``night_of``) when they give one, else the local dates of the records."""
+    a, b = stats.get("period_first_day"), stats.get("period_last_day")
+    if isinstance(a, str) and isinstance(b, str):
+        return date.fromisoformat(a), date.fromisoformat(b)
+    return first, last
+
+
+def _warnings(report: ValidationReport, valid: int, origins: int) -> list[str]:
+    out = []
+    if report.in_progress_records:
+        out.append("day_in_progress")
+    if valid < report.total_records:
+        out.append("records_excluded")
+    if report.issue_counts.get("missing_zone_offset"):
+        out.append("zone_offset_assumed_utc")
+    if origins > 1:
+        out.append("multiple_data_origins")
+    return out
+
+
+def transform(
+    report: ValidationReport,
+    lineage: Lineage,
+    *,
+    config: DomainConfig,
+    processed_at: datetime,
+) -> TrainingOutput:
+    """Statistics + narrative + lineage for a passed report (ValueError if nothing valid).
+
+    ``period_date`` is the local date of the earliest valid record; the instruction covers
+    the local dates from the earliest to the latest record start.
+    """
+    records = report.valid_records
+    cols = report.columns
+    if not (len(cols) if cols is not None else records):
+        raise ValueError("transform needs at least one valid record")
+    rtype = canonical_record_type(report.record_type or lineage.record_type)
+    category = training_category(rtype)
+    if cols is not None:  # streamed: the valid records live in a column store
+        stats = _column_statistics(rtype, cols, config)
+        first_ms, last_ms, first_day, last_day = cols.bounds()
+        valid, origins = len(cols), cols.origin_count()
+    else:
+        stats = compute_statistics(rtype, records, config)
+        first_ms, last_ms, first_day, last_day = _bounds(records)
+        valid, origins = len(records), len(set(origins_of(records)))
+    first_day, last_day = _period(stats, first_day, last_day)
+    question, answer = narratives.build(
+        rtype, stats, first_day=first_day, last_day=last_day, seed=lineage.idempotency_key
+    )
+    when = processed_at if processed_at.tzinfo else processed_at.replace(tzinfo=UTC)
+    metadata: dict[str, Any] = {
+        "bucket": lineage.bucket,
+        "key": lineage.key,
+        "message_id": lineage.message_id,
+        "correlation_id": lineage.correlation_id,
+        "record_type": rtype,
+        "idempotency_key": lineage.idempotency_key,
+        "upload_timestamp_utc": lineage.upload_timestamp_utc,
+        "subject_id": lineage.subject_id,
+        "export_time": iso_utc(report.export_ms) if report.export_ms else None,
+        "partial": bool(stats.get("partial", report.in_progress_records > 0)),
+        "processor_version": config.processor_version,
+        "processed_at": when.isoformat(),
+        "quality_score": round(report.quality_score, 4),
+        "quality_components": {k: round(v, 4) for k, v in sorted(report.components.items())},
+        "total_records": report.total_records,
+        "valid_records": valid,
+        "issue_counts": dict(sorted(report.issue_counts.items())),
+        "warnings": _warnings(report, valid, origins),
+        "statistics": stats,
+        "training_category": category,
+        "period_date": first_day.isoformat(),
+        "period_start": iso_utc(first_ms),
+        "period_end": iso_utc(last_ms),
+    }
+    record = {"instruction": question, "output": answer, "metadata": metadata}
+    return TrainingOutput(category=category, period_date=first_day, record=record)

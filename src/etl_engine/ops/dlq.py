@@ -1,0 +1,269 @@
+"""Dead-letter queue tools: ``etl-engine dlq list | show ID | replay [ID ...|--all]``.
+
+Nothing is lost by looking: messages are fetched with ``basic.get`` *without* ack and the
+connection is closed afterwards, so the broker puts every one of them back, also when
+this process dies halfway. Replay publishes a copy to the work exchange with publisher
+confirms and acks the DLQ copy only once the broker confirmed the copy; a crash in
+between leaves both, and the idempotency key (kept, like ``traceparent``) turns the
+second one into a duplicate. So replaying twice is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from opentelemetry.trace import SpanKind
+
+from etl_engine.adapters.topology import (
+    ATTEMPT_HEADER,
+    LEASE_WAIT_HEADER,
+    REASON_HEADER,
+    STAGE_HEADER,
+    copy_message,
+)
+from etl_engine.domain.messages import routing_key as make_routing_key
+from etl_engine.observability import telemetry
+from etl_engine.ops import display
+from etl_engine.settings import Settings
+
+ROUTING_PREFIX = "health.processing."
+REPLAYED_HEADER = "x-etl-replayed"
+# Headers describing the failure: dropped from a replayed copy (it starts afresh).
+_FAILURE_HEADERS = frozenset({
+    ATTEMPT_HEADER, LEASE_WAIT_HEADER, REASON_HEADER, STAGE_HEADER, "x-etl-worker",
+    "x-etl-original-routing-key", "x-etl-dead-lettered-at", "x-death",
+    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+    "x-delivery-count", "x-etl-failed-deliveries",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered message, described without its personal fields."""
+
+    id: str
+    message_id: str | None
+    reason: str
+    stage: str
+    attempts: int
+    record_type: str | None
+    routing_key: str  # where a replay sends it
+    dead_lettered_at: int | None
+    worker: str | None
+    size: int
+    replayed: int
+
+
+def message_key(message: AbstractIncomingMessage) -> str:
+    """The id operators select by: the message id, else a digest of the body."""
+    return message.message_id or "sha-" + hashlib.sha256(message.body).hexdigest()[:16]
+
+
+def _body(message: AbstractIncomingMessage) -> dict[str, Any] | None:
+    with contextlib.suppress(orjson.JSONDecodeError):
+        data = orjson.loads(message.body)
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def replay_routing_key(message: AbstractIncomingMessage) -> str:
+    """The original topic routing key, else one built from the body, else a catch-all."""
+    headers = message.headers or {}
+    original = _str(headers.get("x-etl-original-routing-key")) or ""
+    if original.startswith(ROUTING_PREFIX):
+        return original
+    deaths = headers.get("x-death")  # dead-lettered by the broker itself
+    for death in deaths if isinstance(deaths, list) else []:
+        keys = death.get("routing-keys") if isinstance(death, dict) else None
+        for key in keys if isinstance(keys, list) else []:
+            if (text := _str(key) or "").startswith(ROUTING_PREFIX):
+                return text
+    body = _body(message)
+    if body and isinstance(body.get("record_type"), str):
+        priority = body.get("priority")
+        return make_routing_key(body["record_type"],
+                                priority if priority in ("low", "normal", "high") else "normal")
+    return ROUTING_PREFIX + "unknown"
+
+
+def describe(message: AbstractIncomingMessage, *, reveal: bool = False) -> DeadLetter:
+    """The list row of a message; the body's user id masked wherever it shows, unless
+    ``reveal`` (a publisher may have put it into the message id or a header)."""
+    headers = message.headers or {}
+    body = _body(message) or {}
+    if not reveal:
+        return DeadLetter(**display.mask(asdict(describe(message, reveal=True)),
+                                         display.user_ids_in(body)))
+    reason = _str(headers.get(REASON_HEADER)) or _str(headers.get("x-first-death-reason"))
+    attempts = _int(headers.get(ATTEMPT_HEADER), 0) or _int(headers.get("x-delivery-count"), 0)
+    record_type = body.get("record_type")
+    return DeadLetter(
+        id=message_key(message),
+        message_id=message.message_id,
+        reason=reason or "unknown",
+        stage=_str(headers.get(STAGE_HEADER)) or "",
+        attempts=attempts or 1,
+        record_type=record_type if isinstance(record_type, str) else None,
+        routing_key=replay_routing_key(message),
+        dead_lettered_at=_int(headers.get("x-etl-dead-lettered-at"), 0) or None,
+        worker=_str(headers.get("x-etl-worker")),
+        size=len(message.body),
+        replayed=_int(headers.get(REPLAYED_HEADER), 0),
+    )
+
+
+def masked_body(message: AbstractIncomingMessage) -> Any:
+    """The body for display: user id and key user part as pseudonyms (``--reveal``: the
+    operator's call). An unparseable body is not shown at all unless revealed."""
+    body = _body(message)
+    if body is None:
+        return {"unparseable_body_bytes": len(message.body)}
+    return display.mask(body, display.user_ids_in(body))
+
+
+@contextlib.asynccontextmanager
+async def _dlq(settings: Settings, *, confirms: bool = False
+               ) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue, int]]:
+    """The DLQ (passively: a tool never creates queues) and its ready count.
+
+    Closing the connection on the way out returns every fetched, unacked message.
+    """
+    conn = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
+    try:
+        channel = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        queue = await channel.declare_queue(settings.dlq_name, passive=True)
+        count = queue.declaration_result.message_count or 0
+        yield channel, queue, count
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+async def _fetch(queue: AbstractQueue, limit: int) -> list[AbstractIncomingMessage]:
+    out: list[AbstractIncomingMessage] = []
+    while len(out) < limit:
+        msg = await queue.get(no_ack=False, fail=False, timeout=10)
+        if msg is None:
+            break
+        out.append(msg)
+    return out
+
+
+async def list_dead_letters(settings: Settings, *, limit: int = 1000, reveal: bool = False
+                            ) -> tuple[list[DeadLetter], int]:
+    """(described messages, total ready in the DLQ); the queue is left as it was."""
+    async with _dlq(settings) as (_, queue, count):
+        messages = await _fetch(queue, min(limit, count))
+        return [describe(m, reveal=reveal) for m in messages], count
+
+
+def show_document(msg: AbstractIncomingMessage, *, reveal: bool = False) -> dict[str, Any]:
+    """What ``dlq show`` prints: the list row, the headers and the body, user ids masked
+    everywhere unless ``reveal`` (then the body as sent, parsed if it is JSON)."""
+    doc = {
+        **asdict(describe(msg, reveal=True)),
+        "headers": {k: _plain(v) for k, v in (msg.headers or {}).items()},
+        "body": _body(msg) or msg.body.decode("utf-8", "replace"),
+    }
+    if reveal:
+        return doc
+    doc["body"] = masked_body(msg)
+    return dict(display.mask(doc, display.user_ids_in(_body(msg) or {})))
+
+
+def selected(msg: AbstractIncomingMessage, wanted: set[str]) -> bool:
+    """Named by its id, its message id, or the masked id that ``dlq list`` printed."""
+    return bool({message_key(msg), msg.message_id, describe(msg).id} & wanted)
+
+
+async def show(settings: Settings, wanted: str, *, reveal: bool = False
+               ) -> dict[str, Any] | None:
+    async with _dlq(settings) as (_, queue, count):
+        for msg in await _fetch(queue, count):
+            if selected(msg, {wanted}):
+                return show_document(msg, reveal=reveal)
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def replay_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """Failure bookkeeping dropped, attempt reset; traceparent and the rest kept."""
+    headers = {k: v for k, v in (message.headers or {}).items() if k not in _FAILURE_HEADERS}
+    headers[ATTEMPT_HEADER] = 1
+    headers[REPLAYED_HEADER] = _int((message.headers or {}).get(REPLAYED_HEADER), 0) + 1
+    return headers
+
+
+async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, str]]:
+    """Replay the messages named by ``ids`` (``None``: all). Returns (id as named, else as
+    ``list`` shows it, routing key).
+
+    Only the messages ready when it starts are considered, so a message that fails again
+    and comes back to the DLQ while this runs is not replayed a second time.
+    """
+    wanted = set(ids or [])
+    done: list[tuple[str, str]] = []
+    async with _dlq(settings, confirms=True) as (channel, queue, count):
+        exchange = await channel.get_exchange(settings.exchange, ensure=True)
+        for msg in await _fetch(queue, count):
+            key = message_key(msg)
+            if ids is not None and not selected(msg, wanted):
+                continue  # left unacked: returns to the DLQ when the connection closes
+            rk = replay_routing_key(msg)
+            headers = replay_headers(msg)
+            with telemetry.span(
+                f"publish {settings.exchange}", kind=SpanKind.PRODUCER,
+                parent=telemetry.extract(headers),
+                attributes={**telemetry.messaging_attributes(
+                    "publish", settings.exchange, routing_key=rk,
+                    message_id=msg.message_id), "etl.replay": True},
+            ):
+                copy = copy_message(msg, headers)
+                await exchange.publish(copy, routing_key=rk, mandatory=True)  # confirmed
+            await msg.ack()  # only now: the copy is safely in the work queue
+            shown = describe(msg).id  # masked if the publisher put a user id into it
+            done.append((next((w for w in (key, msg.message_id) if w in wanted), shown), rk))
+    return done
+
+
+def age(ts: int | None) -> str:
+    if not ts:
+        return "-"
+    secs = max(0, int(time.time()) - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"

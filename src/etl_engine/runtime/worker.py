@@ -1,0 +1,536 @@
+"""The worker loop: connect, consume, hand each delivery to the pipeline, settle it.
+
+Settling is the only place that talks back to the broker:
+    processed | duplicate | quarantined -> ack
+    retry        -> publish to a delay tier with attempt+1, then ack
+    lease_busy   -> publish to the first delay tier (attempt unchanged), then ack
+    dead_letter  -> publish to the DLQ with the reason, then ack
+A publish is confirmed before the ack, so a crash in between duplicates, never loses.
+Connection loss: in-flight deliveries are abandoned (the broker redelivers them) and the
+loop reconnects with backoff, declaring the topology and consuming afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from opentelemetry.trace import SpanKind
+
+from etl_engine.adapters.dedup import OUTCOME_TTL_S, DedupStore, open_store
+from etl_engine.adapters.storage import AsyncStorage, Storage, make_client, make_hot_path
+from etl_engine.adapters.topology import (
+    ATTEMPT_HEADER,
+    FAILED_DELIVERIES_HEADER,
+    LEASE_WAIT_HEADER,
+    REASON_HEADER,
+    STAGE_HEADER,
+    Topology,
+    copy_message,
+    declare,
+)
+from etl_engine.domain.messages import HealthDataMessage
+from etl_engine.observability import metrics as m
+from etl_engine.observability import telemetry
+from etl_engine.observability.logs import error_class, get_logger, hash_user_id
+from etl_engine.runtime.compute import ComputePool
+from etl_engine.runtime.pipeline import Delivery, Outcome, Pipeline
+from etl_engine.runtime.sidecar import Sidecar, beat
+from etl_engine.settings import ConfigError, Settings
+
+log = get_logger("etl.worker")
+MAX_LEASE_WAITS = 200
+FINAL_OUTCOMES = frozenset({"processed", "duplicate", "quarantined", "dead_letter"})
+
+
+@dataclass
+class WorkerState:
+    """What the sidecar reports. Written by the worker, read by probes."""
+
+    worker_id: str
+    started_at: float = field(default_factory=time.time)
+    heartbeat: float = field(default_factory=time.monotonic)
+    broker_connected: bool = False
+    consuming: bool = False
+    draining: bool = False
+    redis_ok: bool = False
+    s3_ok: bool = False
+    in_flight: int = 0
+    last_error_class: str | None = None
+    processed: int = 0
+    sidecar_port: int = 0
+
+    def components(self) -> dict[str, bool]:
+        return {
+            "rabbitmq": self.broker_connected,
+            "consumer": self.consuming and not self.draining,
+            "redis": self.redis_ok,
+            "s3": self.s3_ok,
+        }
+
+
+def _attempt(headers: dict[str, Any]) -> int:
+    try:
+        return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _failed_deliveries(headers: dict[str, Any]) -> int:
+    """Unsettled deliveries so far: this copy's (the quorum queue's x-delivery-count) plus
+    those of the copies republished before it (our header)."""
+    total = 0
+    for name in (FAILED_DELIVERIES_HEADER, "x-delivery-count"):
+        with contextlib.suppress(TypeError, ValueError):
+            total += max(0, int(headers.get(name, 0) or 0))
+    return total
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, dedup: DedupStore | None = None) -> None:
+        self.s = settings
+        self.state = WorkerState(worker_id=settings.effective_worker_id)
+        self.storage = AsyncStorage(
+            Storage(make_client(settings)),
+            threads=settings.concurrency, hot=make_hot_path(settings),
+        )
+        self.dedup = dedup or open_store(settings.dedup_url, settings.dedup_prefix)
+        self.compute = ComputePool(
+            settings.decode_processes, settings.decode_memory_limit_mb,
+            settings.message_timeout_s, inline_max_bytes=settings.decode_inline_max_bytes,
+            on_loop_max_bytes=settings.decode_on_loop_max_bytes,
+        )
+        self.owner = f"{self.state.worker_id}:{time.time_ns()}"
+        self.pipeline = Pipeline(
+            settings, self.storage, self.dedup, self.compute,
+            owner=self.owner, on_dedup_error=self._dedup_error,
+            tracer_span=telemetry.pipeline_hook(),
+        )
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Future[None]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._topology: Topology | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumer = ""
+        self.consumed = asyncio.Event()  # set once consuming (tests wait on it)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown_requested", in_flight=len(self._tasks))
+            self.state.draining = True
+            self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        sidecar = Sidecar(
+            self.state, host=self.s.sidecar_host, port=self.s.sidecar_port,
+            admin_token=self.s.admin_token.get_secret_value(),
+            admin_routes={"/admin/drain": self._admin_drain},
+            max_connections=self.s.sidecar_max_connections,
+        )
+        self.state.sidecar_port = await sidecar.start()
+        if not self.s.user_id_hash_key.get_secret_value():
+            log.warning("user_id_hash_key_unset",
+                        hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
+        if self.s.idempotency_scheme == "opaque":
+            log.warning("idempotency_scheme_opaque",
+                        hint="idempotency keys are not bound to user and file: any publisher "
+                             "can reuse another upload's key (ETL_IDEMPOTENCY_SCHEME)")
+        log.info("sidecar_listening", host=self.s.sidecar_host, port=self.state.sidecar_port,
+                 worker_id=self.state.worker_id, event_loop=_loop_name(loop))
+        await self.compute.warm()
+        background = [
+            asyncio.create_task(self._renew_leases(), name="lease-renewal"),
+            asyncio.create_task(self._check_dependencies(), name="dependency-checks"),
+            asyncio.create_task(self._beat(), name="heartbeat"),
+        ]
+        try:
+            await self._connection_loop()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await sidecar.stop()
+            self.compute.close()
+            self.storage.close()
+            with contextlib.suppress(Exception):
+                await self.dedup.close()
+            log.info("worker_stopped")
+
+    async def _admin_drain(self) -> tuple[int, str, bytes]:
+        self.request_stop()
+        return 200, "application/json", b'{"draining": true}'
+
+    async def _connection_loop(self) -> None:
+        backoff = 0.2
+        first = True
+        while not self._stop.is_set():
+            try:
+                closed = await self._connect_and_consume()
+                if not first:
+                    m.RECONNECTS.inc()
+                first = False
+                backoff = 0.2
+                stop_wait = asyncio.create_task(self._stop.wait())
+                await asyncio.wait(
+                    {stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED
+                )
+                stop_wait.cancel()
+                if self._stop.is_set():
+                    await self._drain()
+                    return
+                log.warning("broker_connection_lost", in_flight=len(self._tasks))
+            except Exception as exc:
+                self.state.last_error_class = error_class(exc)
+                log.warning("broker_connect_failed", error=error_class(exc), retry_in=backoff)
+            self._mark_disconnected()
+            await self._abandon_in_flight()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _connect_and_consume(self) -> asyncio.Future[Any]:
+        connection = await aio_pika.connect(
+            self.s.amqp_url.get_secret_value(),
+            heartbeat=self.s.amqp_heartbeat_s,
+            timeout=10,
+            client_properties={"connection_name": f"etl-worker {self.state.worker_id}"},
+        )
+        self._connection = connection  # type: ignore[assignment]
+        closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def _on_close(*_: Any) -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        connection.close_callbacks.add(_on_close)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel.close_callbacks.add(_on_close)
+        await channel.set_qos(prefetch_count=self.s.effective_prefetch)
+        self._topology = await declare(channel, self.s)
+        self._channel = channel
+        self._consumer = await self._topology.work.consume(
+            self._on_message, consumer_tag=self._consumer_tag()
+        )
+        self.state.broker_connected = True
+        self.state.consuming = True
+        m.DEPENDENCY_UP.labels("rabbitmq").set(1)
+        self.consumed.set()
+        log.info("consuming", queue=self.s.queue, prefetch=self.s.effective_prefetch)
+        return closed
+
+    def _consumer_tag(self) -> str:
+        return f"etl-{self.state.worker_id}-{time.time_ns()}"
+
+    def _mark_disconnected(self) -> None:
+        self.state.broker_connected = False
+        m.DEPENDENCY_UP.labels("rabbitmq").set(0)
+        self.state.consuming = False
+        self._channel = None
+        self._topology = None
+        if self._connection is not None:
+            conn, self._connection = self._connection, None
+            task = asyncio.ensure_future(_quiet_close(conn))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _abandon_in_flight(self) -> None:
+        # Their delivery tags died with the channel; the broker redelivers them.
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """Stop consuming, let in-flight messages finish within the grace, then close."""
+        topo, channel = self._topology, self._channel
+        if topo is not None and channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await topo.work.cancel(self._consumer, timeout=5)
+        self.state.consuming = False
+        if self._tasks:
+            log.info("draining", in_flight=len(self._tasks), grace_s=self.s.shutdown_grace_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.s.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                log.warning("drain_grace_expired", returned_to_queue=len(pending))
+        if self._connection is not None:
+            await _quiet_close(self._connection)
+        self.state.broker_connected = False
+
+    # --- per message -----------------------------------------------------------------------
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stop.is_set():
+            return  # not acked: returns to the queue when we close
+        if message.redelivered:  # a crash or connection loss returned it (ids only)
+            log.info("message_redelivered", message_id=message.message_id,
+                     delivery_count=(message.headers or {}).get("x-delivery-count"))
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        headers = dict(message.headers or {})
+        delivery = Delivery(
+            body=message.body,
+            message_id=message.message_id,
+            headers=headers,
+            correlation_id=message.correlation_id,
+            routing_key=message.routing_key or "",
+            attempt=_attempt(headers),
+            failed_deliveries=_failed_deliveries(headers),
+        )
+        parent = telemetry.extract(headers)
+        # Every log line of this delivery carries these (this task's own context copy);
+        # refined from the parsed message once the pipeline returns.
+        tokens = structlog.contextvars.bind_contextvars(
+            message_id=message.message_id, correlation_id=message.correlation_id,
+            record_type=_record_type_hint(delivery.routing_key),
+            worker_id=self.state.worker_id, attempt=delivery.attempt, trace_id=None,
+        )
+        self.state.in_flight += 1
+        m.IN_FLIGHT.inc()
+        try:
+            with telemetry.span(
+                f"process {self.s.queue}", kind=SpanKind.CONSUMER, parent=parent,
+                attributes=telemetry.messaging_attributes(
+                    "process", message.exchange or "", queue=self.s.queue,
+                    routing_key=delivery.routing_key, message_id=message.message_id,
+                    body_size=len(message.body)),
+            ) as span:
+                structlog.contextvars.bind_contextvars(trace_id=telemetry.trace_id(parent))
+                try:
+                    # asyncio.timeout, not wait_for: no second task per message.
+                    async with asyncio.timeout(self.s.message_timeout_s):
+                        outcome = await self.pipeline.run(delivery)
+                except TimeoutError:
+                    outcome = Outcome("retry", reason="message_timeout")
+                    if delivery.attempt >= self.s.max_attempts:
+                        outcome = Outcome("dead_letter",
+                                          reason="attempts_exhausted:message_timeout")
+                if outcome.message is not None:
+                    _bind_message(outcome.message)
+                telemetry.set_attributes(
+                    span, **{"etl.outcome": outcome.kind, "etl.reason": outcome.reason,
+                             "etl.attempt": delivery.attempt,
+                             "etl.record_type": outcome.message.record_type
+                             if outcome.message else None})
+                await self._settle(message, delivery, outcome)
+                self._observe(outcome, time.perf_counter() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Settling failed (channel gone): leave it unacked, the broker redelivers.
+            self.state.last_error_class = error_class(exc)
+            log.warning("settle_failed", error=error_class(exc))
+        finally:
+            self.state.in_flight -= 1
+            m.IN_FLIGHT.dec()
+            structlog.contextvars.reset_contextvars(**tokens)
+            structlog.contextvars.unbind_contextvars("user")
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        headers = dict(delivery.headers)
+        # A republished copy starts a new broker count: carry the total in our header.
+        headers.pop("x-delivery-count", None)
+        headers[FAILED_DELIVERIES_HEADER] = delivery.failed_deliveries
+        if outcome.kind == "retry":
+            tier = min(delivery.attempt - 1, len(self.s.retry_delays) - 1)
+            headers[ATTEMPT_HEADER] = delivery.attempt + 1
+            headers[REASON_HEADER] = outcome.reason or ""
+            await self._republish(message, self.s.retry_queue_name(tier), headers)
+        elif outcome.kind == "lease_busy":
+            waits = int(headers.get(LEASE_WAIT_HEADER, 0) or 0) + 1
+            if waits > MAX_LEASE_WAITS:
+                outcome.kind, outcome.reason = "dead_letter", "lease_wait_exceeded"
+            else:
+                headers[LEASE_WAIT_HEADER] = waits
+                await self._republish(message, self.s.retry_queue_name(0), headers)
+        if outcome.kind == "dead_letter":
+            headers[REASON_HEADER] = outcome.reason or "unknown"
+            headers[STAGE_HEADER] = outcome.stage or ""
+            headers["x-etl-worker"] = self.state.worker_id
+            headers["x-etl-original-routing-key"] = delivery.routing_key
+            headers["x-etl-dead-lettered-at"] = int(time.time())
+            await self._republish(message, self.s.dlq_name, headers)
+        if outcome.kind in FINAL_OUTCOMES and not outcome.recorded:
+            # Recorded before the ack: a crash in between redelivers the message and it is
+            # recorded again when it settles; a crash after the ack would lose it for good.
+            mid = outcome.message.message_id if outcome.message is not None else None
+            if not mid and outcome.kind == "dead_letter":
+                mid = message.message_id
+            if mid:
+                with contextlib.suppress(Exception):
+                    await self.dedup.record_outcomes({mid: outcome.kind}, OUTCOME_TTL_S)
+        self.pipeline.faults.hit("before_ack", _key(outcome))
+        with telemetry.span(f"ack {self.s.queue}", attributes=telemetry.messaging_attributes(
+                "settle", message.exchange or "", queue=self.s.queue,
+                message_id=message.message_id)):
+            await message.ack()
+
+    async def _republish(
+        self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]
+    ) -> None:
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise ConnectionError("channel closed")
+        with telemetry.span(f"publish {routing_key}", kind=SpanKind.PRODUCER,
+                            attributes=telemetry.messaging_attributes(
+                                "publish", "", routing_key=routing_key,
+                                message_id=message.message_id)):
+            # The retried / dead-lettered copy continues this trace (replay keeps it).
+            telemetry.inject(headers)
+            await self._publish_copy(channel, message, routing_key, headers)
+
+    async def _publish_copy(
+        self, channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage,
+        routing_key: str, headers: dict[str, Any],
+    ) -> None:
+        out = copy_message(message, headers)
+        await channel.default_exchange.publish(out, routing_key=routing_key, mandatory=True)
+
+    def _observe(self, outcome: Outcome, seconds: float) -> None:
+        rt = outcome.message.record_type if outcome.message else "unknown"
+        label = {
+            "retry": "retried", "dead_letter": "dead_lettered", "lease_busy": "retried",
+        }.get(outcome.kind, outcome.kind)
+        if outcome.kind == "dead_letter" and outcome.stage == "parse":
+            label = "rejected"
+        m.MESSAGES.labels(label, rt).inc()
+        if outcome.records:
+            m.RECORDS.labels(rt).inc(outcome.records)
+        if outcome.kind == "processed":
+            self.state.processed += 1
+            m.BYTES_UPLOADED.inc(outcome.bytes_out)
+            m.PROCESSING_SECONDS.labels(rt).observe(seconds)
+        if outcome.quality_score is not None:
+            m.QUALITY.labels(rt).observe(outcome.quality_score)
+        # Downloaded bytes are counted by AsyncStorage.download (failed files count too).
+        for stage, secs in outcome.timings.items():
+            m.STAGE_SECONDS.labels(stage).observe(secs)
+        if outcome.kind == "quarantined":
+            m.QUARANTINED.labels(m.reason_label(outcome.reason)).inc()
+        elif outcome.kind == "dead_letter":
+            m.DEAD_LETTERED.labels(m.reason_label(outcome.reason)).inc()
+        elif outcome.kind == "retry":
+            m.RETRIES.labels(m.reason_label(outcome.reason)).inc()
+        elif outcome.kind == "lease_busy":
+            m.LEASE_CONTENTION.inc()
+        if outcome.kind in ("retry", "dead_letter", "quarantined"):
+            self.state.last_error_class = outcome.reason
+        # message_id, correlation_id, record_type, worker_id, attempt, trace_id: bound
+        # in _handle (from the parsed message when it parsed).
+        log.log(
+            20 if outcome.kind in ("processed", "duplicate") else 30,
+            "message_settled",
+            outcome=outcome.kind,
+            reason=outcome.reason,
+            stage=outcome.stage,
+            duration_ms=round(seconds * 1000, 2),
+        )
+
+    # --- background ------------------------------------------------------------------------
+    def _dedup_error(self, exc: BaseException) -> None:
+        m.DEDUP_ERRORS.inc()
+        self.state.redis_ok = False
+        m.DEPENDENCY_UP.labels("redis").set(0)
+        log.warning("dedup_unavailable", error=error_class(exc))
+
+    async def _renew_leases(self) -> None:
+        interval = self.s.lease_ttl_s / 3
+        with telemetry.quiet():
+            await self._renew_leases_loop(interval)
+
+    async def _renew_leases_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            keys = list(self.pipeline.in_flight)
+            if keys:
+                with contextlib.suppress(Exception):
+                    await self.dedup.renew(keys, self.owner, int(self.s.lease_ttl_s * 1000))
+
+    async def _check_dependencies(self) -> None:
+        with telemetry.quiet():
+            await self._check_dependencies_loop()
+
+    async def _check_dependencies_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.dedup.ping(), 2)
+                self.state.redis_ok = True
+            except Exception:
+                self.state.redis_ok = False
+            try:
+                await asyncio.wait_for(self.storage.ping(self.s.bucket), 5)
+                self.state.s3_ok = True
+            except Exception:
+                self.state.s3_ok = False
+            m.DEPENDENCY_UP.labels("redis").set(int(self.state.redis_ok))
+            m.DEPENDENCY_UP.labels("s3").set(int(self.state.s3_ok))
+            m.DEPENDENCY_UP.labels("rabbitmq").set(int(self.state.broker_connected))
+            await asyncio.sleep(5)
+
+    async def _beat(self) -> None:
+        """/live's heartbeat, and the event-loop lag histogram (sidecar.beat)."""
+        await beat(self.state)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for ``ETL_EVENT_LOOP``; None means asyncio's own.
+
+    uvloop saves ~0.3 ms of CPU per message in the loop's own bookkeeping
+    (docs/performance.md); "auto" uses it when installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("ETL_EVENT_LOOP: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def _record_type_hint(routing_key: str) -> str | None:
+    """``health.processing.{record_type}[.{priority}]`` -> record type, for log context."""
+    parts = routing_key.split(".")
+    return parts[2] if len(parts) > 2 and parts[2] else None
+
+
+def _bind_message(msg: HealthDataMessage) -> None:
+    structlog.contextvars.bind_contextvars(
+        message_id=msg.message_id, correlation_id=msg.correlation_id,
+        record_type=msg.record_type, user=hash_user_id(msg.user_id),
+    )
+
+
+def _key(outcome: Outcome) -> str:
+    return outcome.message.idempotency_key if outcome.message else ""
+
+
+async def _quiet_close(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.close(), 5)

@@ -1,0 +1,1 @@
+"""Development tooling for the ETL Narrative Engine (not shipped in the worker image)."""
