@@ -12,6 +12,7 @@ from etl_engine.domain.model import DecodedFile, DomainConfig
 from etl_engine.domain.validation import (
     IN_PROGRESS_KEY,
     MIN_TIMESTAMP_MS,
+    ValidationOptions,
     canonical_record_type,
     parse_zone_offset,
     validate,
@@ -587,19 +588,17 @@ def _spoilers(rtype: str) -> list[tuple[str, Any]]:
     return out
 
 
-def _report(rtype: str, records: list[Any]) -> tuple[Any, ...]:
-    rep = run(rtype, records)
+def _report(rtype: str, records: list[Any], options: ValidationOptions) -> tuple[Any, ...]:
+    rep = validate(DecodedFile(rtype, records, "null", rtype, 0), now_ms=NOW, config=CFG,
+                   options=options)
     return (rep.to_dict(), rep.quality_score, rep.components, rep.valid_records)
 
 
 @pytest.mark.parametrize("rtype", sorted(_clean_files()))
 @pytest.mark.parametrize("chunk", [1024, 5])
-def test_chunk_checks_equal_record_by_record(rtype: str, chunk: int,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import etl_engine.domain.validation as v
-
-    monkeypatch.setattr(v, "CHUNK_DEFAULT", chunk)
-    monkeypatch.setattr(v, "CHUNK_RECORDS", {})
+def test_chunk_checks_equal_record_by_record(rtype: str, chunk: int) -> None:
+    fast_path = ValidationOptions(chunk_records=chunk)
+    slow_path = ValidationOptions(fast_chunks=False, chunk_records=chunk)
     clean = _clean_files()[rtype]
     cases: list[tuple[str, list[Any]]] = [("clean", clean)]
     for what, spoil in _spoilers(rtype):
@@ -611,23 +610,19 @@ def test_chunk_checks_equal_record_by_record(rtype: str, chunk: int,
             cases.append((f"{what}@{at}", records))
     cases.append(("id repeated across chunks", [*clean, clean[0]]))
     for what, records in cases:
-        fast = _report(rtype, records)
-        monkeypatch.setattr(v, "FAST_CHUNKS", False)
-        slow = _report(rtype, records)
-        monkeypatch.setattr(v, "FAST_CHUNKS", True)
+        fast = _report(rtype, records, fast_path)
+        slow = _report(rtype, records, slow_path)
         assert fast == slow, what
 
 
-def test_chunk_sum_of_usable_matches_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunk_sum_of_usable_matches_one_by_one() -> None:
     """A partly kept heart-rate record leaves a fraction; later whole chunks add 1.0 each."""
-    import etl_engine.domain.validation as v
-
-    monkeypatch.setattr(v, "CHUNK_RECORDS", {"HeartRateRecord": 2})
     records = [heart("h0", [60, 300, 300]), *(heart(f"h{i}", [60], s=T0 + i * HOUR)
                                               for i in range(1, 40))]
-    fast = _report("HeartRateRecord", records)
-    monkeypatch.setattr(v, "FAST_CHUNKS", False)
-    assert fast == _report("HeartRateRecord", records)
+    fast = _report("HeartRateRecord", records, ValidationOptions(chunk_records=2))
+    slow = _report("HeartRateRecord", records,
+                   ValidationOptions(fast_chunks=False, chunk_records=2))
+    assert fast == slow
 
 
 def test_only_a_running_total_day_can_be_in_progress() -> None:

@@ -174,46 +174,8 @@ _FIXED_SIZE = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double
 
 def _zero_size_items(node: Any) -> bool:
     """True when some array's items can encode in zero bytes (see the module docstring)."""
-    sizes: dict[str, int] = {}  # named types seen so far -> their smallest encoding
-
-    def size(n: Any, ns: str) -> int:
-        if isinstance(n, str):
-            full = n if "." in n or not ns else f"{ns}.{n}"
-            return _FIXED_SIZE.get(n, sizes.get(full, sizes.get(n, 1)))
-        if isinstance(n, list):
-            for branch in n:
-                size(branch, ns)
-            return 1  # the branch index
-        if not isinstance(n, dict):
-            return 1
-        kind = n.get("type")
-        name = str(n.get("name", ""))
-        full = name if "." in name or not n.get("namespace", ns) else (
-            f"{n.get('namespace', ns)}.{name}")
-        if kind in ("record", "error"):
-            inner = full.rsplit(".", 1)[0] if "." in full else ""
-            total = sum(size(f.get("type"), inner) for f in n.get("fields") or []
-                        if isinstance(f, dict))
-            sizes[full] = total
-            return total
-        if kind == "array":
-            if size(n.get("items"), ns) == 0:
-                raise _ZeroSize
-            return 1
-        if kind == "map":
-            size(n.get("values"), ns)
-            return 1
-        if kind == "fixed":
-            sizes[full] = int(n.get("size") or 0)
-            return sizes[full]
-        if kind == "enum":
-            sizes[full] = 1
-            return 1
-        return size(kind, ns) if isinstance(kind, dict | list) else _FIXED_SIZE.get(
-            str(kind), sizes.get(str(kind), 1))
-
     try:
-        size(node, "")
+        _MinSize().of(node, "")
     except _ZeroSize:
         return True
     return False
@@ -221,6 +183,59 @@ def _zero_size_items(node: Any) -> bool:
 
 class _ZeroSize(Exception):
     pass
+
+
+class _MinSize:
+    """The smallest encoding (bytes) of a schema node; raises ``_ZeroSize`` at an array
+    whose items can take none. Named types are remembered as they are defined."""
+
+    __slots__ = ("sizes",)
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}  # named types seen so far -> their smallest encoding
+
+    def of(self, n: Any, ns: str) -> int:
+        if isinstance(n, str):
+            full = n if "." in n or not ns else f"{ns}.{n}"
+            return _FIXED_SIZE.get(n, self.sizes.get(full, self.sizes.get(n, 1)))
+        if isinstance(n, list):
+            for branch in n:
+                self.of(branch, ns)
+            return 1  # the branch index
+        if not isinstance(n, dict):
+            return 1
+        return self._complex(n, ns)
+
+    def _complex(self, n: dict[str, Any], ns: str) -> int:
+        """A schema object: record, array, map, fixed, enum or a wrapped type."""
+        kind = n.get("type")
+        if kind in ("record", "error", "fixed", "enum"):
+            return self._named(n, kind, ns)
+        if kind == "array":
+            if self.of(n.get("items"), ns) == 0:
+                raise _ZeroSize
+            return 1
+        if kind == "map":
+            self.of(n.get("values"), ns)
+            return 1
+        return self.of(kind, ns) if isinstance(kind, dict | list) else _FIXED_SIZE.get(
+            str(kind), self.sizes.get(str(kind), 1))
+
+    def _named(self, n: dict[str, Any], kind: str, ns: str) -> int:
+        """A named type: its size, remembered under its full name."""
+        name = str(n.get("name", ""))
+        full = name if "." in name or not n.get("namespace", ns) else (
+            f"{n.get('namespace', ns)}.{name}")
+        if kind in ("record", "error"):
+            inner = full.rsplit(".", 1)[0] if "." in full else ""
+            size = sum(self.of(f.get("type"), inner) for f in n.get("fields") or []
+                       if isinstance(f, dict))
+        elif kind == "fixed":
+            size = int(n.get("size") or 0)
+        else:  # enum
+            size = 1
+        self.sizes[full] = size
+        return size
 
 
 def max_blocks_for(size: int) -> int:

@@ -9,59 +9,49 @@ spelled differently carry the old name as an alias (``AvroSleepStageRecord``, al
 live in their own files named ``<full name>.avsc``, which is the convention
 ``fastavro.schema.load_schema`` uses to find referenced types, so loading needs no custom
 resolver and the result is a fully expanded, parsed schema.
+
+Which types exist, and what each one is, comes from the registry (``registry.py``: one
+``RecordTypeSpec`` per file in ``records/``); this module keeps the names other modules
+import. ``SUPPORTED_RECORD_TYPES`` and ``TRAINING_CATEGORY`` are the shipped types, in their
+fixed order; the functions also know a type added with ``registry.register``.
 """
 
 from __future__ import annotations
 
-from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fastavro.schema import load_schema
 
+from etl_engine.domain import registry
+from etl_engine.domain.records.spec import RecordTypeSpec
+
 AVRO_NAMESPACE = "io.github.hitoshura25.healthsyncapp.data.avro"
 
-SUPPORTED_RECORD_TYPES: tuple[str, ...] = (
-    "BloodGlucoseRecord",
-    "HeartRateRecord",
-    "HeartRateVariabilityRmssdRecord",
-    "SleepSessionRecord",
-    "StepsRecord",
-    "ActiveCaloriesBurnedRecord",
-)
+SUPPORTED_RECORD_TYPES: tuple[str, ...] = tuple(spec.name for spec in registry.SHIPPED)
 
-TRAINING_CATEGORY: dict[str, str] = {
-    "BloodGlucoseRecord": "metabolic_diabetes",
-    "HeartRateRecord": "cardiovascular_fitness",
-    "HeartRateVariabilityRmssdRecord": "autonomic_health",
-    "SleepSessionRecord": "sleep_recovery",
-    "StepsRecord": "physical_activity",
-    "ActiveCaloriesBurnedRecord": "energy_metabolism",
-}
-
-# Interval records carry start/end times; the others are instants with one timestamp.
-_INTERVAL_TYPES: frozenset[str] = frozenset(
-    {"HeartRateRecord", "SleepSessionRecord", "StepsRecord", "ActiveCaloriesBurnedRecord"}
-)
+TRAINING_CATEGORY: dict[str, str] = {spec.name: spec.category for spec in registry.SHIPPED}
 
 
+def supported_record_types() -> tuple[str, ...]:
+    """Every type known now: the shipped ones and any registered since, in order."""
+    return registry.names()
 
-def _check(record_type: str) -> str:
+
+def _check(record_type: str) -> RecordTypeSpec:
     """Fail loudly (KeyError) for a type we have no contract for."""
-    if record_type not in TRAINING_CATEGORY:
-        raise KeyError(f"unsupported record type: {record_type!r}")
-    return record_type
+    return registry.get(record_type)
 
 
 def full_name(record_type: str) -> str:
     """Avro full name the app writes for ``record_type`` (e.g. ``...avro.AvroStepsRecord``)."""
-    return f"{AVRO_NAMESPACE}.Avro{_check(record_type)}"
+    return f"{AVRO_NAMESPACE}.Avro{_check(record_type).name}"
 
 
 def is_interval(record_type: str) -> bool:
     """True for records with start/end times, False for single-instant records."""
-    return _check(record_type) in _INTERVAL_TYPES
+    return _check(record_type).interval
 
 
 def schema_dir() -> Path:
@@ -76,12 +66,13 @@ def schema_dir() -> Path:
 
 def schema_path(record_type: str) -> Path:
     """The ``.avsc`` file holding the reader schema of ``record_type``."""
-    return schema_dir() / f"{_check(record_type)}.avsc"
+    spec = _check(record_type)
+    return (spec.schema_dir or schema_dir()) / spec.schema_file
 
 
-@cache
-def _load(record_type: str) -> Any:
-    return load_schema(str(schema_path(record_type)))
+# record type -> (the spec it was loaded for, parsed schema): a type registered again with
+# another spec is loaded again.
+_SCHEMAS: dict[str, tuple[RecordTypeSpec, Any]] = {}
 
 
 def reader_schema(record_type: str) -> dict[str, Any]:
@@ -90,14 +81,21 @@ def reader_schema(record_type: str) -> dict[str, Any]:
     Cached: parsing is not free and every decode of every message needs it. Callers must
     not mutate the returned dict.
     """
-    schema = _load(_check(record_type))
+    spec = _check(record_type)
+    hit = _SCHEMAS.get(record_type)
+    if hit is None or hit[0] is not spec:
+        hit = _SCHEMAS[record_type] = (spec, load_schema(str(schema_path(record_type))))
+    schema = hit[1]
     assert isinstance(schema, dict)
     return schema
 
 
-_BY_FULL_NAME: dict[str, str] = {f"{AVRO_NAMESPACE}.Avro{rt}": rt for rt in SUPPORTED_RECORD_TYPES}
+_PREFIX = f"{AVRO_NAMESPACE}.Avro"
 
 
 def record_type_from_writer_name(name: str) -> str | None:
     """Map a writer schema's full name back to a record type; None if it is not ours."""
-    return _BY_FULL_NAME.get(name)
+    if not name.startswith(_PREFIX):
+        return None
+    spec = registry.find(name[len(_PREFIX):])
+    return None if spec is None else spec.name

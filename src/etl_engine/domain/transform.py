@@ -1,30 +1,21 @@
 """Transform a validated file into one training record: statistics, narrative, lineage.
 
 Why one entry point: the pipeline only knows ``transform``; which statistics apply is a
-property of the record type, and unknown types fall back to ``generic`` instead of failing.
+property of the record type (its spec in the registry, ``records/<type>.py``), and unknown
+types fall back to ``generic`` instead of failing.
 Pure and deterministic: ``processed_at`` is passed in, nothing is read or logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from types import ModuleType
 from typing import Any
 
-from etl_engine.domain import narratives
+from etl_engine.domain import narratives, registry
 from etl_engine.domain.model import DomainConfig, Lineage, Record, TrainingOutput, ValidationReport
-from etl_engine.domain.record_types import TRAINING_CATEGORY
-from etl_engine.domain.records import (
-    calories,
-    glucose,
-    heart_rate,
-    hrv,
-    sleep,
-    steps,
-)
+from etl_engine.domain.records.spec import ColumnStore, RecordTypeSpec
 from etl_engine.domain.stats import generic
-from etl_engine.domain.stats.columns import Intervals, Readings, Samples
 from etl_engine.domain.stats.common import (
     end_ms,
     iso_utc,
@@ -38,65 +29,43 @@ from etl_engine.domain.validation import canonical_record_type
 __all__ = ["GENERIC_CATEGORY", "PROCESSORS", "column_sink", "compute_statistics",
            "training_category", "transform"]
 
-PROCESSORS: dict[str, ModuleType] = {
-    "BloodGlucoseRecord": glucose,
-    "HeartRateRecord": heart_rate,
-    "HeartRateVariabilityRmssdRecord": hrv,
-    "SleepSessionRecord": sleep,
-    "StepsRecord": steps,
-    "ActiveCaloriesBurnedRecord": calories,
-}
-
-_TRAINING_CATEGORY = TRAINING_CATEGORY
+# Every known type's spec by name (a live view of the registry; the old name).
+PROCESSORS: Mapping[str, RecordTypeSpec] = registry.SPECS
 GENERIC_CATEGORY = "general_health"
 
 
 def training_category(record_type: str) -> str:
     """Training category of a record type; ``general_health`` for types we do not know."""
-    rtype = canonical_record_type(record_type)
-    if rtype in _TRAINING_CATEGORY:
-        return _TRAINING_CATEGORY[rtype]
-    try:  # a type added to record_types before this table learns about it
-        from etl_engine.domain.record_types import TRAINING_CATEGORY
-    except ImportError:  # pragma: no cover - module absent
-        return GENERIC_CATEGORY
-    return TRAINING_CATEGORY.get(rtype, GENERIC_CATEGORY)
+    spec = registry.find(canonical_record_type(record_type))
+    return GENERIC_CATEGORY if spec is None else spec.category
 
 
 def compute_statistics(
     record_type: str, records: list[Record], config: DomainConfig
 ) -> dict[str, Any]:
-    """Statistics of the type's processor, or the generic summary for unknown types."""
-    module = PROCESSORS.get(canonical_record_type(record_type), generic)
-    compute: Callable[[list[Record], DomainConfig], dict[str, Any]] = module.compute_statistics
-    return compute(records, config)
+    """Statistics of the type's spec, or the generic summary for unknown types."""
+    spec = registry.find(canonical_record_type(record_type))
+    if spec is None:
+        return generic.compute_statistics(records, config)
+    return spec.statistics(records, config)
 
 
-def column_sink(record_type: str) -> Readings | Samples | Intervals | None:
+def column_sink(record_type: str) -> ColumnStore | None:
     """A column store for validation to stream into, for the types whose files can hold
     millions of values (CGM readings, heart-rate samples, minute-level steps or calories);
     None: keep records as a list."""
-    rtype = canonical_record_type(record_type)
-    if rtype == "StepsRecord":
-        return Intervals(steps.VALUE_KEY)
-    if rtype == "ActiveCaloriesBurnedRecord":
-        return Intervals(calories.VALUE_KEY)
-    if rtype == "BloodGlucoseRecord":
-        return Readings(glucose.VALUE_KEY)
-    if rtype == "HeartRateRecord":
-        return Samples()
-    return None
+    spec = registry.find(canonical_record_type(record_type))
+    if spec is None or spec.column_store is None:
+        return None
+    return spec.column_store()
 
 
-def _column_statistics(rtype: str, cols: Readings | Samples | Intervals,
-                       config: DomainConfig) -> dict[str, Any]:
-    if isinstance(cols, Samples):
-        return heart_rate.statistics(cols, config)
-    if isinstance(cols, Intervals):
-        return (steps if rtype == "StepsRecord" else calories).statistics(cols, config)
-    if rtype == "BloodGlucoseRecord":
-        return glucose.statistics(cols, config)
-    raise TypeError(f"no column statistics for {rtype}")
+def _column_statistics(rtype: str, cols: ColumnStore, config: DomainConfig) -> dict[str, Any]:
+    """Statistics from the column store the type's spec streamed its records into."""
+    spec = registry.find(rtype)
+    if spec is None or spec.column_statistics is None:
+        raise TypeError(f"no column statistics for {rtype}")
+    return spec.column_statistics(cols, config)
 
 
 def _bounds(records: list[Record]) -> tuple[int, int, date, date]:

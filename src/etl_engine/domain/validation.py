@@ -31,7 +31,7 @@ Days in progress (record kept, not an issue)
   after its export time plus skew is ``timestamp_in_future``, as before. So the outcome
   depends on the file and the message, not on when a worker reads them (the worker's
   clock counts only for a message without an upload time).
-Values (record excluded)
+Values (record excluded; each type's rules live in its file, ``records/<type>.py``)
   ``missing_value`` (measurement absent or not a number); ``unknown_enum_value``;
   ``glucose_out_of_range`` (20-600 mg/dL); ``hrv_out_of_range`` (RMSSD 1-300 ms);
   ``steps_out_of_range`` (0-100000 per record); ``active_calories_out_of_range``
@@ -49,13 +49,14 @@ File
   ``empty_file`` (no records at all).
 
 Streaming: ``validate`` takes any iterable of records (``avro.decode_stream`` decodes them
-one at a time) and takes them a chunk at a time (256 records; sixteen heart-rate
-records, which carry many samples each); given a ``sink``, it hands each chunk's valid
-records to ``sink.extend`` instead of keeping them, so a million-record file is never held
-as a million dicts. A chunk in which every record passes every rule is checked with a few
-C-speed passes over the whole chunk; any other chunk goes record by record. Files of more than
-``DIGEST_IDS_ABOVE`` records remember record ids by a 64-bit BLAKE2b digest rather than
-the id string (a false ``duplicate_record_id`` has probability ~n^2/2^65: 3e-8 at 1M).
+one at a time) and takes them a chunk at a time (the type's ``chunk_records``: 256
+records; sixteen heart-rate records, which carry many samples each); given a ``sink``, it
+hands each chunk's valid records to ``sink.extend`` instead of keeping them, so a
+million-record file is never held as a million dicts. A chunk in which every record passes
+every rule is checked with a few C-speed passes over the whole chunk (the type's ``clean``);
+any other chunk goes record by record. Files of more than ``DIGEST_IDS_ABOVE`` records
+remember record ids by a 64-bit BLAKE2b digest rather than the id string (a false
+``duplicate_record_id`` has probability ~n^2/2^65: 3e-8 at 1M).
 
 An excluded record is counted once, under the first rule it breaks, in the order above.
 
@@ -86,37 +87,39 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import islice, repeat
 from operator import is_, le, or_
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
+from etl_engine.domain import registry
+from etl_engine.domain.checks import (
+    DAY_MS,
+    FETCH_KEY,
+    HOUR_MS,
+    IN_PROGRESS_KEY,
+    MAX_OFFSET_SECONDS,
+    MIN_TIMESTAMP_MS,
+    ONLY_DICT,
+    ONLY_INT,
+    ONLY_STR,
+    CheckResult,
+    ChunkCheck,
+    ValueCheck,
+    get,
+    parse_zone_offset,
+    zone_offset_seconds,
+)
 from etl_engine.domain.model import DecodedFile, DomainConfig, Record, ValidationReport
-from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
+from etl_engine.domain.records.spec import DEFAULT_CHUNK_RECORDS, RecordTypeSpec
 
-MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-MAX_OFFSET_SECONDS = 18 * 3600
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+__all__ = ["CHUNK_DEFAULT", "CONSISTENCY_CODES", "DAY_MS", "DIGEST_IDS_ABOVE", "FETCH_KEY",
+           "HOUR_MS", "IN_PROGRESS_KEY", "MAX_IN_PROGRESS_MS", "MAX_OFFSET_SECONDS",
+           "MIN_TIMESTAMP_MS", "CheckResult", "Decoded", "RecordSink", "ValidationOptions",
+           "canonical_record_type", "parse_zone_offset", "validate", "zone_offset_seconds"]
 
 WEIGHT_COMPLETENESS = 0.15
 WEIGHT_VALIDITY = 0.70
 WEIGHT_CONSISTENCY = 0.15
-
-GLUCOSE_RANGE = (20.0, 600.0)
-HEART_RATE_RANGE = (25, 250)
-HRV_RANGE = (1.0, 300.0)
-STEPS_RANGE = (0, 100_000)
-ACTIVE_KCAL_RANGE = (0.0, 10_000.0)
-SLEEP_MAX_MS = DAY_MS
-
-MEAL_TYPES = frozenset({"UNKNOWN", "BREAKFAST", "LUNCH", "DINNER", "SNACK"})
-RELATIONS_TO_MEAL = frozenset({"UNKNOWN", "GENERAL", "FASTING", "BEFORE_MEAL", "AFTER_MEAL"})
-SPECIMEN_SOURCES = frozenset(
-    {"INTERSTITIAL_FLUID", "CAPILLARY_BLOOD", "PLASMA", "SERUM", "TEARS", "WHOLE_BLOOD",
-     "UNKNOWN"}
-)
-SLEEP_STAGES = frozenset({"UNKNOWN", "AWAKE", "SLEEPING", "OUT_OF_BED", "LIGHT", "DEEP", "REM"})
 
 # Codes that also mark a record inconsistent (see the module docstring).
 CONSISTENCY_CODES = frozenset(
@@ -124,229 +127,25 @@ CONSISTENCY_CODES = frozenset(
      "sleep_stage_outside_session", "sample_outside_interval"}
 )
 
-# Set (True) on the copy of a record that was still in progress at its export time.
-IN_PROGRESS_KEY = "etlInProgress"
 MAX_IN_PROGRESS_MS = 25 * 3_600_000
-FETCH_KEY = "appRecordFetchTimeEpochMillis"
-
-KNOWN_RECORD_TYPES: tuple[str, ...] = SUPPORTED_RECORD_TYPES
-INSTANT_TYPES = frozenset({"BloodGlucoseRecord", "HeartRateVariabilityRmssdRecord"})
-_BY_KEY = {name.lower(): name for name in KNOWN_RECORD_TYPES}
-
-
-# --- shared helpers (also used by the processors) ------------------------------------------
-@lru_cache(maxsize=1024)
-def canonical_record_type(name: str) -> str:
-    """Map ``BloodGlucoseRecord``, ``AvroBloodGlucoseRecord``, a namespaced Avro name or
-    ``blood_glucose`` to the canonical type name; unknown names come back unchanged."""
-    short = name.rsplit(".", 1)[-1]
-    key = short.replace("_", "").lower()
-    if key.startswith("avro"):
-        key = key[4:]
-    if not key.endswith("record"):
-        key += "record"
-    return _BY_KEY.get(key, short)
-
-
-def _offset_uncached(zone: str) -> int | None:
-    if zone == "Z":
-        return 0
-    if len(zone) < 3 or zone[0] not in "+-":
-        return None
-    body = zone[1:]
-    if not body.isascii():
-        return None
-    n = len(body)
-    if n == 2 and body.isdigit():
-        h, m, s = int(body), 0, 0
-    elif n == 4 and body.isdigit():
-        h, m, s = int(body[:2]), int(body[2:]), 0
-    elif n == 5 and body[2] == ":" and (body[:2] + body[3:]).isdigit():
-        h, m, s = int(body[:2]), int(body[3:]), 0
-    elif (n == 8 and body[2] == ":" and body[5] == ":"
-          and (body[:2] + body[3:5] + body[6:]).isdigit()):
-        h, m, s = int(body[:2]), int(body[3:5]), int(body[6:])
-    else:
-        return None
-    if m >= 60 or s >= 60:
-        return None
-    total = h * 3600 + m * 60 + s
-    if total > MAX_OFFSET_SECONDS:
-        return None
-    return -total if zone[0] == "-" else total
-
-
-_offset_cached = lru_cache(maxsize=512)(_offset_uncached)
-
-
-def zone_offset_seconds(zone: object) -> int | None:
-    """Offset in seconds for a zone id; None (=UTC) gives 0; unparseable gives None.
-
-    Cached because a file repeats the same handful of offsets millions of times.
-    """
-    if zone is None:
-        return 0
-    if type(zone) is not str:
-        return None
-    return _offset_cached(zone)
-
-
-def parse_zone_offset(zone: str | None) -> int:
-    """Offset in seconds for a zone id (None means UTC); raises ValueError if malformed."""
-    seconds = zone_offset_seconds(zone)
-    if seconds is None:
-        raise ValueError(f"bad zone offset: {zone!r}")
-    return seconds
-
-
-# --- per-type value checks --------------------------------------------------------------------
-# A value check returns (reason code or None, record to keep, usable fraction,
-# inconsistent?, per-sample drop counts or None).
-_Result = tuple[str | None, Record, float, bool, dict[str, int] | None]
-_Check = Callable[[Record, int, int], _Result]
-_OK = 1.0
-
-
-def _is_num(v: object) -> TypeGuard[float]:
-    """int or float but not bool (a bool is an int to Python, never a measurement)."""
-    t = type(v)
-    return t is float or t is int
-
-
-def _check_glucose(rec: Record, s: int, e: int) -> _Result:
-    v = rec.get("levelInMilligramsPerDeciliter")
-    if not _is_num(v):
-        return "missing_value", rec, 0.0, False, None
-    if not GLUCOSE_RANGE[0] <= v <= GLUCOSE_RANGE[1]:
-        return "glucose_out_of_range", rec, 0.0, False, None
-    meal = rec.get("mealType")
-    rel = rec.get("relationToMeal")
-    src = rec.get("specimenSource")
-    if ((meal is not None and meal not in MEAL_TYPES)
-            or (rel is not None and rel not in RELATIONS_TO_MEAL)
-            or (src is not None and src not in SPECIMEN_SOURCES)):
-        return "unknown_enum_value", rec, 0.0, False, None
-    return None, rec, _OK, False, None
-
-
-def _check_hrv(rec: Record, s: int, e: int) -> _Result:
-    v = rec.get("heartRateVariabilityRmssd")
-    if not _is_num(v):
-        return "missing_value", rec, 0.0, False, None
-    if not HRV_RANGE[0] <= v <= HRV_RANGE[1]:
-        return "hrv_out_of_range", rec, 0.0, False, None
-    return None, rec, _OK, False, None
-
-
-def _check_steps(rec: Record, s: int, e: int) -> _Result:
-    v = rec.get("count")
-    if type(v) is not int:
-        return "missing_value", rec, 0.0, False, None
-    if not STEPS_RANGE[0] <= v <= STEPS_RANGE[1]:
-        return "steps_out_of_range", rec, 0.0, False, None
-    return None, rec, _OK, False, None
-
-
-def _check_calories(rec: Record, s: int, e: int) -> _Result:
-    v = rec.get("energyInKilocalories")
-    if not _is_num(v):
-        return "missing_value", rec, 0.0, False, None
-    if not ACTIVE_KCAL_RANGE[0] <= v <= ACTIVE_KCAL_RANGE[1]:
-        return "active_calories_out_of_range", rec, 0.0, False, None
-    return None, rec, _OK, False, None
-
-
-def _check_sleep(rec: Record, s: int, e: int) -> _Result:
-    if e - s > SLEEP_MAX_MS:
-        return "sleep_duration_out_of_range", rec, 0.0, False, None
-    stages = rec.get("stages")
-    if not stages:
-        return None, rec, _OK, False, None
-    if type(stages) is not list:
-        return "malformed_record", rec, 0.0, False, None
-    spans: list[tuple[int, int]] = []
-    for st in stages:
-        if type(st) is not dict:
-            return "malformed_record", rec, 0.0, False, None
-        a = st.get("startTimeEpochMillis")
-        b = st.get("endTimeEpochMillis")
-        if type(a) is not int or type(b) is not int:
-            return "missing_timestamp", rec, 0.0, False, None
-        if a > b:
-            return "start_after_end", rec, 0.0, True, None
-        if st.get("stage") not in SLEEP_STAGES:
-            return "unknown_enum_value", rec, 0.0, False, None
-        if a < s or b > e:
-            return "sleep_stage_outside_session", rec, 0.0, True, None
-        spans.append((a, b))
-    spans.sort()
-    prev_end = spans[0][1]
-    for a, b in spans[1:]:
-        if a < prev_end:
-            return "sleep_stage_overlap", rec, 0.0, True, None
-        prev_end = b
-    return None, rec, _OK, False, None
-
-
-def _check_heart_rate(rec: Record, s: int, e: int) -> _Result:
-    samples = rec.get("samples")
-    if not samples or type(samples) is not list:
-        return "heart_rate_no_samples", rec, 0.0, False, None
-    lo, hi = HEART_RATE_RANGE
-    try:  # fast path: every sample well-formed and plausible, nothing copied
-        for smp in samples:
-            if not (s <= smp["timeEpochMillis"] <= e and lo <= smp["beatsPerMinute"] <= hi):
-                raise ValueError
-        return None, rec, _OK, False, None
-    except (KeyError, TypeError, ValueError):
-        pass
-    return _filter_samples(rec, samples, s, e)
-
-
-def _filter_samples(
-    rec: Record, samples: list[Any], s: int, e: int
-) -> _Result:
-    """Slow path: drop bad samples and count each one under its reason code."""
-    lo, hi = HEART_RATE_RANGE
-    kept: list[Any] = []
-    drops: dict[str, int] = {}
-    for smp in samples:
-        t: Any = smp.get("timeEpochMillis") if type(smp) is dict else None
-        b: Any = smp.get("beatsPerMinute") if type(smp) is dict else None
-        if type(t) is not int or not _is_num(b):
-            code = "missing_value"
-        elif not s <= t <= e:
-            code = "sample_outside_interval"
-        elif not lo <= b <= hi:
-            code = "heart_rate_out_of_range"
-        else:
-            kept.append(smp)
-            continue
-        drops[code] = drops.get(code, 0) + 1
-    inconsistent = "sample_outside_interval" in drops
-    if not kept:
-        return "heart_rate_no_valid_samples", rec, 0.0, inconsistent, drops
-    out = dict(rec)  # shallow copy: only the samples list differs
-    out["samples"] = kept
-    return None, out, len(kept) / len(samples), inconsistent, drops
-
-
-def _check_none(rec: Record, s: int, e: int) -> _Result:
-    return None, rec, _OK, False, None
-
-
-_VALUE_CHECKS: dict[str, _Check] = {
-    "BloodGlucoseRecord": _check_glucose,
-    "HeartRateRecord": _check_heart_rate,
-    "HeartRateVariabilityRmssdRecord": _check_hrv,
-    "SleepSessionRecord": _check_sleep,
-    "StepsRecord": _check_steps,
-    "ActiveCaloriesBurnedRecord": _check_calories,
-}
-
-
-# --- the pass -------------------------------------------------------------------------------
 DIGEST_IDS_ABOVE = 100_000
+CHUNK_DEFAULT = DEFAULT_CHUNK_RECORDS  # records a chunk, for a type without a spec
+
+# The old name: map any spelling of a record type to its canonical name (registry).
+canonical_record_type = registry.canonical_name
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationOptions:
+    """How validation goes about its work, never what it decides: ``fast_chunks`` False
+    takes every chunk record by record (tests compare the two paths); ``chunk_records``
+    overrides the type's chunk size (None: the spec's)."""
+
+    fast_chunks: bool = True
+    chunk_records: int | None = None
+
+
+DEFAULT_OPTIONS = ValidationOptions()
 
 
 class Decoded(Protocol):
@@ -360,7 +159,7 @@ class Decoded(Protocol):
 
 
 class RecordSink(Protocol):
-    """Where streamed validation puts valid records (``processors.columns``), a chunk at a
+    """Where streamed validation puts valid records (``stats/columns.py``), a chunk at a
     time and in file order."""
 
     def extend(self, recs: list[Record]) -> None: ...
@@ -370,82 +169,74 @@ def _digest(rid: str) -> bytes:
     return hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
+def _check_none(rec: Record, s: int, e: int) -> CheckResult | None:
+    """The value check of a type without a spec: no value rules."""
+    return None
+
+
 # --- whole chunks at once ---------------------------------------------------------------------
 # Records are taken a chunk at a time. A chunk in which every record passes every rule (the
 # usual export) is checked with C-speed ``map``/``set``/``all`` passes and kept whole; any
 # other chunk goes through ``_check_record``, one record at a time, which defines the rules.
-# The chunk checks below must accept a chunk exactly when that would keep every record of
-# it unchanged (tests compare the two). Heart-rate chunks are short: a record can carry
-# thousands of samples, and a chunk is held in memory while it is checked.
-FAST_CHUNKS = True
-CHUNK_DEFAULT = 256
-CHUNK_RECORDS = {"HeartRateRecord": 16}
-_ONLY_DICT = frozenset({dict})
-_ONLY_STR = frozenset({str})
-_ONLY_INT = frozenset({int})
-_NUMBER_TYPES = frozenset({int, float})
-_get: Callable[..., Any] = dict.get  # map(_get, records, repeat(key)): C-speed field reads
-_CleanValues = Callable[[list[Record], list[Any], list[Any]], bool]
+# The chunk checks (here and each type's ``clean``) must accept a chunk exactly when that
+# would keep every record of it unchanged (tests compare the two). Heart-rate chunks are
+# short: a record can carry thousands of samples, and a chunk is held in memory while it is
+# checked.
+def _chunk_ids(chunk: list[Record], digest: Callable[[str], bytes] | None,
+               seen: set[str | bytes]) -> list[Any] | None:
+    """The id keys of a chunk of dicts whose metadata all have a non-empty id and origin
+    (strings), none repeated in the chunk or before it; else None."""
+    if set(map(type, chunk)) != ONLY_DICT:
+        return None
+    metas = list(map(get, chunk, repeat("metadata")))
+    if set(map(type, metas)) != ONLY_DICT:
+        return None
+    ids = list(map(get, metas, repeat("id")))
+    if set(map(type, ids)) != ONLY_STR or not all(ids):
+        return None
+    origins = set(map(get, metas, repeat("dataOriginPackageName")))
+    if set(map(type, origins)) != ONLY_STR or "" in origins:
+        return None
+    keys = ids if digest is None else list(map(digest, ids))
+    unique = set(keys)
+    if len(unique) != len(keys) or not unique.isdisjoint(seen):
+        return None  # a repeated id
+    return keys
 
 
-def _between(values: list[Any], lo: float, hi: float) -> bool:
-    """``lo <= v <= hi`` for every value (False for NaN, as in the per-record checks)."""
-    return all(map(le, repeat(lo), values)) and all(map(le, values, repeat(hi)))
+_Times = tuple[list[Any], list[Any], list[Any], list[Any]]
 
 
-def _numbers_between(chunk: list[Record], key: str, lo: float, hi: float) -> bool:
-    values = list(map(_get, chunk, repeat(key)))
-    return set(map(type, values)) <= _NUMBER_TYPES and _between(values, lo, hi)
+def _chunk_times(chunk: list[Record], instant: bool, min_ms: int) -> _Times | None:
+    """(starts, ends, start zones, end zones) when every start and end is an int, no start
+    is after its end and none is before ``min_ms``; else None."""
+    if instant:
+        starts = ends = list(map(get, chunk, repeat("timeEpochMillis")))
+        zones1 = zones2 = list(map(get, chunk, repeat("zoneOffsetId")))
+    else:
+        starts = list(map(get, chunk, repeat("startTimeEpochMillis")))
+        ends = list(map(get, chunk, repeat("endTimeEpochMillis")))
+        zones1 = list(map(get, chunk, repeat("startZoneOffsetId")))
+        zones2 = list(map(get, chunk, repeat("endZoneOffsetId")))
+        if set(map(type, ends)) != ONLY_INT or not all(map(le, starts, ends)):
+            return None
+    if set(map(type, starts)) != ONLY_INT or min(starts) < min_ms:
+        return None
+    return starts, ends, zones1, zones2
 
 
-def _clean_glucose(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
-    return (_numbers_between(chunk, "levelInMilligramsPerDeciliter", *GLUCOSE_RANGE)
-            and set(map(_get, chunk, repeat("mealType"))) <= _MEAL_OR_NONE
-            and set(map(_get, chunk, repeat("relationToMeal"))) <= _RELATION_OR_NONE
-            and set(map(_get, chunk, repeat("specimenSource"))) <= _SPECIMEN_OR_NONE)
-
-
-def _clean_hrv(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
-    return _numbers_between(chunk, "heartRateVariabilityRmssd", *HRV_RANGE)
-
-
-def _clean_steps(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
-    counts = list(map(_get, chunk, repeat("count")))
-    return set(map(type, counts)) == _ONLY_INT and _between(counts, *STEPS_RANGE)
-
-
-def _clean_calories(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
-    return _numbers_between(chunk, "energyInKilocalories", *ACTIVE_KCAL_RANGE)
-
-
-def _clean_heart_rate(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
-    """Every record has samples, and every sample lies in its record's interval and range
-    (``_check_heart_rate``'s fast path; a malformed sample raises, which means "no")."""
-    lists = list(map(_get, chunk, repeat("samples")))
-    if set(map(type, lists)) != {list} or not all(lists):
-        return False
-    lo, hi = HEART_RATE_RANGE
-    for samples, s, e in zip(lists, starts, ends, strict=True):  # as fast as map here
-        for smp in samples:
-            if not (s <= smp["timeEpochMillis"] <= e and lo <= smp["beatsPerMinute"] <= hi):
-                return False
-    return True
-
-
-_MEAL_OR_NONE = MEAL_TYPES | {None}
-_RELATION_OR_NONE = RELATIONS_TO_MEAL | {None}
-_SPECIMEN_OR_NONE = SPECIMEN_SOURCES | {None}
-_CLEAN_VALUES: dict[str, _CleanValues] = {
-    "BloodGlucoseRecord": _clean_glucose,
-    "HeartRateRecord": _clean_heart_rate,
-    "HeartRateVariabilityRmssdRecord": _clean_hrv,
-    "StepsRecord": _clean_steps,
-    "ActiveCaloriesBurnedRecord": _clean_calories,
-}  # sleep sessions (few per file, stages to check) always go record by record
+def _missing_zones(zones: set[Any], zones1: list[Any], zones2: list[Any],
+                   instant: bool) -> int:
+    """How many records of a clean chunk lack a zone offset (start or end)."""
+    if None not in zones:
+        return 0
+    if instant:
+        return zones1.count(None)
+    return sum(map(or_, map(is_, zones1, repeat(None)), map(is_, zones2, repeat(None))))
 
 
 def _clean_chunk(
-    chunk: list[Record], clean_values: _CleanValues, instant: bool, seen: set[str | bytes],
+    chunk: list[Record], clean_values: ChunkCheck, instant: bool, seen: set[str | bytes],
     digest: Callable[[str], bytes] | None, min_ms: int, max_ms: int,
 ) -> tuple[int, int] | None:
     """If every record of ``chunk`` passes every rule and none is in progress: add their ids
@@ -453,35 +244,13 @@ def _clean_chunk(
     export time. Otherwise None, nothing changed. ``max_ms``: the latest export time a
     record may claim (upload time plus skew)."""
     try:
-        if set(map(type, chunk)) != _ONLY_DICT:
+        keys = _chunk_ids(chunk, digest, seen)
+        times = None if keys is None else _chunk_times(chunk, instant, min_ms)
+        if keys is None or times is None:
             return None
-        metas = list(map(_get, chunk, repeat("metadata")))
-        if set(map(type, metas)) != _ONLY_DICT:
-            return None
-        ids = list(map(_get, metas, repeat("id")))
-        if set(map(type, ids)) != _ONLY_STR or not all(ids):
-            return None
-        origins = set(map(_get, metas, repeat("dataOriginPackageName")))
-        if set(map(type, origins)) != _ONLY_STR or "" in origins:
-            return None
-        keys = ids if digest is None else list(map(digest, ids))
-        unique = set(keys)
-        if len(unique) != len(keys) or not unique.isdisjoint(seen):
-            return None  # a repeated id
-        if instant:
-            starts = ends = list(map(_get, chunk, repeat("timeEpochMillis")))
-            zones1 = zones2 = list(map(_get, chunk, repeat("zoneOffsetId")))
-        else:
-            starts = list(map(_get, chunk, repeat("startTimeEpochMillis")))
-            ends = list(map(_get, chunk, repeat("endTimeEpochMillis")))
-            zones1 = list(map(_get, chunk, repeat("startZoneOffsetId")))
-            zones2 = list(map(_get, chunk, repeat("endZoneOffsetId")))
-            if set(map(type, ends)) != _ONLY_INT or not all(map(le, starts, ends)):
-                return None
-        if set(map(type, starts)) != _ONLY_INT or min(starts) < min_ms:
-            return None
-        fetches = list(map(_get, chunk, repeat(FETCH_KEY)))
-        if (set(map(type, fetches)) != _ONLY_INT or max(fetches) > max_ms
+        starts, ends, zones1, zones2 = times
+        fetches = list(map(get, chunk, repeat(FETCH_KEY)))
+        if (set(map(type, fetches)) != ONLY_INT or max(fetches) > max_ms
                 or not all(map(le, ends, fetches))):
             return None  # an export time out of bounds, or a record still in progress
         zones = set(zones1).union(zones2)
@@ -492,14 +261,10 @@ def _clean_chunk(
     except (TypeError, KeyError):  # unhashable or malformed values: record by record
         return None
     seen.update(keys)  # from a list, not a set: ``seen`` then grows as with one add each
-    latest = max(fetches)
-    if None not in zones:
-        return 0, latest
-    if instant:
-        return zones1.count(None), latest
-    return sum(map(or_, map(is_, zones1, repeat(None)), map(is_, zones2, repeat(None)))), latest
+    return _missing_zones(zones, zones1, zones2, instant), max(fetches)
 
 
+# --- record by record ---------------------------------------------------------------------------
 def _export_ms(rec: Record, start: int, ceiling: int, max_ms: int) -> int:
     """The record's export time: the app's fetch time when it is plausible (not before the
     record's start, not after the upload plus skew), else the upload time (``ceiling``)."""
@@ -507,12 +272,6 @@ def _export_ms(rec: Record, start: int, ceiling: int, max_ms: int) -> int:
     if type(fetch) is int and start <= fetch <= max_ms:
         return fetch
     return ceiling
-
-
-def _may_be_in_progress(rtype: str, start: int, end: int) -> bool:
-    """Only a running total of at most a day (25 h: a DST day) is exported while going; a
-    sleep session is written when it ends, and a longer "interval" is a bad timestamp."""
-    return rtype != "SleepSessionRecord" and end - start <= MAX_IN_PROGRESS_MS
 
 
 def _in_progress(rec: Record, end: int) -> Record:
@@ -535,11 +294,12 @@ def _add_ones(total: float, n: int) -> float:
 
 @dataclass(slots=True)
 class _Rules:
-    """What the per-record checks need to know about the file and the message."""
+    """What the per-record checks need to know about the type, the file and the message."""
 
-    rtype: str
-    check: _Check
+    check: ValueCheck
     known_instant: bool | None  # None: a type we do not know, decided per record
+    running_total: bool  # may be exported while still going (spec; True if unknown)
+    incomplete: Callable[[Record], str | None] | None
     digest: Callable[[str], bytes] | None
     ceiling: int  # the upload time (never later than the worker's clock)
     skew: int
@@ -547,6 +307,12 @@ class _Rules:
     @property
     def max_ms(self) -> int:
         return self.ceiling + self.skew
+
+    def may_be_in_progress(self, start: int, end: int) -> bool:
+        """Only a running total of at most a day (25 h: a DST day) is exported while going;
+        a sleep session is written when it ends, and a longer "interval" is a bad
+        timestamp."""
+        return self.running_total and end - start <= MAX_IN_PROGRESS_MS
 
 
 @dataclass(slots=True)
@@ -605,12 +371,36 @@ def _time_code(rec: Record, s: Any, e: Any, z1: Any, z2: Any,
         return "timestamp_before_2000", 0
     export = _export_ms(rec, s, rules.ceiling, rules.max_ms)
     if s > export + rules.skew or (
-            e > export + rules.skew and not _may_be_in_progress(rules.rtype, s, e)):
+            e > export + rules.skew and not rules.may_be_in_progress(s, e)):
         return "timestamp_in_future", export
     offset = zone_offset_seconds
     if offset(z1) is None or (z2 is not z1 and offset(z2) is None):
         return "bad_zone_offset", export
     return None, export
+
+
+def _count_incomplete(rec: Record, z1: Any, z2: Any, rules: _Rules, tally: _Tally) -> None:
+    """Completeness is a property of the record, counted whether or not it is kept."""
+    if z1 is None or z2 is None:
+        tally.incomplete += 1
+        tally.count("missing_zone_offset")
+    elif rules.incomplete is not None:
+        code = rules.incomplete(rec)
+        if code is not None:
+            tally.incomplete += 1
+            tally.count(code)
+
+
+def _apply_verdict(verdict: CheckResult, rec: Record, tally: _Tally) -> tuple[Record, float] | None:
+    """Count a value check's verdict: (the record to keep, its usable share), or None."""
+    if verdict.drops:
+        for k, n in verdict.drops.items():
+            tally.count(k, n)
+    tally.inconsistent += verdict.inconsistent
+    if verdict.code is not None:
+        tally.count(verdict.code)
+        return None
+    return (rec if verdict.record is None else verdict.record), verdict.usable
 
 
 def _check_record(rec: Any, rules: _Rules, tally: _Tally) -> Record | None:
@@ -625,13 +415,7 @@ def _check_record(rec: Any, rules: _Rules, tally: _Tally) -> Record | None:
     if instant is None:
         instant = "timeEpochMillis" in rec
     s, e, z1, z2 = _times(rec, instant)
-    # completeness is a property of the record, counted whether or not it is kept
-    if z1 is None or z2 is None:
-        tally.incomplete += 1
-        tally.count("missing_zone_offset")
-    elif rules.rtype == "SleepSessionRecord" and not rec.get("stages"):
-        tally.incomplete += 1
-        tally.count("sleep_no_stages")
+    _count_incomplete(rec, z1, z2, rules, tally)
     export = 0
     if code is None:
         code, export = _time_code(rec, s, e, z1, z2, rules)
@@ -640,25 +424,25 @@ def _check_record(rec: Any, rules: _Rules, tally: _Tally) -> Record | None:
         tally.inconsistent += code in CONSISTENCY_CODES
         return None
     # still going when it was exported (a long or sleep record here is within skew)
-    started = e > export and not instant and _may_be_in_progress(rules.rtype, s, e)
+    started = e > export and not instant and rules.may_be_in_progress(s, e)
     if started:
         e = max(s, export)
         rec = _in_progress(rec, e)
-    vcode, kept, usable, bad_consistency, drops = rules.check(rec, s, e)
-    for k, n in (drops or {}).items():
-        tally.count(k, n)
-    tally.inconsistent += bad_consistency
-    if vcode is not None:
-        tally.count(vcode)
-        return None
+    verdict = rules.check(rec, s, e)
+    usable = 1.0
+    if verdict is not None:
+        kept = _apply_verdict(verdict, rec, tally)
+        if kept is None:
+            return None
+        rec, usable = kept
     tally.usable_sum += usable
     tally.kept += 1
     tally.in_progress += started
     tally.latest_export = max(tally.latest_export, export)
-    return kept
+    return rec
 
 
-def _take_clean(chunk: list[Record], clean: _CleanValues, rules: _Rules,
+def _take_clean(chunk: list[Record], clean: ChunkCheck, rules: _Rules,
                 tally: _Tally) -> bool:
     """Count a chunk whose every record passes every rule at once (``_clean_chunk``)."""
     done = _clean_chunk(chunk, clean, bool(rules.known_instant), tally.seen, rules.digest,
@@ -677,32 +461,42 @@ def _take_clean(chunk: list[Record], clean: _CleanValues, rules: _Rules,
     return True
 
 
+def _rules(spec: RecordTypeSpec | None, expected: int, now_ms: int, upload_ms: int | None,
+           config: DomainConfig) -> _Rules:
+    """The rules for one file: its type's (none for a type without a spec)."""
+    return _Rules(
+        check=_check_none if spec is None else spec.check,
+        known_instant=None if spec is None else not spec.interval,
+        running_total=True if spec is None else spec.running_total,
+        incomplete=None if spec is None else spec.incomplete,
+        digest=_digest if expected > DIGEST_IDS_ABOVE else None,
+        ceiling=now_ms if upload_ms is None else min(upload_ms, now_ms),
+        skew=config.max_future_skew_ms)
+
+
 def validate(
     decoded: DecodedFile | Decoded, *, now_ms: int, config: DomainConfig,
     sink: RecordSink | None = None, upload_ms: int | None = None,
+    options: ValidationOptions = DEFAULT_OPTIONS,
 ) -> ValidationReport:
     """Check every record once; keep the usable ones (in ``valid_records``, or handed to
     ``sink``); score the file (see module doc). ``upload_ms``: the message's upload time,
     which bounds the export times the file may claim (the worker's clock ``now_ms`` bounds
-    it in turn)."""
+    it in turn). The type's spec is looked up once, here."""
     rtype = canonical_record_type(decoded.record_type)
+    spec = registry.find(rtype)
     records = decoded.records
     expected = getattr(decoded, "record_count", None)
     if expected is None:
         expected = len(records) if isinstance(records, list) else 0
-    rules = _Rules(
-        rtype=rtype, check=_VALUE_CHECKS.get(rtype, _check_none),
-        known_instant=(True if rtype in INSTANT_TYPES
-                       else False if rtype in _VALUE_CHECKS else None),
-        digest=_digest if expected > DIGEST_IDS_ABOVE else None,
-        ceiling=now_ms if upload_ms is None else min(upload_ms, now_ms),
-        skew=config.max_future_skew_ms)
+    rules = _rules(spec, expected, now_ms, upload_ms, config)
     tally = _Tally()
     valid: list[Record] = []
     keep = valid.extend if sink is None else sink.extend
-    clean = _CLEAN_VALUES.get(rtype) if FAST_CHUNKS else None
+    clean = spec.clean if spec is not None and options.fast_chunks else None
+    size = options.chunk_records or (CHUNK_DEFAULT if spec is None else spec.chunk_records)
     it = iter(records)
-    while chunk := list(islice(it, CHUNK_RECORDS.get(rtype, CHUNK_DEFAULT))):
+    while chunk := list(islice(it, size)):
         if clean is not None and _take_clean(chunk, clean, rules, tally):
             keep(chunk)  # every record kept whole
             continue

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from etl_engine.domain.checks import number_check, number_chunk_check
 from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.records.spec import RecordTypeSpec
 from etl_engine.domain.stats.columns import Intervals
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.stats.daily import complete_values, day_details, over_complete, sufficiency
 from etl_engine.domain.stats.origins import interval_daily_totals
+from etl_engine.domain.wording import Stats, cap, clock, num, origin_note, partial_days, plural
 
 VALUE_KEY = "energyInKilocalories"
 
@@ -52,3 +55,60 @@ def statistics(cols: Intervals, config: DomainConfig) -> dict[str, Any]:
         "days_with_multiple_origins": daily.multi_origin_days,
         "origins": origins,
     }
+
+
+# --- validation -------------------------------------------------------------------------------
+ACTIVE_KCAL_RANGE = (0.0, 10_000.0)
+check_record = number_check(VALUE_KEY, *ACTIVE_KCAL_RANGE, "active_calories_out_of_range")
+check_chunk = number_chunk_check(VALUE_KEY, *ACTIVE_KCAL_RANGE)
+
+
+# --- narrative --------------------------------------------------------------------------------
+INSTRUCTIONS = (
+    "How many active calories did I burn {period}?",
+    "Can you summarize my active energy {period}?",
+    "What do my active calories {period} look like?",
+)
+
+
+def narrative(s: Stats, period: str) -> str:
+    """Daily active energy totals and the average per complete day."""
+    days, complete = s["days"], s["complete_days"]
+    if days == 1 and complete == 0:
+        [(day, d)] = s["days_detail"].items()
+        text = (f"So far {period}, by {clock(d['as_of_local'])}, {num(s['daily_kcal'][day])} "
+                f"kcal of active energy were burned, covering {num(d['hours_covered'])} hours "
+                "of the day; the day was still in progress when the phone exported it.")
+    elif days == 1:
+        text = f"{cap(period)}, {num(s['total_kcal'])} kcal of active energy were burned."
+    else:
+        parts = [f"{cap(period)}, active energy was recorded on {plural(days, 'day')}: "
+                 f"{num(s['total_kcal'])} kcal in total."]
+        if complete == 1:
+            parts.append(f"The one complete day had {num(s['max_daily_kcal'])} kcal.")
+        elif complete:
+            parts.append(f"Over the {plural(complete, 'complete day')} the average was "
+                         f"{num(s['average_kcal_per_day'])} kcal per day (highest "
+                         f"{num(s['max_daily_kcal'])} kcal, lowest "
+                         f"{num(s['min_daily_kcal'])} kcal).")
+        parts += partial_days(s, "daily_kcal", "kcal")
+        text = " ".join(parts)
+    text += (" Active calories count only the energy burned through movement, on top of what "
+             "the body uses at rest.")
+    return text + origin_note(s["days_with_multiple_origins"], "days")
+
+
+SPEC = RecordTypeSpec(
+    name="ActiveCaloriesBurnedRecord",
+    category="energy_metabolism",
+    interval=True,
+    schema_file="ActiveCaloriesBurnedRecord.avsc",
+    check=check_record,
+    clean=check_chunk,
+    statistics=compute_statistics,
+    column_store=lambda: Intervals(VALUE_KEY),
+    column_statistics=statistics,
+    narrative=narrative,
+    instructions=INSTRUCTIONS,
+    order=60,
+)

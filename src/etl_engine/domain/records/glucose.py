@@ -43,7 +43,16 @@ from collections.abc import Iterable, Sequence
 from itertools import chain, compress, groupby, islice, pairwise, repeat
 from typing import Any
 
+from etl_engine.domain.checks import (
+    MISSING_VALUE,
+    UNKNOWN_ENUM_VALUE,
+    CheckResult,
+    enums_within,
+    is_num,
+    numbers_between,
+)
 from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.records.spec import RecordTypeSpec
 from etl_engine.domain.stats.columns import Readings
 from etl_engine.domain.stats.common import (
     DAY_MS,
@@ -56,6 +65,7 @@ from etl_engine.domain.stats.common import (
     sample_sd,
 )
 from etl_engine.domain.stats.origins import choose_origin
+from etl_engine.domain.wording import Stats, cap, join, num, origin_note, plural
 
 VALUE_KEY = "levelInMilligramsPerDeciliter"
 BAND_NAMES = ("very_low_below_54", "low_54_69", "in_range_70_180", "high_181_250",
@@ -401,3 +411,170 @@ def statistics(cols: Readings, config: DomainConfig) -> dict[str, Any]:
         "origin_by_day": {day: name for day, name, _ in choices},
         "days_with_multiple_origins": sum(1 for _, _, present in choices if present > 1),
     }
+
+
+# --- validation -------------------------------------------------------------------------------
+GLUCOSE_RANGE = (20.0, 600.0)
+MEAL_TYPES = frozenset({"UNKNOWN", "BREAKFAST", "LUNCH", "DINNER", "SNACK"})
+RELATIONS_TO_MEAL = frozenset({"UNKNOWN", "GENERAL", "FASTING", "BEFORE_MEAL", "AFTER_MEAL"})
+SPECIMEN_SOURCES = frozenset(
+    {"INTERSTITIAL_FLUID", "CAPILLARY_BLOOD", "PLASMA", "SERUM", "TEARS", "WHOLE_BLOOD",
+     "UNKNOWN"}
+)
+_OUT_OF_RANGE = CheckResult("glucose_out_of_range")
+_MEAL_OR_NONE = MEAL_TYPES | {None}
+_RELATION_OR_NONE = RELATIONS_TO_MEAL | {None}
+_SPECIMEN_OR_NONE = SPECIMEN_SOURCES | {None}
+
+
+def check_record(rec: Record, s: int, e: int) -> CheckResult | None:
+    """A level within 20-600 mg/dL; meal, relation and specimen absent or known."""
+    v = rec.get(VALUE_KEY)
+    if not is_num(v):
+        return MISSING_VALUE
+    if not GLUCOSE_RANGE[0] <= v <= GLUCOSE_RANGE[1]:
+        return _OUT_OF_RANGE
+    meal = rec.get("mealType")
+    rel = rec.get("relationToMeal")
+    src = rec.get("specimenSource")
+    if ((meal is not None and meal not in MEAL_TYPES)
+            or (rel is not None and rel not in RELATIONS_TO_MEAL)
+            or (src is not None and src not in SPECIMEN_SOURCES)):
+        return UNKNOWN_ENUM_VALUE
+    return None
+
+
+def check_chunk(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
+    """``check_record`` for a whole chunk at C speed: True when it keeps every record."""
+    return (numbers_between(chunk, VALUE_KEY, *GLUCOSE_RANGE)
+            and enums_within(chunk, "mealType", _MEAL_OR_NONE)
+            and enums_within(chunk, "relationToMeal", _RELATION_OR_NONE)
+            and enums_within(chunk, "specimenSource", _SPECIMEN_OR_NONE))
+
+
+# --- narrative --------------------------------------------------------------------------------
+INSTRUCTIONS = (
+    "How did my blood glucose look {period}?",
+    "Can you summarize my blood glucose readings {period}?",
+    "What do my glucose readings {period} say about my glucose control?",
+)
+_TARGET_TEXT = {
+    "in_range_above_70_percent": "more than 70% of readings in range",
+    "below_70_under_4_percent": "less than 4% below 70 mg/dL",
+    "below_54_under_1_percent": "less than 1% below 54 mg/dL",
+    "above_180_under_25_percent": "less than 25% above 180 mg/dL",
+    "above_250_under_5_percent": "less than 5% above 250 mg/dL",
+}
+
+
+def _coverage_text(s: Stats, period: str) -> str:
+    """What the figures rest on: readings, covered time and wear (not calendar days)."""
+    q, n = s["sufficiency"], s["reading_count"]
+    if s["day_basis"] == "utc":  # Z-stamped readings: their days are UTC days
+        period += " (UTC dates)" if period.startswith("between") else " (UTC date)"
+    first = (f"{cap(period)}, {plural(n, 'blood glucose reading')} "
+             f"{'was' if n == 1 else 'were'} recorded")
+    if q["sampling"] == "continuous":
+        return (f"{first}, about one every {num(q['sampling_interval_minutes'])} minutes. "
+                f"They cover {plural(q['days_covered'], 'day')} "
+                f"({plural(q['hours_covered'], 'hour')}), and {num(q['wear_percent'])}% of "
+                "the readings expected over that time were received.")
+    if q["sampling_interval_minutes"] is None:
+        return f"{first}."
+    return (f"{first}, typically {num(q['sampling_interval_minutes'])} minutes apart, over "
+            f"{plural(q['hours_covered'], 'hour')}: occasional readings, such as from a "
+            "meter, rather than a continuous sensor record.")
+
+
+def _verdict_text(s: Stats) -> list[str]:
+    """Consensus verdict and GMI only on enough data (>= 14 days, >= 70 % wear)."""
+    if s["gmi_insufficient_data"] or s["control_assessment_insufficient_data"]:
+        why = ("that was not reached here" if s["sufficiency"]["sampling"] == "continuous"
+               else "these are not continuous sensor readings")
+        return [f"The international consensus on time in range asks for at least 14 days of "
+                f"sensor data with at least 70% of the expected readings before glucose is "
+                f"compared with its targets or summarized as a glucose management indicator "
+                f"(GMI); {why}, so no target assessment and no GMI are given, and the shares "
+                "above describe only these readings."]
+    missed = [_TARGET_TEXT[k] for k, ok in s["targets_met"].items() if not ok]
+    consensus = "the widely used consensus targets"
+    if s["control_assessment"] == "meets_targets":
+        verdict = f"Together these meet {consensus} ({join(list(_TARGET_TEXT.values()))})."
+    elif s["control_assessment"] == "partially_meets_targets":
+        verdict = (f"At least half of the readings were in range, but not all of {consensus} "
+                   f"were met; the ones not met are {join(missed)}.")
+    else:
+        verdict = (f"Fewer than half of the readings were in range, so these readings fall "
+                   f"short of {consensus}; the ones not met are {join(missed)}.")
+    return [verdict, f"Based on the average, the glucose management indicator (GMI) is "
+                     f"{num(s['gmi_percent'])}%, an estimate from the readings, not a "
+                     "laboratory result."]
+
+
+def _episodes_text(e: Stats) -> str:
+    """Episodes by the consensus definition (none counted from intermittent readings)."""
+    if e["low_level_1_below_70"] is None:
+        return ("Low- and high-glucose episodes are not counted, as they need continuous "
+                "sensor readings.")
+    rule = ("by the consensus definition (at least 15 minutes in a row past the limit, "
+            "ending after at least 15 minutes back within it; a gap in the readings ends it)")
+    if not any(e.values()):
+        return (f"No low-glucose episodes below 70 mg/dL or high-glucose episodes above "
+                f"180 mg/dL were found, {rule}.")
+    return (f"Glucose episodes, {rule}: "
+            f"{num(e['low_level_1_below_70'])} low below 70 mg/dL and "
+            f"{num(e['low_level_2_below_54'])} below 54 mg/dL, "
+            f"{num(e['high_level_1_above_180'])} high above 180 mg/dL and "
+            f"{num(e['high_level_2_above_250'])} above 250 mg/dL (each level counted on its "
+            "own, so an episode below 54 mg/dL is also part of one below 70 mg/dL).")
+
+
+def narrative(s: Stats, period: str) -> str:
+    """Coverage, average, spread, time in ranges, consensus verdict and GMI (only on
+    enough data), consensus episodes."""
+    bands = s["time_in_ranges_percent"]
+    p = s["percentiles_mg_dl"]
+    out = [
+        _coverage_text(s, period),
+        f"The average glucose was {num(s['mean_mg_dl'])} mg/dL, with readings from "
+        f"{num(s['min_mg_dl'])} to {num(s['max_mg_dl'])} mg/dL and a median of "
+        f"{num(p['p50'])} mg/dL.",
+    ]
+    if s["cv_percent"] is not None:
+        judged = ("within the 36% commonly used as the limit for stable glucose"
+                  if s["variability"] == "stable" else
+                  "above the 36% commonly used as the limit for stable glucose, so glucose "
+                  "moved up and down more than is usually considered stable")
+        out.append(f"The standard deviation was {num(s['sd_mg_dl'])} mg/dL and the "
+                   f"coefficient of variation {num(s['cv_percent'])}%, {judged}.")
+    out.append(
+        f"{num(bands['in_range_70_180'])}% of readings were in the target range of "
+        f"70-180 mg/dL. {num(s['below_70_percent'])}% were below 70 mg/dL (including "
+        f"{num(bands['very_low_below_54'])}% below 54 mg/dL) and {num(s['above_180_percent'])}% "
+        f"were above 180 mg/dL (including {num(bands['very_high_above_250'])}% above 250 mg/dL)."
+    )
+    out += _verdict_text(s)
+    e = s["episodes"]
+    out.append(_episodes_text(e))
+    lows = bool(e["low_level_1_below_70"] or e["low_level_2_below_54"])
+    text = " ".join(out) + origin_note(s["days_with_multiple_origins"], "days")
+    if s["control_assessment"] != "meets_targets" or lows:
+        text += (" It may be worth going over these patterns with a healthcare professional, "
+                 "who can put them in context.")
+    return text
+
+
+SPEC = RecordTypeSpec(
+    name="BloodGlucoseRecord",
+    category="metabolic_diabetes",
+    interval=False,
+    schema_file="BloodGlucoseRecord.avsc",
+    check=check_record,
+    clean=check_chunk,
+    statistics=compute_statistics,
+    column_store=lambda: Readings(VALUE_KEY),
+    column_statistics=statistics,
+    narrative=narrative,
+    instructions=INSTRUCTIONS,
+    order=10,
+)

@@ -38,7 +38,9 @@ from functools import partial
 from itertools import accumulate, chain, compress, count, islice, repeat
 from typing import Any
 
+from etl_engine.domain.checks import CheckResult, get, is_num
 from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.records.spec import RecordTypeSpec
 from etl_engine.domain.stats.columns import Samples
 from etl_engine.domain.stats.common import (
     DAY_MS,
@@ -53,6 +55,7 @@ from etl_engine.domain.stats.common import (
     sample_sd,
 )
 from etl_engine.domain.stats.origins import choose_origin, covered_length, union_length
+from etl_engine.domain.wording import Stats, cap, join, num, origin_note, plural
 
 HR_MAX_BPM = 190
 ZONE_NAMES = ("below_zone_1", "zone_1", "zone_2", "zone_3", "zone_4", "zone_5")
@@ -344,3 +347,119 @@ def statistics(cols: Samples, config: DomainConfig) -> dict[str, Any]:
         "origin_by_day": {day: name for day, name, _ in choices},
         "days_with_multiple_origins": sum(1 for _, _, present in choices if present > 1),
     }
+
+
+# --- validation -------------------------------------------------------------------------------
+HEART_RATE_RANGE = (25, 250)
+CHUNK_RECORDS = 16  # a record can carry thousands of samples; a chunk is held while checked
+_NO_SAMPLES = CheckResult("heart_rate_no_samples")
+
+
+def check_record(rec: Record, s: int, e: int) -> CheckResult | None:
+    """Samples present; each within the record's interval and 25-250 bpm, or dropped."""
+    samples = rec.get("samples")
+    if not samples or type(samples) is not list:
+        return _NO_SAMPLES
+    lo, hi = HEART_RATE_RANGE
+    try:  # fast path: every sample well-formed and plausible, nothing copied
+        for smp in samples:
+            if not (s <= smp["timeEpochMillis"] <= e and lo <= smp["beatsPerMinute"] <= hi):
+                raise ValueError
+        return None
+    except (KeyError, TypeError, ValueError):
+        pass
+    return _filter_samples(rec, samples, s, e)
+
+
+def _filter_samples(rec: Record, samples: list[Any], s: int, e: int) -> CheckResult:
+    """Slow path: drop bad samples and count each one under its reason code."""
+    lo, hi = HEART_RATE_RANGE
+    kept: list[Any] = []
+    drops: dict[str, int] = {}
+    for smp in samples:
+        t: Any = smp.get("timeEpochMillis") if type(smp) is dict else None
+        b: Any = smp.get("beatsPerMinute") if type(smp) is dict else None
+        if type(t) is not int or not is_num(b):
+            code = "missing_value"
+        elif not s <= t <= e:
+            code = "sample_outside_interval"
+        elif not lo <= b <= hi:
+            code = "heart_rate_out_of_range"
+        else:
+            kept.append(smp)
+            continue
+        drops[code] = drops.get(code, 0) + 1
+    inconsistent = "sample_outside_interval" in drops
+    if not kept:
+        return CheckResult("heart_rate_no_valid_samples", None, 0.0, inconsistent, drops)
+    out = dict(rec)  # shallow copy: only the samples list differs
+    out["samples"] = kept
+    return CheckResult(None, out, len(kept) / len(samples), inconsistent, drops)
+
+
+def check_chunk(chunk: list[Record], starts: list[Any], ends: list[Any]) -> bool:
+    """Every record has samples, and every sample lies in its record's interval and range
+    (``check_record``'s fast path; a malformed sample raises, which means "no")."""
+    lists = list(map(get, chunk, repeat("samples")))
+    if set(map(type, lists)) != {list} or not all(lists):
+        return False
+    lo, hi = HEART_RATE_RANGE
+    for samples, s, e in zip(lists, starts, ends, strict=True):  # as fast as map here
+        for smp in samples:
+            if not (s <= smp["timeEpochMillis"] <= e and lo <= smp["beatsPerMinute"] <= hi):
+                return False
+    return True
+
+
+# --- narrative --------------------------------------------------------------------------------
+INSTRUCTIONS = (
+    "How was my heart rate {period}?",
+    "Can you summarize my heart-rate data {period}?",
+    "What does my heart rate {period} tell me?",
+)
+
+
+def narrative(s: Stats, period: str) -> str:
+    """Average and range, coverage, lowest sustained rate (sleep included, so never set
+    against awake norms), time in zones."""
+    low, suff = s["lowest_sustained_bpm"], s["sufficiency"]
+    hours, rate = suff["hours_covered"], suff["samples_per_hour"]
+    span = plural(hours, "hour") if hours >= 0.1 else "a few minutes"
+    cover = (f"the records cover {span} on {plural(suff['days_covered'], 'day')}"
+             + (f", about {num(rate)} samples per hour" if rate is not None else ""))
+    lower = s["zone_lower_bounds_bpm"]
+    b = [lower[f"zone_{i}"] for i in range(1, 6)]
+    labels = [f"below zone 1 (under {b[0]} bpm)"]
+    labels += [f"in zone {i} ({b[i - 1]}-{b[i] - 1} bpm)" for i in range(1, 5)]
+    labels.append(f"in zone 5 ({b[4]} bpm and above)")
+    zones = s["time_in_zones_percent"]
+    keys = ["below_zone_1"] + [f"zone_{i}" for i in range(1, 6)]
+    parts = [f"{num(zones[k])}% {label}" for k, label in zip(keys, labels, strict=True)]
+    return (
+        f"{cap(period)}, {plural(s['sample_count'], 'heart-rate sample')} "
+        f"{'was' if s['sample_count'] == 1 else 'were'} recorded; {cover}. The average heart "
+        f"rate was {num(s['mean_bpm'])} bpm, ranging from {num(s['min_bpm'])} to "
+        f"{num(s['max_bpm'])} bpm. The lowest sustained heart rate (the 5th percentile of all "
+        f"samples, including any taken during sleep) was about {num(low)} bpm. The data do "
+        "not show which samples were taken awake or asleep, so this figure is not compared "
+        "with reference ranges. "
+        f"Using a reference maximum of {num(s['hr_max_reference_bpm'])} bpm, the time was "
+        f"{join(parts)}." + origin_note(s["days_with_multiple_origins"], "days")
+    )
+
+
+SPEC = RecordTypeSpec(
+    name="HeartRateRecord",
+    category="cardiovascular_fitness",
+    interval=True,
+    schema_file="HeartRateRecord.avsc",
+    check=check_record,
+    clean=check_chunk,
+    chunk_records=CHUNK_RECORDS,
+    statistics=compute_statistics,
+    column_store=Samples,
+    column_statistics=statistics,
+    narrative=narrative,
+    instructions=INSTRUCTIONS,
+    order=20,
+)

@@ -31,9 +31,12 @@ Each input's statistics depend on that input alone (no other record type is read
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
+from etl_engine.domain.checks import number_check, number_chunk_check
 from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.records.spec import RecordTypeSpec
 from etl_engine.domain.stats.common import (
     DAY_MS,
     HOUR_MS,
@@ -49,6 +52,7 @@ from etl_engine.domain.stats.common import (
     start_offset_ms,
 )
 from etl_engine.domain.stats.origins import by_origin, choose_origin, clusters, reading_coverage
+from etl_engine.domain.wording import Stats, cap, long_date, num, origin_note, plural
 
 VALUE_KEY = "heartRateVariabilityRmssd"
 NIGHT_GAP_MS = 3 * HOUR_MS
@@ -161,3 +165,83 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
         "origins": origins,
         "nights_with_multiple_origins": sum(1 for d in details if d["origins_present"] > 1),
     }
+
+
+# --- validation -------------------------------------------------------------------------------
+HRV_RANGE = (1.0, 300.0)
+check_record = number_check(VALUE_KEY, *HRV_RANGE, "hrv_out_of_range")
+check_chunk = number_chunk_check(VALUE_KEY, *HRV_RANGE)
+
+
+# --- narrative --------------------------------------------------------------------------------
+INSTRUCTIONS = (
+    "How was my heart rate variability {period}?",
+    "Can you summarize my HRV readings {period}?",
+    "What does my heart rate variability {period} show?",
+)
+
+
+def narrative(s: Stats, period: str) -> str:
+    """Level and spread of RMSSD, per night (devices measure it asleep, so clock hours say
+    when the device measured, not the person), coverage, the trend if the nights allow."""
+    n, k, suff = s["reading_count"], s["nights"], s["sufficiency"]
+    nights = s["nights_detail"]
+    out = [f"{cap(period)}, {plural(n, 'heart rate variability (RMSSD) reading')} "
+           f"{'was' if n == 1 else 'were'} recorded over {plural(k, 'night')} (a gap of more "
+           "than 3 hours between readings starts a new night)."]
+    hours, rate = suff["hours_covered"], suff["readings_per_hour"]
+    if rate is not None:
+        span = plural(hours, "hour") if hours >= 0.1 else "a few minutes"
+        out.append(f"From first to last reading, the nights cover {span}, about {num(rate)} "
+                   "readings per hour.")
+
+    def night_of(detail: Stats) -> str:
+        return long_date(date.fromisoformat(detail["night_of"]), with_year=False)
+
+    first = nights[0]
+    if n == 1:
+        out.append(f"The reading, on the night of {night_of(first)} at "
+                   f"{first['first_reading_local']}, was {num(s['mean_ms'])} ms.")
+    else:
+        where = (f"On the night of {night_of(first)} (readings from "
+                 f"{first['first_reading_local']} to {first['last_reading_local']}), the "
+                 f"average was {num(first['mean_ms'])} ms (median {num(first['median_ms'])} ms)"
+                 if k == 1 else
+                 f"Over all readings the average was {num(s['mean_ms'])} ms (median "
+                 f"{num(s['median_ms'])} ms)")
+        out.append(f"{where}, ranging from {num(s['min_ms'])} to {num(s['max_ms'])} ms, with a "
+                   f"standard deviation of {num(s['sd_ms'])} ms.")
+    if k > 1:
+        lo = min(nights, key=lambda d: d["mean_ms"])
+        hi = max(nights, key=lambda d: d["mean_ms"])
+        out.append(f"Nightly averages ranged from {num(lo['mean_ms'])} ms (night of "
+                   f"{night_of(lo)}) to {num(hi['mean_ms'])} ms (night of {night_of(hi)})."
+                   if lo["mean_ms"] != hi["mean_ms"] else
+                   f"Every night averaged {num(lo['mean_ms'])} ms.")
+    direction = s["trend_direction"]
+    if direction is None:
+        out.append("There is not enough data for a trend (at least 3 nights spanning 24 hours "
+                   "are needed).")
+    else:
+        word = {"stable": "roughly stable", "rising": "rising", "falling": "falling"}[direction]
+        slope = s["trend_ms_per_day"]
+        sign = "+" if slope > 0 else ""
+        out.append(f"Across the {plural(k, 'night')}, the trend in nightly averages was {word} "
+                   f"({sign}{num(slope)} ms per day).")
+    out.append("RMSSD differs a lot from person to person, so changes over time say more "
+               "than any single value.")
+    return " ".join(out) + origin_note(s["nights_with_multiple_origins"], "nights")
+
+
+SPEC = RecordTypeSpec(
+    name="HeartRateVariabilityRmssdRecord",
+    category="autonomic_health",
+    interval=False,
+    schema_file="HeartRateVariabilityRmssdRecord.avsc",
+    check=check_record,
+    clean=check_chunk,
+    statistics=compute_statistics,
+    narrative=narrative,
+    instructions=INSTRUCTIONS,
+    order=30,
+)

@@ -44,7 +44,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from etl_engine.domain.checks import (
+    DAY_MS,
+    MALFORMED_RECORD,
+    MISSING_TIMESTAMP,
+    UNKNOWN_ENUM_VALUE,
+    CheckResult,
+)
 from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.records.spec import RecordTypeSpec
 from etl_engine.domain.stats.common import (
     HOUR_MS,
     MINUTE_MS,
@@ -68,6 +76,7 @@ from etl_engine.domain.stats.origins import (
     non_overlapping,
     union_length,
 )
+from etl_engine.domain.wording import Stats, cap, duration, join, num, origin_note, plural
 
 NIGHT_GAP_MS = 2 * HOUR_MS
 NAP_MAX_MS = 3 * HOUR_MS
@@ -264,3 +273,147 @@ def compute_statistics(records: list[Record], config: DomainConfig) -> dict[str,
         "origins": _origin_totals(records),
         "nights_with_multiple_origins": sum(1 for p in periods if p["origins_present"] > 1),
     }
+
+
+# --- validation -------------------------------------------------------------------------------
+SESSION_MAX_MS = DAY_MS
+STAGE_NAMES = frozenset({"UNKNOWN", "AWAKE", "SLEEPING", "OUT_OF_BED", "LIGHT", "DEEP", "REM"})
+_TOO_LONG = CheckResult("sleep_duration_out_of_range")
+_STAGE_AFTER_END = CheckResult("start_after_end", inconsistent=True)
+_OUTSIDE = CheckResult("sleep_stage_outside_session", inconsistent=True)
+_OVERLAP = CheckResult("sleep_stage_overlap", inconsistent=True)
+
+
+def check_record(rec: Record, s: int, e: int) -> CheckResult | None:
+    """A session of at most 24 h whose stages are known, inside it and not overlapping."""
+    if e - s > SESSION_MAX_MS:
+        return _TOO_LONG
+    stages = rec.get("stages")
+    if not stages:
+        return None
+    if type(stages) is not list:
+        return MALFORMED_RECORD
+    spans: list[tuple[int, int]] = []
+    for st in stages:
+        if type(st) is not dict:
+            return MALFORMED_RECORD
+        a = st.get("startTimeEpochMillis")
+        b = st.get("endTimeEpochMillis")
+        if type(a) is not int or type(b) is not int:
+            return MISSING_TIMESTAMP
+        if a > b:
+            return _STAGE_AFTER_END
+        if st.get("stage") not in STAGE_NAMES:
+            return UNKNOWN_ENUM_VALUE
+        if a < s or b > e:
+            return _OUTSIDE
+        spans.append((a, b))
+    spans.sort()
+    prev_end = spans[0][1]
+    for a, b in spans[1:]:
+        if a < prev_end:
+            return _OVERLAP
+        prev_end = b
+    return None
+
+
+def incomplete(rec: Record) -> str | None:
+    """A session without stages is kept, but incomplete."""
+    return None if rec.get("stages") else "sleep_no_stages"
+
+
+# --- narrative --------------------------------------------------------------------------------
+INSTRUCTIONS = (
+    "How did I sleep {period}?",
+    "Can you summarize my sleep {period}?",
+    "What does my sleep data {period} show?",
+)
+
+
+def _one_night_text(night: Stats) -> list[str]:
+    """Stage shares (% of total sleep), bedtime, awakenings >= 5 min and brief ones, WASO."""
+    times = (f"Bedtime was {night['bedtime_local']} and wake-up "
+             f"{night['wake_time_local']}.")
+    if not night["stages_available"]:
+        return ["No sleep stages were recorded, so all of the time in bed is counted as "
+                "sleep.", times]
+    pct = night["stage_percent_of_sleep"]
+    named = [(pct["light"], "light sleep"), (pct["deep"], "deep sleep"),
+             (pct["rem"], "REM sleep"), (pct["sleeping"], "sleep without a stage")]
+    shares = [f"{num(v)}% {label}" for v, label in named if v > 0]
+    out = []
+    if shares:
+        shares[0] = shares[0].replace("% ", "% was ", 1)
+        out.append(f"Of the total sleep time, {join(shares)}.")
+    out.append(times)
+    out.append(f"There {'was' if night['awakenings'] == 1 else 'were'} "
+               f"{plural(night['awakenings'], 'awakening')} of 5 minutes or more and "
+               f"{plural(night['brief_awakenings'], 'brief awakening')} (under 5 minutes); "
+               "time awake or out of bed after first falling asleep was "
+               f"{plural(night['waso_minutes'], 'minute')}.")
+    return out
+
+
+def narrative(s: Stats, period: str) -> str:
+    """Nights and naps, time in bed, total sleep, efficiency, stages or regularity."""
+    nights, naps = s["nights"], s["naps"]
+    over_naps = s["averages_over"] == "naps"
+    basis = naps if over_naps else nights
+    found = [plural(n, w) for n, w in ((nights, "night"), (naps, "nap")) if n]
+    out = [f"{cap(period)}, {join(found)} of sleep {'was' if nights + naps == 1 else 'were'} "
+           "recorded."]
+    sleep_min = s["average_total_sleep_minutes"]
+    line = (f"{'' if basis == 1 else 'on average, '}time in bed was "
+            f"{duration(s['average_time_in_bed_minutes'])} and total sleep was "
+            f"{duration(sleep_min)}")
+    eff = s["average_efficiency_percent"]
+    if eff is not None:
+        quality = ("at or above the 85% often seen as a sign of good sleep" if eff >= 85
+                   else "below the 85% often seen as a sign of good sleep")
+        line += f", a sleep efficiency of {num(eff)}%, {quality}"
+    if over_naps:
+        out.append(f"{'For the nap' if basis == 1 else 'For the naps'}, {line}.")
+    else:
+        out.append(cap(line) + ".")
+        if sleep_min >= 7 * 60:
+            out.append("That is in line with the 7 or more hours generally recommended for "
+                       "adults.")
+        else:
+            out.append("That is less than the 7 or more hours generally recommended for "
+                       "adults.")
+    if basis == 1:
+        kind = "nap" if over_naps else "night"
+        out += _one_night_text(next(p for p in s["nights_detail"] if p["kind"] == kind))
+    else:
+        sd = s["bedtime_sd_minutes"]
+        regular = ("a fairly regular schedule" if sd <= 30 else
+                   "a somewhat irregular schedule" if sd <= 60 else "an irregular schedule")
+        out.append(f"The average bedtime was {s['average_bedtime_local']}, varying by "
+                   f"{num(sd)} minutes (standard deviation), which suggests {regular}.")
+        if s["average_awakenings"] is not None:
+            out.append(f"On average, {'naps' if over_naps else 'nights'} with sleep stages "
+                       f"had {plural(s['average_awakenings'], 'awakening')} of 5 minutes or "
+                       f"more, {plural(s['average_brief_awakenings'], 'brief awakening')} "
+                       "(under 5 minutes) and "
+                       f"{plural(s['average_waso_minutes'], 'minute')} awake or out of bed "
+                       "after first falling asleep.")
+    if naps and not over_naps:
+        out.append(f"{'The nap' if naps == 1 else 'The naps'} added "
+                   f"{duration(s['nap_minutes_total'])} in bed, not included in these averages.")
+    return " ".join(out) + origin_note(s["nights_with_multiple_origins"], "nights")
+
+
+# Sessions are few per file and carry stages: always record by record (no chunk check).
+SPEC = RecordTypeSpec(
+    name="SleepSessionRecord",
+    category="sleep_recovery",
+    interval=True,
+    schema_file="SleepSessionRecord.avsc",
+    check=check_record,
+    incomplete=incomplete,
+    running_total=False,  # written when the session ends, never while it is going
+    statistics=compute_statistics,
+    narrative=narrative,
+    instructions=INSTRUCTIONS,
+    order=40,
+)

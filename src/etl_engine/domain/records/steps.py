@@ -13,13 +13,26 @@ most of the benefit) and fewer than 5 000 steps for a mostly inactive day.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
+from etl_engine.domain.checks import number_check, number_chunk_check
 from etl_engine.domain.model import DomainConfig, Record
+from etl_engine.domain.records.spec import RecordTypeSpec
 from etl_engine.domain.stats.columns import Intervals
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.stats.daily import complete_values, day_details, over_complete, sufficiency
 from etl_engine.domain.stats.origins import interval_daily_totals
+from etl_engine.domain.wording import (
+    Stats,
+    cap,
+    clock,
+    long_date,
+    num,
+    origin_note,
+    partial_days,
+    plural,
+)
 
 SEDENTARY_BELOW = 5_000
 MODERATE_GOAL = 7_000
@@ -69,3 +82,90 @@ def statistics(cols: Intervals, config: DomainConfig) -> dict[str, Any]:
         "days_with_multiple_origins": daily.multi_origin_days,
         "origins": _origins(daily.per_origin),
     }
+
+
+# --- validation -------------------------------------------------------------------------------
+STEPS_RANGE = (0, 100_000)
+check_record = number_check(VALUE_KEY, *STEPS_RANGE, "steps_out_of_range", ints_only=True)
+check_chunk = number_chunk_check(VALUE_KEY, *STEPS_RANGE, ints_only=True)
+
+
+# --- narrative --------------------------------------------------------------------------------
+INSTRUCTIONS = (
+    "How active was I {period}, based on my steps?",
+    "Can you summarize my step counts {period}?",
+    "How many steps did I take {period}?",
+)
+
+
+def _grade(steps: int) -> str:
+    if steps >= 10_000:
+        return "reaching the often-quoted goal of 10,000 steps"
+    if steps >= 7_000:
+        return ("above the 7,000 steps a day linked with health benefits in large studies, "
+                "though short of 10,000")
+    if steps >= 5_000:
+        return "below the 7,000 steps a day linked with health benefits in large studies"
+    return "under 5,000 steps, a level often used to describe a mostly inactive day"
+
+
+def _one_partial_day_text(s: Stats, period: str) -> str:
+    [(day, d)] = s["days_detail"].items()
+    steps = s["daily_steps"][day]
+    return (f"So far {period}, by {clock(d['as_of_local'])}, {plural(steps, 'step')} "
+            f"{'was' if steps == 1 else 'were'} recorded, covering {num(d['hours_covered'])} "
+            f"hours of the day ({num(d['day_covered_percent'])}%). The day was still in "
+            "progress when the phone exported it, so no activity level is given for it.")
+
+
+def _complete_days_text(s: Stats) -> str:
+    n = s["complete_days"]
+    if n == 1:
+        return (f"The one complete day had {plural(s['max_daily_steps'], 'step')}, "
+                f"{_grade(s['max_daily_steps'])}.")
+    tens, sevens, low = (s["days_at_or_above_10000"], s["days_at_or_above_7000"],
+                         s["sedentary_days_below_5000"])
+    return (f"Over the {num(n)} complete days the average was "
+            f"{num(s['average_daily_steps'])} steps per day. The most active day was "
+            f"{long_date(date.fromisoformat(s['best_day']))} with {num(s['max_daily_steps'])} "
+            f"steps and the least active had {num(s['min_daily_steps'])}. {num(tens)} of "
+            f"{plural(n, 'day')} reached 10,000 steps and {num(sevens)} reached 7,000, a level "
+            f"linked with health benefits in large studies. {cap(plural(low, 'day'))} "
+            f"{'was' if low == 1 else 'were'} under 5,000 steps, a level often used to "
+            "describe a mostly inactive day.")
+
+
+def narrative(s: Stats, period: str) -> str:
+    """Daily totals against the 5,000 / 7,000 / 10,000 reference points; complete days only
+    are graded, a day still in progress is reported as it stood at the export."""
+    days, complete = s["days"], s["complete_days"]
+    if days == 1 and complete == 0:
+        text = _one_partial_day_text(s, period)
+    elif days == 1:
+        steps = s["total_steps"]
+        text = (f"{cap(period)}, {plural(steps, 'step')} {'was' if steps == 1 else 'were'} "
+                f"recorded, {_grade(steps)}.")
+    else:
+        parts = [f"{cap(period)}, steps were recorded on {plural(days, 'day')}, "
+                 f"{num(s['total_steps'])} steps in total."]
+        if complete:
+            parts.append(_complete_days_text(s))
+        parts += partial_days(s, "daily_steps", "steps")
+        text = " ".join(parts)
+    return text + origin_note(s["days_with_multiple_origins"], "days")
+
+
+SPEC = RecordTypeSpec(
+    name="StepsRecord",
+    category="physical_activity",
+    interval=True,
+    schema_file="StepsRecord.avsc",
+    check=check_record,
+    clean=check_chunk,
+    statistics=compute_statistics,
+    column_store=lambda: Intervals(VALUE_KEY),
+    column_statistics=statistics,
+    narrative=narrative,
+    instructions=INSTRUCTIONS,
+    order=50,
+)

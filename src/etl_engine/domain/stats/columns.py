@@ -20,9 +20,9 @@ from itertools import accumulate, chain, islice, repeat
 from operator import itemgetter, methodcaller
 from typing import Self
 
+from etl_engine.domain.checks import IN_PROGRESS_KEY
 from etl_engine.domain.model import Record
 from etl_engine.domain.stats.common import local_date, offset_ms
-from etl_engine.domain.validation import IN_PROGRESS_KEY
 
 _TIME = itemgetter("timeEpochMillis")
 _BPM = itemgetter("beatsPerMinute")

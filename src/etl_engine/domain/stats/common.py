@@ -16,8 +16,8 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
+from etl_engine.domain.checks import zone_offset_seconds
 from etl_engine.domain.model import Record
-from etl_engine.domain.validation import zone_offset_seconds
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
