@@ -101,8 +101,8 @@ async def test_storage_errors_through_a_fault_proxy(settings: Settings, s3_endpo
         proxy.refuse = True
         proxy.reset_all()
         for call in (hot.download(settings.bucket, key, max_bytes=1 << 20),
-                     hot.put_if_absent(settings.bucket, "training/p.jsonl", b"x",
-                                       content_type=NDJSON, metadata=META)):
+                     hot.create(settings.bucket, "training/p.jsonl", b"x",
+                                content_type=NDJSON, metadata=META)):
             with pytest.raises(TransientError) as info:
                 await call
             assert info.value.reason == "storage_unavailable"
@@ -166,8 +166,8 @@ async def test_put_answers_map_to_the_taxonomy(settings: Settings, status: str, 
     try:
         hot = _hot(settings, server.url)
         with pytest.raises(kind) as info:
-            await hot.put_if_absent(settings.bucket, "training/a.jsonl", b"x",
-                                    content_type=NDJSON, metadata=META)
+            await hot.create(settings.bucket, "training/a.jsonl", b"x",
+                             content_type=NDJSON, metadata=META)
         assert getattr(info.value, "reason", None) == reason  # 409 is never "exists"
         if code != "ConditionalRequestConflict":
             with pytest.raises(kind) as info:
@@ -181,9 +181,43 @@ async def test_servers_without_conditional_writes_fall_back(settings: Settings) 
     server = _Answer("501 Not Implemented", "NotImplemented")
     try:
         hot = _hot(settings, server.url)
-        assert await hot.put_if_absent(settings.bucket, "training/a.jsonl", b"x",
-                                       content_type=NDJSON, metadata=META) is None
+        assert await hot.create(settings.bucket, "training/a.jsonl", b"x",
+                                content_type=NDJSON, metadata=META) is None
     finally:
+        server.close()
+
+
+@pytest.mark.parametrize("client", ["obstore", "boto3"])
+async def test_either_client_falls_back_to_the_one_check_then_put(
+    settings: Settings, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server without conditional writes (501 to ``If-None-Match``): whichever client
+    asked, ``put_if_absent`` falls back to ``Storage.put_unless_exists``."""
+    from botocore.exceptions import ClientError
+
+    server = _Answer("501 Not Implemented", "NotImplemented")
+    sync = storage_for(settings)
+    real_put = sync.client.put_object
+
+    def no_conditional_writes(**params: object) -> object:
+        if "IfNoneMatch" in params:
+            raise ClientError({"Error": {"Code": "NotImplemented"},
+                               "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+        return real_put(**params)
+
+    monkeypatch.setattr(sync.client, "put_object", no_conditional_writes)
+    store = AsyncStorage(sync, threads=2,
+                         hot=_hot(settings, server.url) if client == "obstore" else None)
+    try:
+        key = f"training/x/fallback-{client}.jsonl"
+        assert await store.put_if_absent(settings.bucket, key, b"one\n", content_type=NDJSON,
+                                         metadata=META) is True
+        assert await store.put_if_absent(settings.bucket, key, b"two\n", content_type=NDJSON,
+                                         metadata=META) is False
+        assert sync.get(settings.bucket, key) == b"one\n"
+        assert sync.client.head_object(Bucket=settings.bucket, Key=key)["Metadata"] == META
+    finally:
+        store.close()
         server.close()
 
 

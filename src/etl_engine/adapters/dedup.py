@@ -2,7 +2,8 @@
 
 This saves work; it is not what makes results exactly-once (the conditional write in
 ``storage`` is). So a store that is down or was flushed costs only repeated work.
-Redis (``redis://``) for a fleet, SQLite (``sqlite:///path``) embedded for one host.
+Redis (``redis://``) for a fleet, SQLite (``sqlite:///path``) embedded for one host; both
+are a ``ports.DedupStore`` with the same semantics (``tests/contract/``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import redis.asyncio as aioredis
+
+from etl_engine.adapters.ports import Claim, DedupStore
+
+__all__ = ["OUTCOME_TTL_S", "Claim", "DedupStore", "RedisDedup", "SqliteDedup", "open_store"]
 
 # One round trip for the hot path: done? else try the lease.
 _CLAIM = """
@@ -44,27 +47,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """``state`` is 'acquired', 'busy' or 'done'; ``outcome`` is set when done."""
-
-    state: str
-    outcome: str | None = None
-
-
-class DedupStore(Protocol):
-    async def claim(self, key: str, owner: str, lease_ms: int) -> Claim: ...
-    async def finish(self, key: str, owner: str, outcome: str, done_ttl_s: int,
-                     message_id: str | None = None) -> None: ...
-    async def release(self, key: str, owner: str) -> None: ...
-    async def forget(self, key: str) -> None: ...
-    async def renew(self, keys: list[str], owner: str, lease_ms: int) -> None: ...
-    async def record_outcomes(self, outcomes: dict[str, str], ttl_s: int) -> None: ...
-    async def outcomes(self, message_ids: list[str]) -> dict[str, str]: ...
-    async def ping(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 class RedisDedup:
@@ -200,11 +182,14 @@ class SqliteDedup:
             self._db.execute("DELETE FROM dedup WHERE key=?", (key,))
 
     async def renew(self, keys: list[str], owner: str, lease_ms: int) -> None:
+        """Extend our live leases; a lapsed one stays lapsed, as in Redis (its key expired),
+        so another worker may already be claiming it."""
         async with self._lock:
-            until = time.time() + lease_ms / 1000.0
+            now = time.time()
+            until = now + lease_ms / 1000.0
             self._db.executemany(
-                "UPDATE dedup SET lease_until=? WHERE key=? AND owner=?",
-                [(until, k, owner) for k in keys],
+                "UPDATE dedup SET lease_until=? WHERE key=? AND owner=? AND lease_until>?",
+                [(until, k, owner, now) for k in keys],
             )
 
     async def record_outcomes(self, outcomes: dict[str, str], ttl_s: int) -> None:

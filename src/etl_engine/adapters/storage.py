@@ -6,7 +6,11 @@ where botocore spends ~1.2 ms, with SigV4, credential refresh, retries and heade
 validation maintained upstream. Everything else (list, copy, delete, HEAD, the operator
 tools) is the long-lived boto3 client in ``Storage``, whose blocking calls ``AsyncStorage``
 runs on a thread pool sized to the worker's concurrency. ``ETL_S3_CLIENT=boto3`` sends the
-hot path through boto3 too.
+hot path through boto3 too. ``AsyncStorage`` is the ``ports.ObjectStore`` the runtime sees.
+
+Each client's failures are read in one place (``_boto_error``, ``_obstore_error``) into the
+same error taxonomy, and a server without conditional writes gets one fallback
+(``Storage.put_unless_exists``) whichever client asked.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ import base64
 import contextvars
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import obstore
@@ -34,9 +37,13 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 from opentelemetry.trace import SpanKind
 
-from etl_engine.errors import PermanentError, TransientError
+from etl_engine.adapters.ports import Download
+from etl_engine.errors import EtlError, PermanentError, TransientError
 from etl_engine.observability import metrics, telemetry
 from etl_engine.settings import Settings
+
+__all__ = ["AsyncStorage", "Download", "HotPath", "Storage", "make_client", "make_hot_path",
+           "safe_metadata"]
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _EXISTS = {"PreconditionFailed", "412"}
@@ -46,13 +53,7 @@ _CONFLICT = {"ConditionalRequestConflict", "409"}
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>")
-
-
-@dataclass(frozen=True, slots=True)
-class Download:
-    body: bytes
-    size: int
-    sha256: str
+_T = TypeVar("_T")
 
 
 def safe_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -101,14 +102,18 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
-def _transient_or_raise(exc: ClientError, stage: str) -> TransientError:
-    status = _status(exc)
-    if status >= 500 or status in (408, 429) or _code(exc) in {"SlowDown", "RequestTimeout"}:
-        return TransientError("storage_unavailable", _code(exc), stage=stage)
-    if _code(exc) in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+def _boto_error(exc: ClientError, stage: str, *, names_object: bool = True) -> EtlError:
+    """A boto3 failure in the error taxonomy: the one place boto3 errors are read (the
+    twin of ``_obstore_error``). A 404 is a missing object only for a call naming one."""
+    code, status = _code(exc), _status(exc)
+    if code in _MISSING and names_object:
+        return PermanentError("object_missing", stage=stage)
+    if status >= 500 or status in (408, 429) or code in {"SlowDown", "RequestTimeout"}:
+        return TransientError("storage_unavailable", code, stage=stage)
+    if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
         # Permissions are operator-fixable: retry, then DLQ, rather than quarantine data.
         return TransientError("storage_access_denied", stage=stage)
-    raise PermanentError("storage_rejected", _code(exc), stage=stage) from None
+    return PermanentError("storage_rejected", code, stage=stage)
 
 
 class Storage:
@@ -117,13 +122,25 @@ class Storage:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
+    def _call(self, stage: str, operation: str, /, **params: Any) -> Any:
+        """One client call; a refusal is raised in the error taxonomy."""
         try:
-            resp = self.client.get_object(Bucket=bucket, Key=key)
+            return getattr(self.client, operation)(**params)
         except ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise PermanentError("object_missing", stage="download") from None
-            raise _transient_or_raise(exc, "download") from None
+            raise _boto_error(exc, stage) from None
+
+    def _found(self, stage: str, operation: str, /, **params: Any) -> bool:
+        """``_call`` where a missing object is an answer (False), not an error."""
+        try:
+            self._call(stage, operation, **params)
+        except PermanentError as exc:
+            if exc.reason == "object_missing":
+                return False
+            raise
+        return True
+
+    def download(self, bucket: str, key: str, *, max_bytes: int) -> Download:
+        resp = self._call("download", "get_object", Bucket=bucket, Key=key)
         size = int(resp.get("ContentLength") or 0)
         stream = resp["Body"]
         if size > max_bytes:
@@ -137,7 +154,7 @@ class Storage:
             raise PermanentError("object_too_large", stage="download")
         if "ContentLength" in resp and len(body) != size:
             # The connection broke mid-body and read() handed back what it had: a network
-            # fault to retry, not a bad file (it would be judged size_mismatch and quarantined).
+            # failure to retry, not a bad file (it would be judged size_mismatch and quarantined).
             raise TransientError("download_incomplete", stage="download")
         return Download(body=body, size=len(body), sha256=hashlib.sha256(body).hexdigest())
 
@@ -146,6 +163,16 @@ class Storage:
         metadata: dict[str, str],
     ) -> bool:
         """Create ``key`` unless it exists. False means another writer got there first."""
+        created = self.create(bucket, key, body, content_type=content_type, metadata=metadata)
+        if created is None:
+            return self.put_unless_exists(bucket, key, body, content_type=content_type,
+                                          metadata=metadata)
+        return created
+
+    def create(self, bucket: str, key: str, body: bytes, *, content_type: str,
+               metadata: dict[str, str]) -> bool | None:
+        """PutObject with ``If-None-Match: *``: True created, False it exists (412), None:
+        the server has no conditional writes (501; ``put_unless_exists`` then)."""
         try:
             self.client.put_object(
                 Bucket=bucket,
@@ -161,60 +188,45 @@ class Storage:
             if _code(exc) in _EXISTS or _status(exc) == 412:
                 return False
             if _code(exc) == "NotImplemented":
-                return self._put_if_absent_fallback(bucket, key, body, content_type, metadata)
-            raise _transient_or_raise(exc, "write") from None
+                return None
+            raise _boto_error(exc, "write") from None
         return True
 
-    def _put_if_absent_fallback(
-        self, bucket: str, key: str, body: bytes, content_type: str, metadata: dict[str, str]
-    ) -> bool:
-        # Servers without conditional writes: same key + deterministic content means a
-        # racing second PUT rewrites identical bytes, never a second object.
+    def put_unless_exists(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                          metadata: dict[str, str]) -> bool:
+        """The conditional create for servers without conditional writes (either client's
+        fallback): same key + deterministic content means a racing second PUT rewrites
+        identical bytes, never a second object."""
         if self.exists(bucket, key):
             return False
-        try:
-            self.client.put_object(Bucket=bucket, Key=key, Body=body,
-                                   ContentType=content_type, Metadata=safe_metadata(metadata))
-        except ClientError as exc:
-            raise _transient_or_raise(exc, "write") from None
+        self._call("write", "put_object", Bucket=bucket, Key=key, Body=body,
+                   ContentType=content_type, Metadata=safe_metadata(metadata))
         return True
 
     def put(self, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
-        try:
-            self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-        except ClientError as exc:
-            raise _transient_or_raise(exc, "write") from None
+        self._call("write", "put_object", Bucket=bucket, Key=key, Body=body,
+                   ContentType=content_type)
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> bool:
         """Server-side copy; False when the source does not exist."""
-        try:
-            self.client.copy_object(
-                Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key}
-            )
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return False
-            raise _transient_or_raise(exc, "quarantine") from None
-        return True
+        return self._found("quarantine", "copy_object", Bucket=bucket, Key=key,
+                           CopySource={"Bucket": src_bucket, "Key": src_key})
 
     def exists(self, bucket: str, key: str) -> bool:
+        """False for a missing key, and for a missing bucket: a HEAD answer has no body to
+        tell them apart, both are a 404."""
         try:
             self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _MISSING or _status(exc) == 404:
                 return False
-            raise _transient_or_raise(exc, "head") from None
+            raise _boto_error(exc, "head") from None
         return True
 
     def get(self, bucket: str, key: str) -> bytes:
-        try:
-            resp = self.client.get_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise PermanentError("object_missing", stage="get") from None
-            raise _transient_or_raise(exc, "get") from None
+        resp = self._call("get", "get_object", Bucket=bucket, Key=key)
         with resp["Body"] as stream:
-            return stream.read()
+            return bytes(stream.read())
 
     def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -232,7 +244,12 @@ class Storage:
             self.client.create_bucket(Bucket=bucket)
 
     def ping(self, bucket: str) -> None:
-        self.client.head_bucket(Bucket=bucket)
+        """Raise unless the bucket answers; a missing bucket is a refusal (its HEAD's 404
+        must not read as a missing object)."""
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            raise _boto_error(exc, "ping", names_object=False) from None
 
 
 def _error_text(exc: BaseException, key: str) -> str:
@@ -254,7 +271,7 @@ def _obstore_code(exc: BaseException, key: str) -> str:
 
 
 def _obstore_error(exc: Exception, stage: str, key: str) -> Exception:
-    """An obstore failure in the error taxonomy, as ``_transient_or_raise`` does for boto3.
+    """An obstore failure in the error taxonomy, as ``_boto_error`` does for boto3.
 
     obstore has already retried 5xx answers, timeouts and broken connections by then. A
     ``ValueError`` is a path obstore will not send (the message's checks should have
@@ -340,14 +357,14 @@ class HotPath:
                 body = bytes(await result.bytes_async())
             except Exception:
                 # The connection broke mid-body (after obstore's own retries): a network
-                # fault to retry, not a bad file.
+                # failure to retry, not a bad file.
                 raise TransientError("download_incomplete", stage="download") from None
         if len(body) != int(result.meta["size"]) or len(body) > max_bytes:
             raise TransientError("download_incomplete", stage="download")
         return Download(body=body, size=len(body), sha256=hashlib.sha256(body).hexdigest())
 
-    async def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
-                            metadata: dict[str, str]) -> bool | None:
+    async def create(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                     metadata: dict[str, str]) -> bool | None:
         """PutObject with ``If-None-Match: *``: True created, False it exists (412), None:
         the server has no conditional writes (501); the caller falls back."""
         attributes: dict[str, str] = {"Content-Type": content_type, **safe_metadata(metadata)}
@@ -373,7 +390,8 @@ def make_hot_path(settings: Settings, *, pool: int | None = None) -> HotPath | N
 
 
 class AsyncStorage:
-    """Runs ``Storage`` calls on a dedicated pool so the event loop never blocks."""
+    """The ``ObjectStore`` the worker uses: ``Storage`` calls on a dedicated thread pool so
+    the event loop never blocks, the hot path on obstore when ``hot`` is given."""
 
     def __init__(self, storage: Storage, *, threads: int, hot: HotPath | None = None
                  ) -> None:
@@ -381,7 +399,7 @@ class AsyncStorage:
         self.hot = hot  # None: GetObject and the conditional PutObject through boto3 too
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3")
 
-    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         # run_in_executor does not carry contextvars: copy them, so the S3 client's spans
         # join the caller's trace and log lines keep the message's bound context.
         ctx = contextvars.copy_context()
@@ -399,18 +417,18 @@ class AsyncStorage:
     async def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
                             metadata: dict[str, str]) -> bool:
         if self.hot is not None:
-            created = await self.hot.put_if_absent(bucket, key, body,
-                                                   content_type=content_type,
-                                                   metadata=metadata)
-            if created is not None:
-                return created
-            return bool(await self.call(self.sync._put_if_absent_fallback, bucket, key, body,
-                                        content_type, metadata))
-        return bool(await self.call(self.sync.put_if_absent, bucket, key, body,
-                                    content_type=content_type, metadata=metadata))
+            created = await self.hot.create(bucket, key, body, content_type=content_type,
+                                            metadata=metadata)
+        else:
+            created = await self.call(self.sync.create, bucket, key, body,
+                                      content_type=content_type, metadata=metadata)
+        if created is None:  # no conditional writes on this server
+            return await self.call(self.sync.put_unless_exists, bucket, key, body,
+                                   content_type=content_type, metadata=metadata)
+        return created
 
-    async def put(self, bucket: str, key: str, body: bytes, **kw: Any) -> None:
-        await self.call(self.sync.put, bucket, key, body, **kw)
+    async def put(self, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
+        await self.call(self.sync.put, bucket, key, body, content_type=content_type)
 
     async def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> bool:
         return await self.call(self.sync.copy, src_bucket, src_key, bucket, key)

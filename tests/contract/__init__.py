@@ -1,0 +1,1 @@
+"""Contract suites: the same test bodies against every implementation of a port."""
