@@ -22,6 +22,7 @@ import orjson
 
 from etl_engine.adapters.publisher import Publisher, Upload, upload_file
 from etl_engine.adapters.storage import Storage, make_client
+from etl_engine.runtime.hooks import PipelineObserver
 from etl_engine.runtime.worker import Worker
 from etl_engine.settings import Settings
 
@@ -125,11 +126,22 @@ async def publish(settings: Settings, *bodies: dict[str, Any] | bytes, **kw: Any
             await pub.publish(body, **kw)
 
 
+class Consuming(PipelineObserver):
+    """Set once the worker consumes (after every (re)connect)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def consuming(self) -> None:
+        self.event.set()
+
+
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    worker = Worker(settings)
+    consuming = Consuming()
+    worker = Worker(settings, observers=[consuming])
     task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.consumed.wait(), 15)
+    await asyncio.wait_for(consuming.event.wait(), 15)
     try:
         yield worker
     finally:
@@ -192,10 +204,18 @@ async def delete_topology(settings: Settings) -> None:
             await delete_all(await conn.channel(), settings)
 
 
-class WorkerProcess:
-    """``etl-engine worker`` as a real process (for signals), ready when /ready says so."""
+FAULTY_WORKER = ROOT / "tests" / "chaos" / "faulty_worker.py"
 
-    def __init__(self, env: dict[str, str], log_path: Path, **overrides: str) -> None:
+
+class WorkerProcess:
+    """``etl-engine worker`` as a real process (for signals), ready when /ready says so.
+
+    ``fault_point``: run it with a crash point instead (tests/chaos/faulty_worker.py, which
+    documents the format), e.g. ``after_write@<idempotency key>``.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, fault_point: str = "",
+                 **overrides: str) -> None:
         import socket
 
         with socket.socket() as s:
@@ -203,12 +223,14 @@ class WorkerProcess:
             self.port = s.getsockname()[1]
         full = {**os.environ, **env, **overrides, "ETL_SIDECAR_PORT": str(self.port),
                 "ETL_SIDECAR_HOST": "127.0.0.1"}
+        command = [sys.executable, "-m", "etl_engine.ops.cli", "worker"]
+        if fault_point:
+            full["CHAOS_FAULT_POINT"] = fault_point
+            command = [sys.executable, str(FAULTY_WORKER)]
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_engine.ops.cli", "worker"], env=full,
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(command, env=full, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:

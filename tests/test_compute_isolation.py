@@ -54,6 +54,37 @@ async def test_a_crash_is_pinned_on_its_own_file(monkeypatch: pytest.MonkeyPatch
         pool.close()
 
 
+async def test_child_pids_are_the_live_children_of_the_current_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a restart kills: the pool's children that are running, each as it reported
+    itself. A dead child drops out; a crash replaces the pool (the file runs again in a
+    single-use child, gone once it is done); the next file starts a new child."""
+    monkeypatch.setattr(compute, "run_cpu_stages", pid_stages)
+    pool = ComputePool(1, 512, 30)
+    args = (Lineage("b", "raw/k", "m", "c", "StepsRecord", "ik"), Limits(10, 1024),
+            DomainConfig(), datetime.now(UTC))
+    try:
+        assert pool.child_pids() == []
+        first = (await pool.run(b"x", *args)).records
+        assert first != os.getpid()
+        assert pool.child_pids() == [first]
+        os.kill(first, signal.SIGKILL)
+        for _ in range(100):
+            if not pool.child_pids():
+                break
+            await asyncio.sleep(0.05)
+        assert pool.child_pids() == []
+        alone = (await pool.run(b"x", *args)).records
+        assert alone not in (first, os.getpid())
+        assert pool.child_pids() == []  # the broken pool was replaced, its successor idle
+        third = (await pool.run(b"x", *args)).records
+        assert third not in (first, alone)
+        assert pool.child_pids() == [third]
+    finally:
+        pool.close()
+
+
 async def test_small_files_run_in_the_worker_big_ones_in_a_child(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """ETL_DECODE_INLINE_MAX_BYTES: a daily export stays in process; a file that
     decompresses past the cap (here a deflate file 30x smaller on disk) goes to a child."""
@@ -145,6 +176,7 @@ async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
     isolated = ComputePool(1, 512, 30, inline_max_bytes=0, on_loop_max_bytes=64 << 10)
     try:
         got = await isolated.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
+        assert isolated.child_pids() == [got.records]
     finally:
         isolated.close()
     assert got.records != os.getpid()  # ran in the child

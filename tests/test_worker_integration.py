@@ -215,7 +215,7 @@ async def test_sigkill_after_write_then_restart_leaves_one_result_each(
     uploads = [upload(settings, rt, p, run=f"k{i}") for i, (rt, p) in
                enumerate(sample_files() * 2)]
     victim = uploads[3].idempotency_key
-    first = WorkerProcess(test_env, tmp_path / "w1.log", ETL_FAULT_POINT=f"after_write@{victim}")
+    first = WorkerProcess(test_env, tmp_path / "w1.log", fault_point=f"after_write@{victim}")
     await first.wait_ready()
     await publish(settings, *[u.message() for u in uploads])
     assert await first.wait_exit(30) == -signal.SIGKILL

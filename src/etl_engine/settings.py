@@ -121,7 +121,6 @@ class Settings(BaseSettings):
     otlp_endpoint: str = ""  # empty: tracing disabled
     # required unless env=development: unkeyed hashes of guessable ids are reversible
     user_id_hash_key: SecretStr = Field(SecretStr(""), validate_default=True)
-    fault_point: str = ""  # tests only: "<point>" makes the worker SIGKILL itself there
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -63,11 +63,14 @@ class Fleet:
         self.kills = 0
         self.restarts = 0
 
-    def start(self, name: str = "w", **overrides: str) -> WorkerProcess:
+    def start(self, name: str = "w", *, fault_point: str = "", **overrides: str
+              ) -> WorkerProcess:
+        """A worker process; ``fault_point`` gives it a crash point (faulty_worker.py)."""
         n = sum(1 for w in self.started if w.log_path.name.startswith(f"{name}-"))
         if name in self.workers:
             self.restarts += 1
-        w = WorkerProcess(self.env, self.log_dir / f"{name}-{n}.log", **overrides)
+        w = WorkerProcess(self.env, self.log_dir / f"{name}-{n}.log", fault_point=fault_point,
+                          **overrides)
         self.workers[name] = w
         self.started.append(w)
         return w
@@ -293,7 +296,7 @@ class Chaos:
             await pub.publish(body, routing=routing or "health.processing.stepsrecord.normal",
                               message_id=message_id)
 
-    def supervise(self, name: str, **overrides: str) -> None:
+    def supervise(self, name: str, *, fault_point: str = "", **overrides: str) -> None:
         """Restart worker ``name`` whenever it dies (until the scenario finishes)."""
 
         async def loop() -> None:
@@ -303,7 +306,7 @@ class Chaos:
                     if w is not None:
                         self.fleet.kills += w.proc.returncode == -signal.SIGKILL
                         self.fleet._reap(w)
-                    w = self.fleet.start(name, **overrides)
+                    w = self.fleet.start(name, fault_point=fault_point, **overrides)
                     await self.fleet.wait_consuming(w)
                 await asyncio.sleep(0.1)
 

@@ -1,4 +1,6 @@
-"""Fault class 1: the worker SIGKILLs itself at each fault point; a new one takes over."""
+"""Fault class 1: the worker SIGKILLs itself at each fault point; a new one takes over.
+
+The points are installed from outside the package: tests/chaos/faulty_worker.py."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ async def test_sigkill_at_fault_point(chaos: Chaos, point: str) -> None:
     chaos.setup()
     bodies = chaos.bodies(chaos.upload_samples(), scale(24, 240))
     victim = bodies[len(bodies) // 3]["idempotency_key"]
-    first = chaos.fleet.start("w", ETL_FAULT_POINT=f"{point}@{victim}")
+    first = chaos.fleet.start("w", fault_point=f"{point}@{victim}")
     assert await chaos.fleet.wait_consuming(first)
     chaos.mark_start()
     await chaos.publish(bodies)

@@ -21,7 +21,7 @@ async def test_poison_message_ends_in_dlq_after_delivery_limit(chaos: Chaos) -> 
     (poison,) = chaos.bodies(uploads[:1], 1, prefix=f"poison-{uuid.uuid4().hex[:8]}")
     # after_decode: the worker downloaded and decoded it, then dies (like a decoder
     # segfault in the worker itself), on every delivery.
-    chaos.supervise("w", ETL_FAULT_POINT=f"after_decode@{poison['idempotency_key']}")
+    chaos.supervise("w", fault_point=f"after_decode@{poison['idempotency_key']}")
     await asyncio.sleep(0.5)
     chaos.mark_start()
     half = len(good) // 2

@@ -107,15 +107,16 @@ class Publisher:
     """A confirmed-publish channel. ``mandatory`` makes an unroutable message an error."""
 
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
+        self.settings = settings
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
     async def __aenter__(self) -> Publisher:
-        self._conn = await aio_pika.connect(self.s.amqp_url.get_secret_value(), timeout=10)
+        self._conn = await aio_pika.connect(
+            self.settings.amqp_url.get_secret_value(), timeout=10)
         self._channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
-        topo = await declare(self._channel, self.s)
+        topo = await declare(self._channel, self.settings)
         self._exchange = topo.exchange
         return self
 
@@ -148,9 +149,9 @@ class Publisher:
             rk, payload, correlation = routing or "health.processing.unknown", body, None
         hdrs = dict(headers or {})
         with telemetry.span(
-            f"publish {self.s.exchange}", kind=SpanKind.PRODUCER,
+            f"publish {self.settings.exchange}", kind=SpanKind.PRODUCER,
             attributes=telemetry.messaging_attributes(
-                "publish", self.s.exchange, routing_key=rk, message_id=message_id,
+                "publish", self.settings.exchange, routing_key=rk, message_id=message_id,
                 body_size=len(payload)),
         ):
             # W3C traceparent in the AMQP headers: the worker continues this trace. A

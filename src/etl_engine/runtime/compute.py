@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import resource
@@ -26,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.queues import SimpleQueue
 
 from etl_engine.domain import avro, validation
 from etl_engine.domain.model import DomainConfig, Lineage, Record, TrainingOutput
@@ -182,22 +184,76 @@ def _preload() -> None:
         reader_schema(record_type)
 
 
-def _child_init(memory_limit_bytes: int) -> None:
+def _child_init(memory_limit_bytes: int, started: SimpleQueue[int]) -> None:
+    """In each child, before its first file: limits, signals, and its pid to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(ValueError, OSError):  # platform without RLIMIT_AS
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    started.put(os.getpid())
 
 
-async def _submit(executor: ProcessPoolExecutor, fn: Callable[..., CpuResult],
-                  *args: object) -> CpuResult:
-    """``fn(*args)`` in ``executor``. A submit that starts a child (the first one, or after a
+@contextlib.contextmanager
+def _file_limits(on_timeout: Callable[[], None] | None = None) -> Iterator[None]:
+    """The file ran out of time or memory: that is the file's failure (quarantine), not
+    the worker's. ``on_timeout`` first replaces what the abandoned work still holds."""
+    try:
+        yield
+    except TimeoutError:
+        if on_timeout is not None:
+            on_timeout()
+        raise PermanentError("processing_timeout", stage="decode") from None
+    except MemoryError:
+        raise PermanentError("resource_limit_exceeded", stage="decode") from None
+
+
+class _Children:
+    """A process pool, and the pids its children report from the pool's initializer: the
+    executor's own table of processes is private."""
+
+    def __init__(self, workers: int, memory_limit_bytes: int) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["etl_engine.runtime.compute"])
+        self.workers = workers
+        self._started: SimpleQueue[int] = ctx.SimpleQueue()
+        self._pids: set[int] = set()
+        self.executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_child_init,
+            initargs=(memory_limit_bytes, self._started),
+        )
+
+    def _reported(self) -> set[int]:
+        while not self._started.empty():
+            self._pids.add(self._started.get())
+        return self._pids
+
+    def all_started(self) -> bool:
+        """Every child is up: a submit will not start one."""
+        return len(self._reported()) >= self.workers
+
+    def pids(self) -> list[int]:
+        """The children that are still running."""
+        reported = self._reported()
+        return sorted(p.pid for p in multiprocessing.active_children()
+                      if p.pid is not None and p.pid in reported)
+
+    def kill(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        """Without waiting: for a pool whose children were killed or are being replaced."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _submit(pool: _Children, fn: Callable[..., CpuResult], *args: object) -> CpuResult:
+    """``fn(*args)`` in ``pool``. A submit that starts a child (the first one, or after a
     restart) waits for the forkserver to import our modules and fork: 0.5 s or more, so it
     is made from a helper thread, never on the event loop."""
-    procs = getattr(executor, "_processes", None) or {}
-    if len(procs) >= getattr(executor, "_max_workers", 1):
-        return await asyncio.wrap_future(executor.submit(fn, *args))
-    fut = await asyncio.to_thread(executor.submit, fn, *args)
+    if pool.all_started():
+        return await asyncio.wrap_future(pool.executor.submit(fn, *args))
+    fut = await asyncio.to_thread(pool.executor.submit, fn, *args)
     return await asyncio.wrap_future(fut)
 
 
@@ -212,7 +268,7 @@ class ComputePool:
 
     def __init__(self, processes: int, memory_limit_mb: int, timeout_s: float,
                  inline_max_bytes: int = 0, on_loop_max_bytes: int = 0) -> None:
-        self._processes = processes
+        self._workers = processes
         # With children, nothing runs in process beyond the inline cap: inline_max_bytes=0
         # keeps its meaning (every file in a child, full isolation).
         self._on_loop_max = (on_loop_max_bytes if processes == 0
@@ -224,19 +280,12 @@ class ComputePool:
         self._thread: ThreadPoolExecutor | None = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
             if processes == 0 or inline_max_bytes > 0 else None)
-        self._pool: ProcessPoolExecutor | None = None  # started on first use
+        self._pool: _Children | None = None  # started on first use
 
-    def _new(self, workers: int | None = None) -> ProcessPoolExecutor:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["etl_engine.runtime.compute"])
-        return ProcessPoolExecutor(
-            max_workers=workers or self._processes,
-            mp_context=ctx,
-            initializer=_child_init,
-            initargs=(self._memory_limit,),
-        )
+    def _new(self, workers: int | None = None) -> _Children:
+        return _Children(workers or self._workers, self._memory_limit)
 
-    def _children(self) -> ProcessPoolExecutor:
+    def _children(self) -> _Children:
         if self._pool is None:
             self._pool = self._new()
         return self._pool
@@ -248,97 +297,93 @@ class ComputePool:
         if self._thread is not None:
             await loop.run_in_executor(self._thread, _preload)
         if self._thread is None:
-            await asyncio.gather(*(loop.run_in_executor(self._children(), _preload)
-                                   for _ in range(self._processes)))
+            executor = self._children().executor
+            await asyncio.gather(*(loop.run_in_executor(executor, _preload)
+                                   for _ in range(self._workers)))
 
     def child_pids(self) -> list[int]:
-        procs = getattr(self._pool, "_processes", None) or {}
-        return list(procs)
+        """The pids of the running decode children (none before the first big file)."""
+        return self._pool.pids() if self._pool is not None else []
 
     async def run(
         self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
         processed_at: datetime,
     ) -> CpuResult:
+        args = (data, lineage, limits, config, processed_at)
         if self._on_loop_max > 0 and fits_loop(data, limits, self._on_loop_max):
             # The pre-scan bounds this to a few ms: the loop stalls less than a thread
             # hand-off costs. A file the pre-scan refuses is refused here, cheaply.
-            try:
-                result = run_cpu_stages(data, lineage, limits, config, processed_at)
-            except MemoryError:
-                raise PermanentError("resource_limit_exceeded", stage="decode") from None
-            telemetry.record_stages(result.stage_ns)
-            return result
-        loop = asyncio.get_running_loop()
-        if self._thread is not None:
-            thread = self._thread
-            fut = loop.run_in_executor(thread, _run_inline, data, lineage, limits, config,
-                                       processed_at, self._inline_max)
-            inline: CpuResult | None
-            try:
-                inline = await asyncio.wait_for(fut, self._timeout)
-            except TimeoutError:
-                # A thread cannot be stopped: leave it to finish and use a fresh one.
-                if self._thread is thread:
-                    thread.shutdown(wait=False, cancel_futures=True)
-                    self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
-                raise PermanentError("processing_timeout", stage="decode") from None
-            except MemoryError:
-                raise PermanentError("resource_limit_exceeded", stage="decode") from None
-            if inline is not None:
-                telemetry.record_stages(inline.stage_ns)
-                return inline
-        executor = self._children()
-        pooled = _submit(executor, run_cpu_stages, data, lineage, limits, config, processed_at)
-        try:
-            result = await asyncio.wait_for(pooled, self._timeout)
-        except TimeoutError:
-            self._restart(executor)
-            raise PermanentError("processing_timeout", stage="decode") from None
-        except (BrokenProcessPool, asyncio.CancelledError) as exc:
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
-                raise  # this task is cancelled (not its work item by a pool restart)
-            self._restart(executor)
-            # This file or a neighbour crashed the child (or a restart dropped our queued
-            # work): run it again alone, so a crash there is this file's own.
-            result = await self._run_alone(data, lineage, limits, config, processed_at)
-        except MemoryError:
-            raise PermanentError("resource_limit_exceeded", stage="decode") from None
+            with _file_limits():
+                result = run_cpu_stages(*args)
+        else:
+            inline = await self._on_thread(*args) if self._thread is not None else None
+            result = inline if inline is not None else await self._in_child(*args)
         telemetry.record_stages(result.stage_ns)  # children of the caller's current span
         return result
+
+    async def _on_thread(
+        self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
+        processed_at: datetime,
+    ) -> CpuResult | None:
+        """The stages on the worker's CPU thread, or None when the file is too big for it."""
+        thread = self._thread
+        assert thread is not None
+        fut = asyncio.get_running_loop().run_in_executor(
+            thread, _run_inline, data, lineage, limits, config, processed_at, self._inline_max)
+        with _file_limits(on_timeout=functools.partial(self._replace_thread, thread)):
+            return await asyncio.wait_for(fut, self._timeout)
+
+    def _replace_thread(self, thread: ThreadPoolExecutor) -> None:
+        """A thread cannot be stopped: leave it to finish and use a fresh one."""
+        if self._thread is thread:
+            thread.shutdown(wait=False, cancel_futures=True)
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")
+
+    async def _in_child(
+        self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
+        processed_at: datetime,
+    ) -> CpuResult:
+        pool = self._children()
+        pooled = _submit(pool, run_cpu_stages, data, lineage, limits, config, processed_at)
+        with _file_limits(on_timeout=functools.partial(self._restart, pool)):
+            try:
+                return await asyncio.wait_for(pooled, self._timeout)
+            except (BrokenProcessPool, asyncio.CancelledError) as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and (
+                        task is None or task.cancelling()):
+                    raise  # this task is cancelled (not its work item by a pool restart)
+                self._restart(pool)
+                # This file or a neighbour crashed the child (or a restart dropped our
+                # queued work): run it again alone, so a crash there is this file's own.
+                return await self._run_alone(data, lineage, limits, config, processed_at)
 
     async def _run_alone(
         self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
         processed_at: datetime,
     ) -> CpuResult:
-        """One file in a single-use executor: a crash there is the file's, so quarantine."""
+        """One file in a single-use pool: a crash there is the file's, so quarantine."""
         alone = self._new(1)
         fut = _submit(alone, run_cpu_stages, data, lineage, limits, config, processed_at)
         try:
-            return await asyncio.wait_for(fut, self._timeout)
-        except TimeoutError:
-            raise PermanentError("processing_timeout", stage="decode") from None
-        except BrokenProcessPool:
-            raise PermanentError("decoder_crashed", stage="decode") from None
-        except MemoryError:
-            raise PermanentError("resource_limit_exceeded", stage="decode") from None
+            with _file_limits():
+                try:
+                    return await asyncio.wait_for(fut, self._timeout)
+                except BrokenProcessPool:
+                    raise PermanentError("decoder_crashed", stage="decode") from None
         finally:
-            for pid in list(getattr(alone, "_processes", None) or {}):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            alone.shutdown(wait=False, cancel_futures=True)
+            alone.kill()
+            alone.shutdown()
 
-    def _restart(self, broken: ProcessPoolExecutor) -> None:
+    def _restart(self, broken: _Children) -> None:
         if broken is not self._pool:
             return  # someone already replaced it
-        for pid in self.child_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        broken.shutdown(wait=False, cancel_futures=True)
+        broken.kill()
+        broken.shutdown()
         self._pool = self._new()
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True, cancel_futures=True)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.executor.shutdown(wait=True, cancel_futures=True)

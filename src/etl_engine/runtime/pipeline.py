@@ -5,15 +5,15 @@
 
 and returns an ``Outcome``. It never touches the broker: the worker settles the outcome
 (ack, delayed retry, dead-letter). Failures become outcomes in one place: ``_settle_error``.
+The observer (``runtime/hooks.py``) hears as each stage finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import os
 import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,14 +23,15 @@ from typing import Any
 import orjson
 
 from etl_engine import __version__
-from etl_engine.adapters.dedup import DedupStore
-from etl_engine.adapters.storage import AsyncStorage, Download
+from etl_engine.adapters.ports import DedupStore, Download, ObjectStore
 from etl_engine.domain.messages import HealthDataMessage, header_metadata, parse_message
 from etl_engine.domain.model import DomainConfig, Lineage
 from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.errors import Disposition, LeaseBusy, PermanentError, PoisonMessage, classify
 from etl_engine.observability.logs import hash_user_id
+from etl_engine.runtime import hooks
 from etl_engine.runtime.compute import ComputePool, CpuResult, Limits
+from etl_engine.runtime.hooks import PipelineObserver
 from etl_engine.settings import Settings
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=-]{1,200}$")
@@ -79,39 +80,43 @@ def quarantine_key(settings: Settings, key: str) -> str:
     return settings.quarantine_prefix + rel
 
 
-class FaultPoints:
-    """Test-only crash points (``ETL_FAULT_POINT=after_write[@key-substring],...``)."""
+class QuarantineWithReport(PermanentError):
+    """A file that failed validation: carries its quality report to the quarantine writer
+    (the report is written next to the quarantined copy, never logged)."""
 
-    def __init__(self, spec: str) -> None:
-        self._points: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            point, _, match = part.partition("@")
-            self._points[point] = match
+    def __init__(self, cpu: CpuResult) -> None:
+        super().__init__(cpu.quarantine_reason or "validation_failed", stage="validate")
+        self.cpu = cpu
 
-    def hit(self, point: str, idempotency_key: str) -> None:
-        match = self._points.get(point)
-        if match is not None and match in idempotency_key:
-            os.kill(os.getpid(), signal.SIGKILL)
+
+@dataclass(slots=True)
+class _Run:
+    """One delivery's state across the stages, for the error path and the clean-up."""
+
+    msg: HealthDataMessage | None = None
+    leased: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        storage: AsyncStorage,
+        storage: ObjectStore,
         dedup: DedupStore,
         compute: ComputePool,
         *,
         owner: str,
         on_dedup_error: Callable[[BaseException], None] | None = None,
         tracer_span: Callable[[str], Any] | None = None,
+        observer: PipelineObserver | None = None,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.storage = storage
         self.dedup = dedup
         self.compute = compute
         self.owner = owner
-        self.faults = FaultPoints(settings.fault_point)
+        self.observer = observer or PipelineObserver()
         self.limits = Limits(settings.max_records, settings.max_decompressed_bytes)
         self.domain = DomainConfig(
             quality_threshold=settings.quality_threshold,
@@ -124,82 +129,95 @@ class Pipeline:
         self.in_flight: set[str] = set()
 
     def _stage(self, name: str) -> Any:
+        """A trace span around a stage, when tracing is on."""
         if self._span is None:
-            return _NullCtx()
+            return contextlib.nullcontext()
         return self._span(name)
 
     async def run(self, delivery: Delivery) -> Outcome:
-        msg: HealthDataMessage | None = None
-        leased = False
-        timings: dict[str, float] = {}
+        """One delivery to its outcome; every failure becomes one in ``_settle_error``."""
+        run = _Run()
         try:
-            with self._stage("parse"):
-                msg = self.parse(delivery)
-            with self._stage("dedup"):
-                claim = await self._claim(msg)
-            if claim == "done":
-                return Outcome("duplicate", message=msg)
-            leased = claim == "acquired"
-            if delivery.failed_deliveries > self.s.delivery_limit:
-                # A crash loop. The broker's x-delivery-limit alone does not end it: a lease
-                # wait or retry republishes a fresh copy whose broker count starts at 0.
-                raise PoisonMessage("delivery_limit", stage="consume")
-            if claim == "busy":
-                raise LeaseBusy()
-            self.in_flight.add(msg.idempotency_key)
-            t = time.perf_counter()
-            with self._stage("download"):
-                dl = await self.storage.download(
-                    msg.bucket, msg.key, max_bytes=self.s.max_object_bytes)
-                self.verify(msg, dl)
-            timings["download"] = time.perf_counter() - t
-            self.faults.hit("after_download", msg.idempotency_key)
-            with self._stage("process"):
-                cpu = await self.compute.run(
-                    dl.body, self.lineage(msg), self.limits, self.domain, datetime.now(UTC))
-            timings.update(cpu.timings)
-            self.faults.hit("after_decode", msg.idempotency_key)
-            if cpu.quarantine_reason:
-                raise PermanentError(cpu.quarantine_reason, stage="validate",
-                                     ) from _Report(cpu)
-            t = time.perf_counter()
-            with self._stage("write"):
-                outcome = await self.write(msg, cpu)
-            timings["write"] = time.perf_counter() - t
-            outcome.bytes_in = dl.size
-            outcome.timings = timings
-            self.faults.hit("after_write", msg.idempotency_key)
-            outcome.recorded = await self._finish(msg, outcome.kind)
-            leased = False
-            self.faults.hit("after_done", msg.idempotency_key)
-            return outcome
+            return await self._stages(delivery, run)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
-            outcome = await self._settle_error(exc, msg, delivery)
+            outcome = await self._settle_error(exc, run.msg, delivery)
             if outcome.kind == "quarantined":
-                leased = False
-            outcome.timings = timings
+                run.leased = False
+            outcome.timings = run.timings
             return outcome
         finally:
-            if msg is not None:
-                self.in_flight.discard(msg.idempotency_key)
-                if leased:
-                    await self._release(msg)
+            if run.msg is not None:
+                self.in_flight.discard(run.msg.idempotency_key)
+                if run.leased:
+                    await self._release(run.msg)
+
+    async def _stages(self, delivery: Delivery, run: _Run) -> Outcome:
+        with self._stage("parse"):
+            msg = run.msg = self.parse(delivery)
+        with self._stage("dedup"):
+            claim = await self._claim(msg)
+        if claim == "done":
+            return Outcome("duplicate", message=msg)
+        run.leased = claim == "acquired"
+        if delivery.failed_deliveries > self.settings.delivery_limit:
+            # A crash loop. The broker's x-delivery-limit alone does not end it: a lease
+            # wait or retry republishes a fresh copy whose broker count starts at 0.
+            raise PoisonMessage("delivery_limit", stage="consume")
+        if claim == "busy":
+            raise LeaseBusy()
+        self.in_flight.add(msg.idempotency_key)
+        dl = await self._download(msg, run.timings)
+        cpu = await self._compute(msg, dl, run.timings)
+        t = time.perf_counter()
+        with self._stage("write"):
+            outcome = await self.write(msg, cpu)
+        run.timings["write"] = time.perf_counter() - t
+        outcome.bytes_in = dl.size
+        outcome.timings = run.timings
+        self.observer.stage_finished(hooks.WRITE, msg)
+        outcome.recorded = await self._finish(msg, outcome.kind)
+        run.leased = False
+        self.observer.stage_finished(hooks.DONE, msg)
+        return outcome
+
+    async def _download(self, msg: HealthDataMessage, timings: dict[str, float]) -> Download:
+        t = time.perf_counter()
+        with self._stage("download"):
+            dl = await self.storage.download(
+                msg.bucket, msg.key, max_bytes=self.settings.max_object_bytes)
+            self.verify(msg, dl)
+        timings["download"] = time.perf_counter() - t
+        self.observer.stage_finished(hooks.DOWNLOAD, msg)
+        return dl
+
+    async def _compute(
+        self, msg: HealthDataMessage, dl: Download, timings: dict[str, float]
+    ) -> CpuResult:
+        """decode -> validate -> transform; a file that fails validation is quarantined."""
+        with self._stage("process"):
+            cpu = await self.compute.run(
+                dl.body, self.lineage(msg), self.limits, self.domain, datetime.now(UTC))
+        timings.update(cpu.timings)
+        self.observer.stage_finished(hooks.DECODE, msg)
+        if cpu.quarantine_reason:
+            raise QuarantineWithReport(cpu)
+        return cpu
 
     # --- stages ---------------------------------------------------------------------------
     def parse(self, delivery: Delivery) -> HealthDataMessage:
         return parse_message(
             delivery.body,
             amqp_message_id=delivery.message_id,
-            allowed_buckets=self.s.allowed_bucket_set,
+            allowed_buckets=self.settings.allowed_bucket_set,
             supported_types=SUPPORTED_RECORD_TYPES,
-            raw_prefix=self.s.raw_prefix,
-            max_bytes=self.s.max_message_bytes,
+            raw_prefix=self.settings.raw_prefix,
+            max_bytes=self.settings.max_message_bytes,
             amqp_correlation_id=delivery.correlation_id,
             headers=delivery.headers,
-            require_hash=self.s.require_content_hash,
-            scheme=self.s.idempotency_scheme,
+            require_hash=self.settings.require_content_hash,
+            scheme=self.settings.idempotency_scheme,
         )
 
     def verify(self, msg: HealthDataMessage, dl: Download) -> None:
@@ -224,10 +242,10 @@ class Pipeline:
     async def write(self, msg: HealthDataMessage, cpu: CpuResult) -> Outcome:
         out = cpu.output
         assert out is not None
-        key = result_key(self.s, out.category, out.period_date, msg.idempotency_key)
+        key = result_key(self.settings, out.category, out.period_date, msg.idempotency_key)
         body = orjson.dumps(out.record, option=orjson.OPT_SORT_KEYS) + b"\n"
         created = await self.storage.put_if_absent(
-            self.s.bucket, key, body,
+            self.settings.bucket, key, body,
             content_type="application/x-ndjson",
             metadata=header_metadata(message_id=msg.message_id, record_type=msg.record_type),
         )
@@ -239,9 +257,9 @@ class Pipeline:
         )
 
     async def quarantine(self, msg: HealthDataMessage, exc: PermanentError) -> str:
-        qkey = quarantine_key(self.s, msg.key)
-        copied = await self.storage.copy(msg.bucket, msg.key, self.s.bucket, qkey)
-        report = exc.__cause__.cpu.report if isinstance(exc.__cause__, _Report) else None
+        qkey = quarantine_key(self.settings, msg.key)
+        copied = await self.storage.copy(msg.bucket, msg.key, self.settings.bucket, qkey)
+        report = exc.cpu.report if isinstance(exc, QuarantineWithReport) else None
         reason = {
             "reason": exc.reason,
             "detail": exc.detail,  # a field path or a decoder's error class, never a value
@@ -259,7 +277,7 @@ class Pipeline:
             "message": msg.model_dump(mode="json"),
         }
         await self.storage.put(
-            self.s.bucket, qkey + ".reason.json",
+            self.settings.bucket, qkey + ".reason.json",
             orjson.dumps(reason, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2),
             content_type="application/json",
         )
@@ -282,19 +300,19 @@ class Pipeline:
                 # Writing the quarantine failed. Transient: retry the whole message later.
                 # Anything else (e.g. the target refused it) must not loop: dead-letter.
                 qdisp, qreason = classify(qexc)
-                if qdisp is Disposition.RETRY and delivery.attempt < self.s.max_attempts:
+                if qdisp is Disposition.RETRY and delivery.attempt < self.settings.max_attempts:
                     return Outcome("retry", reason=qreason, stage="quarantine", message=msg)
                 return Outcome("dead_letter", reason=f"quarantine_failed:{reason}",
                                stage="quarantine", message=msg)
             recorded = await self._finish(msg, "quarantined")
-            report = exc.__cause__.cpu if isinstance(exc.__cause__, _Report) else None
+            report = exc.cpu if isinstance(exc, QuarantineWithReport) else None
             return Outcome("quarantined", reason=reason, stage=stage, message=msg,
                            result_key=qkey, records=report.records if report else 0,
                            quality_score=report.report.get("quality_score") if report else None,
                            recorded=recorded)
         if disposition is Disposition.DEAD_LETTER or isinstance(exc, PoisonMessage):
             return Outcome("dead_letter", reason=reason, stage=stage, message=msg)
-        if delivery.attempt >= self.s.max_attempts:
+        if delivery.attempt >= self.settings.max_attempts:
             return Outcome("dead_letter", reason=f"attempts_exhausted:{reason}", stage=stage,
                            message=msg)
         return Outcome("retry", reason=reason, stage=stage, message=msg)
@@ -303,7 +321,7 @@ class Pipeline:
     async def _claim(self, msg: HealthDataMessage) -> str:
         try:
             claim = await self.dedup.claim(msg.idempotency_key, self.owner,
-                                           int(self.s.lease_ttl_s * 1000))
+                                           int(self.settings.lease_ttl_s * 1000))
         except Exception as exc:
             self._on_dedup_error(exc)
             return "unavailable"
@@ -313,7 +331,7 @@ class Pipeline:
         """Done marker and, in the same round trip, the delivery's outcome record."""
         try:
             await self.dedup.finish(msg.idempotency_key, self.owner, outcome,
-                                    self.s.done_ttl_s, message_id=msg.message_id)
+                                    self.settings.done_ttl_s, message_id=msg.message_id)
         except Exception as exc:
             self._on_dedup_error(exc)
             return False
@@ -325,18 +343,3 @@ class Pipeline:
         except Exception as exc:
             self._on_dedup_error(exc)
 
-
-class _Report(Exception):
-    """Carries the validation report to the quarantine writer (never logged)."""
-
-    def __init__(self, cpu: CpuResult) -> None:
-        super().__init__("validation report")
-        self.cpu = cpu
-
-
-class _NullCtx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

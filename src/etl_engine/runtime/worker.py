@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,10 @@ from etl_engine.adapters.topology import (
     declare,
 )
 from etl_engine.domain.messages import HealthDataMessage
-from etl_engine.observability import metrics as m
-from etl_engine.observability import telemetry
+from etl_engine.observability import metrics, telemetry
 from etl_engine.observability.logs import error_class, get_logger, hash_user_id
 from etl_engine.runtime.compute import ComputePool
+from etl_engine.runtime.hooks import Observers, OutcomeObserver, PipelineObserver
 from etl_engine.runtime.pipeline import Delivery, Outcome, Pipeline
 from etl_engine.runtime.sidecar import Sidecar, beat
 from etl_engine.settings import ConfigError, Settings
@@ -84,6 +84,20 @@ def _attempt(headers: dict[str, Any]) -> int:
         return 1
 
 
+def _delivery(message: AbstractIncomingMessage) -> Delivery:
+    """What the pipeline needs from a broker message (no broker types past here)."""
+    headers = dict(message.headers or {})
+    return Delivery(
+        body=message.body,
+        message_id=message.message_id,
+        headers=headers,
+        correlation_id=message.correlation_id,
+        routing_key=message.routing_key or "",
+        attempt=_attempt(headers),
+        failed_deliveries=_failed_deliveries(headers),
+    )
+
+
 def _failed_deliveries(headers: dict[str, Any]) -> int:
     """Unsettled deliveries so far: this copy's (the quorum queue's x-delivery-count) plus
     those of the copies republished before it (our header)."""
@@ -95,8 +109,17 @@ def _failed_deliveries(headers: dict[str, Any]) -> int:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, dedup: DedupStore | None = None) -> None:
-        self.s = settings
+    """Consumes, runs each delivery through the pipeline, settles it with the broker.
+
+    ``observers`` see every delivery's lifecycle events (``runtime/hooks.py``) after the
+    outcome observer (metrics and the ``message_settled`` log line); more can be added
+    with ``observers.add`` before ``run``.
+    """
+
+    def __init__(self, settings: Settings, *, dedup: DedupStore | None = None,
+                 observers: Sequence[PipelineObserver] = ()) -> None:
+        self.settings = settings
+        self.observers = Observers([OutcomeObserver(), *observers])
         self.state = WorkerState(worker_id=settings.effective_worker_id)
         self.storage = AsyncStorage(
             Storage(make_client(settings)),
@@ -112,7 +135,7 @@ class Worker:
         self.pipeline = Pipeline(
             settings, self.storage, self.dedup, self.compute,
             owner=self.owner, on_dedup_error=self._dedup_error,
-            tracer_span=telemetry.pipeline_hook(),
+            tracer_span=telemetry.pipeline_hook(), observer=self.observers,
         )
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,7 +144,6 @@ class Worker:
         self._topology: Topology | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._consumer = ""
-        self.consumed = asyncio.Event()  # set once consuming (tests wait on it)
 
     # --- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -136,20 +158,20 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         sidecar = Sidecar(
-            self.state, host=self.s.sidecar_host, port=self.s.sidecar_port,
-            admin_token=self.s.admin_token.get_secret_value(),
+            self.state, host=self.settings.sidecar_host, port=self.settings.sidecar_port,
+            admin_token=self.settings.admin_token.get_secret_value(),
             admin_routes={"/admin/drain": self._admin_drain},
-            max_connections=self.s.sidecar_max_connections,
+            max_connections=self.settings.sidecar_max_connections,
         )
         self.state.sidecar_port = await sidecar.start()
-        if not self.s.user_id_hash_key.get_secret_value():
+        if not self.settings.user_id_hash_key.get_secret_value():
             log.warning("user_id_hash_key_unset",
                         hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
-        if self.s.idempotency_scheme == "opaque":
+        if self.settings.idempotency_scheme == "opaque":
             log.warning("idempotency_scheme_opaque",
                         hint="idempotency keys are not bound to user and file: any publisher "
                              "can reuse another upload's key (ETL_IDEMPOTENCY_SCHEME)")
-        log.info("sidecar_listening", host=self.s.sidecar_host, port=self.state.sidecar_port,
+        log.info("sidecar_listening", host=self.settings.sidecar_host, port=self.state.sidecar_port,
                  worker_id=self.state.worker_id, event_loop=_loop_name(loop))
         await self.compute.warm()
         background = [
@@ -181,7 +203,7 @@ class Worker:
             try:
                 closed = await self._connect_and_consume()
                 if not first:
-                    m.RECONNECTS.inc()
+                    metrics.RECONNECTS.inc()
                 first = False
                 backoff = 0.2
                 stop_wait = asyncio.create_task(self._stop.wait())
@@ -204,8 +226,8 @@ class Worker:
 
     async def _connect_and_consume(self) -> asyncio.Future[Any]:
         connection = await aio_pika.connect(
-            self.s.amqp_url.get_secret_value(),
-            heartbeat=self.s.amqp_heartbeat_s,
+            self.settings.amqp_url.get_secret_value(),
+            heartbeat=self.settings.amqp_heartbeat_s,
             timeout=10,
             client_properties={"connection_name": f"etl-worker {self.state.worker_id}"},
         )
@@ -219,17 +241,18 @@ class Worker:
         connection.close_callbacks.add(_on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel.close_callbacks.add(_on_close)
-        await channel.set_qos(prefetch_count=self.s.effective_prefetch)
-        self._topology = await declare(channel, self.s)
+        await channel.set_qos(prefetch_count=self.settings.effective_prefetch)
+        self._topology = await declare(channel, self.settings)
         self._channel = channel
         self._consumer = await self._topology.work.consume(
             self._on_message, consumer_tag=self._consumer_tag()
         )
         self.state.broker_connected = True
         self.state.consuming = True
-        m.DEPENDENCY_UP.labels("rabbitmq").set(1)
-        self.consumed.set()
-        log.info("consuming", queue=self.s.queue, prefetch=self.s.effective_prefetch)
+        metrics.DEPENDENCY_UP.labels("rabbitmq").set(1)
+        log.info("consuming", queue=self.settings.queue,
+                 prefetch=self.settings.effective_prefetch)
+        self.observers.consuming()
         return closed
 
     def _consumer_tag(self) -> str:
@@ -237,7 +260,7 @@ class Worker:
 
     def _mark_disconnected(self) -> None:
         self.state.broker_connected = False
-        m.DEPENDENCY_UP.labels("rabbitmq").set(0)
+        metrics.DEPENDENCY_UP.labels("rabbitmq").set(0)
         self.state.consuming = False
         self._channel = None
         self._topology = None
@@ -262,8 +285,9 @@ class Worker:
                 await topo.work.cancel(self._consumer, timeout=5)
         self.state.consuming = False
         if self._tasks:
-            log.info("draining", in_flight=len(self._tasks), grace_s=self.s.shutdown_grace_s)
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.s.shutdown_grace_s)
+            grace = self.settings.shutdown_grace_s
+            log.info("draining", in_flight=len(self._tasks), grace_s=grace)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
@@ -286,17 +310,7 @@ class Worker:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
-        headers = dict(message.headers or {})
-        delivery = Delivery(
-            body=message.body,
-            message_id=message.message_id,
-            headers=headers,
-            correlation_id=message.correlation_id,
-            routing_key=message.routing_key or "",
-            attempt=_attempt(headers),
-            failed_deliveries=_failed_deliveries(headers),
-        )
-        parent = telemetry.extract(headers)
+        delivery = _delivery(message)
         # Every log line of this delivery carries these (this task's own context copy);
         # refined from the parsed message once the pipeline returns.
         tokens = structlog.contextvars.bind_contextvars(
@@ -305,34 +319,9 @@ class Worker:
             worker_id=self.state.worker_id, attempt=delivery.attempt, trace_id=None,
         )
         self.state.in_flight += 1
-        m.IN_FLIGHT.inc()
+        metrics.IN_FLIGHT.inc()
         try:
-            with telemetry.span(
-                f"process {self.s.queue}", kind=SpanKind.CONSUMER, parent=parent,
-                attributes=telemetry.messaging_attributes(
-                    "process", message.exchange or "", queue=self.s.queue,
-                    routing_key=delivery.routing_key, message_id=message.message_id,
-                    body_size=len(message.body)),
-            ) as span:
-                structlog.contextvars.bind_contextvars(trace_id=telemetry.trace_id(parent))
-                try:
-                    # asyncio.timeout, not wait_for: no second task per message.
-                    async with asyncio.timeout(self.s.message_timeout_s):
-                        outcome = await self.pipeline.run(delivery)
-                except TimeoutError:
-                    outcome = Outcome("retry", reason="message_timeout")
-                    if delivery.attempt >= self.s.max_attempts:
-                        outcome = Outcome("dead_letter",
-                                          reason="attempts_exhausted:message_timeout")
-                if outcome.message is not None:
-                    _bind_message(outcome.message)
-                telemetry.set_attributes(
-                    span, **{"etl.outcome": outcome.kind, "etl.reason": outcome.reason,
-                             "etl.attempt": delivery.attempt,
-                             "etl.record_type": outcome.message.record_type
-                             if outcome.message else None})
-                await self._settle(message, delivery, outcome)
-                self._observe(outcome, time.perf_counter() - started)
+            await self._process(message, delivery, started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -341,9 +330,52 @@ class Worker:
             log.warning("settle_failed", error=error_class(exc))
         finally:
             self.state.in_flight -= 1
-            m.IN_FLIGHT.dec()
+            metrics.IN_FLIGHT.dec()
             structlog.contextvars.reset_contextvars(**tokens)
             structlog.contextvars.unbind_contextvars("user")
+
+    async def _process(
+        self, message: AbstractIncomingMessage, delivery: Delivery, started: float
+    ) -> None:
+        """Run, settle and report one delivery inside its consumer span."""
+        parent = telemetry.extract(delivery.headers)
+        with telemetry.span(
+            f"process {self.settings.queue}", kind=SpanKind.CONSUMER, parent=parent,
+            attributes=telemetry.messaging_attributes(
+                "process", message.exchange or "", queue=self.settings.queue,
+                routing_key=delivery.routing_key, message_id=message.message_id,
+                body_size=len(message.body)),
+        ) as span:
+            structlog.contextvars.bind_contextvars(trace_id=telemetry.trace_id(parent))
+            outcome = await self._run_pipeline(delivery)
+            if outcome.message is not None:
+                _bind_message(outcome.message)
+            telemetry.set_attributes(
+                span, **{"etl.outcome": outcome.kind, "etl.reason": outcome.reason,
+                         "etl.attempt": delivery.attempt,
+                         "etl.record_type": outcome.message.record_type
+                         if outcome.message else None})
+            await self._settle(message, delivery, outcome)
+            self._note(outcome)
+            self.observers.settled(outcome, time.perf_counter() - started)
+
+    async def _run_pipeline(self, delivery: Delivery) -> Outcome:
+        """The pipeline within the message's time limit."""
+        try:
+            # asyncio.timeout, not wait_for: no second task per message.
+            async with asyncio.timeout(self.settings.message_timeout_s):
+                return await self.pipeline.run(delivery)
+        except TimeoutError:
+            if delivery.attempt >= self.settings.max_attempts:
+                return Outcome("dead_letter", reason="attempts_exhausted:message_timeout")
+            return Outcome("retry", reason="message_timeout")
+
+    def _note(self, outcome: Outcome) -> None:
+        """What the sidecar reports about the outcomes so far."""
+        if outcome.kind == "processed":
+            self.state.processed += 1
+        if outcome.kind in ("retry", "dead_letter", "quarantined"):
+            self.state.last_error_class = outcome.reason
 
     async def _settle(
         self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
@@ -353,24 +385,24 @@ class Worker:
         headers.pop("x-delivery-count", None)
         headers[FAILED_DELIVERIES_HEADER] = delivery.failed_deliveries
         if outcome.kind == "retry":
-            tier = min(delivery.attempt - 1, len(self.s.retry_delays) - 1)
+            tier = min(delivery.attempt - 1, len(self.settings.retry_delays) - 1)
             headers[ATTEMPT_HEADER] = delivery.attempt + 1
             headers[REASON_HEADER] = outcome.reason or ""
-            await self._republish(message, self.s.retry_queue_name(tier), headers)
+            await self._republish(message, self.settings.retry_queue_name(tier), headers)
         elif outcome.kind == "lease_busy":
             waits = int(headers.get(LEASE_WAIT_HEADER, 0) or 0) + 1
             if waits > MAX_LEASE_WAITS:
                 outcome.kind, outcome.reason = "dead_letter", "lease_wait_exceeded"
             else:
                 headers[LEASE_WAIT_HEADER] = waits
-                await self._republish(message, self.s.retry_queue_name(0), headers)
+                await self._republish(message, self.settings.retry_queue_name(0), headers)
         if outcome.kind == "dead_letter":
             headers[REASON_HEADER] = outcome.reason or "unknown"
             headers[STAGE_HEADER] = outcome.stage or ""
             headers["x-etl-worker"] = self.state.worker_id
             headers["x-etl-original-routing-key"] = delivery.routing_key
             headers["x-etl-dead-lettered-at"] = int(time.time())
-            await self._republish(message, self.s.dlq_name, headers)
+            await self._republish(message, self.settings.dlq_name, headers)
         if outcome.kind in FINAL_OUTCOMES and not outcome.recorded:
             # Recorded before the ack: a crash in between redelivers the message and it is
             # recorded again when it settles; a crash after the ack would lose it for good.
@@ -380,9 +412,9 @@ class Worker:
             if mid:
                 with contextlib.suppress(Exception):
                     await self.dedup.record_outcomes({mid: outcome.kind}, OUTCOME_TTL_S)
-        self.pipeline.faults.hit("before_ack", _key(outcome))
-        with telemetry.span(f"ack {self.s.queue}", attributes=telemetry.messaging_attributes(
-                "settle", message.exchange or "", queue=self.s.queue,
+        self.observers.acking(outcome)
+        with telemetry.span(f"ack {self.settings.queue}", attributes=telemetry.messaging_attributes(
+                "settle", message.exchange or "", queue=self.settings.queue,
                 message_id=message.message_id)):
             await message.ack()
 
@@ -407,55 +439,15 @@ class Worker:
         out = copy_message(message, headers)
         await channel.default_exchange.publish(out, routing_key=routing_key, mandatory=True)
 
-    def _observe(self, outcome: Outcome, seconds: float) -> None:
-        rt = outcome.message.record_type if outcome.message else "unknown"
-        label = {
-            "retry": "retried", "dead_letter": "dead_lettered", "lease_busy": "retried",
-        }.get(outcome.kind, outcome.kind)
-        if outcome.kind == "dead_letter" and outcome.stage == "parse":
-            label = "rejected"
-        m.MESSAGES.labels(label, rt).inc()
-        if outcome.records:
-            m.RECORDS.labels(rt).inc(outcome.records)
-        if outcome.kind == "processed":
-            self.state.processed += 1
-            m.BYTES_UPLOADED.inc(outcome.bytes_out)
-            m.PROCESSING_SECONDS.labels(rt).observe(seconds)
-        if outcome.quality_score is not None:
-            m.QUALITY.labels(rt).observe(outcome.quality_score)
-        # Downloaded bytes are counted by AsyncStorage.download (failed files count too).
-        for stage, secs in outcome.timings.items():
-            m.STAGE_SECONDS.labels(stage).observe(secs)
-        if outcome.kind == "quarantined":
-            m.QUARANTINED.labels(m.reason_label(outcome.reason)).inc()
-        elif outcome.kind == "dead_letter":
-            m.DEAD_LETTERED.labels(m.reason_label(outcome.reason)).inc()
-        elif outcome.kind == "retry":
-            m.RETRIES.labels(m.reason_label(outcome.reason)).inc()
-        elif outcome.kind == "lease_busy":
-            m.LEASE_CONTENTION.inc()
-        if outcome.kind in ("retry", "dead_letter", "quarantined"):
-            self.state.last_error_class = outcome.reason
-        # message_id, correlation_id, record_type, worker_id, attempt, trace_id: bound
-        # in _handle (from the parsed message when it parsed).
-        log.log(
-            20 if outcome.kind in ("processed", "duplicate") else 30,
-            "message_settled",
-            outcome=outcome.kind,
-            reason=outcome.reason,
-            stage=outcome.stage,
-            duration_ms=round(seconds * 1000, 2),
-        )
-
     # --- background ------------------------------------------------------------------------
     def _dedup_error(self, exc: BaseException) -> None:
-        m.DEDUP_ERRORS.inc()
+        metrics.DEDUP_ERRORS.inc()
         self.state.redis_ok = False
-        m.DEPENDENCY_UP.labels("redis").set(0)
+        metrics.DEPENDENCY_UP.labels("redis").set(0)
         log.warning("dedup_unavailable", error=error_class(exc))
 
     async def _renew_leases(self) -> None:
-        interval = self.s.lease_ttl_s / 3
+        interval = self.settings.lease_ttl_s / 3
         with telemetry.quiet():
             await self._renew_leases_loop(interval)
 
@@ -465,7 +457,7 @@ class Worker:
             keys = list(self.pipeline.in_flight)
             if keys:
                 with contextlib.suppress(Exception):
-                    await self.dedup.renew(keys, self.owner, int(self.s.lease_ttl_s * 1000))
+                    await self.dedup.renew(keys, self.owner, int(self.settings.lease_ttl_s * 1000))
 
     async def _check_dependencies(self) -> None:
         with telemetry.quiet():
@@ -479,13 +471,13 @@ class Worker:
             except Exception:
                 self.state.redis_ok = False
             try:
-                await asyncio.wait_for(self.storage.ping(self.s.bucket), 5)
+                await asyncio.wait_for(self.storage.ping(self.settings.bucket), 5)
                 self.state.s3_ok = True
             except Exception:
                 self.state.s3_ok = False
-            m.DEPENDENCY_UP.labels("redis").set(int(self.state.redis_ok))
-            m.DEPENDENCY_UP.labels("s3").set(int(self.state.s3_ok))
-            m.DEPENDENCY_UP.labels("rabbitmq").set(int(self.state.broker_connected))
+            metrics.DEPENDENCY_UP.labels("redis").set(int(self.state.redis_ok))
+            metrics.DEPENDENCY_UP.labels("s3").set(int(self.state.s3_ok))
+            metrics.DEPENDENCY_UP.labels("rabbitmq").set(int(self.state.broker_connected))
             await asyncio.sleep(5)
 
     async def _beat(self) -> None:
@@ -525,10 +517,6 @@ def _bind_message(msg: HealthDataMessage) -> None:
         message_id=msg.message_id, correlation_id=msg.correlation_id,
         record_type=msg.record_type, user=hash_user_id(msg.user_id),
     )
-
-
-def _key(outcome: Outcome) -> str:
-    return outcome.message.idempotency_key if outcome.message else ""
 
 
 async def _quiet_close(conn: Any) -> None:

@@ -1,0 +1,127 @@
+"""Lifecycle events of a delivery, for code installed from outside the pipeline.
+
+Like dramatiq's middleware: the worker and the pipeline call every observer at fixed
+points, and an observer overrides only the events it cares about. Production installs
+``OutcomeObserver`` (the metrics and the ``message_settled`` log line per outcome); tests
+install their own (wait for the consumer, crash at a point) with no setting to switch on.
+
+Observers run on the event loop, in the order they were added, and must be quick. An
+exception from one fails the delivery at that point like any other error there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from etl_engine.observability import metrics
+from etl_engine.observability.logs import get_logger
+
+if TYPE_CHECKING:
+    from etl_engine.domain.messages import HealthDataMessage
+    from etl_engine.runtime.pipeline import Outcome
+
+# The worker's logger: ``message_settled`` keeps the logger name it always had.
+log = get_logger("etl.worker")
+
+# The pipeline's events, in the order they happen for a message that is processed.
+DOWNLOAD, DECODE, WRITE, DONE = "download", "decode", "write", "done"
+STAGES = (DOWNLOAD, DECODE, WRITE, DONE)
+
+
+class PipelineObserver:
+    """No-op base: subclass it and override the events you need."""
+
+    def consuming(self) -> None:
+        """The worker has a consumer on the work queue (after every (re)connect)."""
+
+    def stage_finished(self, stage: str, message: HealthDataMessage) -> None:
+        """``stage`` (one of ``STAGES``) is over for ``message``: download (fetched and
+        verified), decode (the CPU stages ran, before a failed validation is quarantined),
+        write (the result object is stored), done (the done marker is written)."""
+
+    def acking(self, outcome: Outcome) -> None:
+        """The outcome is settled (republished, recorded) and the ack is next."""
+
+    def settled(self, outcome: Outcome, seconds: float) -> None:
+        """The delivery is acked, ``seconds`` after it arrived."""
+
+
+class Observers(PipelineObserver):
+    """Several observers as one: each event goes to every observer, in order."""
+
+    def __init__(self, observers: Iterable[PipelineObserver] = ()) -> None:
+        self._observers = list(observers)
+
+    def add(self, observer: PipelineObserver) -> None:
+        """Install ``observer`` after the others (it sees every later event)."""
+        self._observers.append(observer)
+
+    def consuming(self) -> None:
+        for observer in self._observers:
+            observer.consuming()
+
+    def stage_finished(self, stage: str, message: HealthDataMessage) -> None:
+        for observer in self._observers:
+            observer.stage_finished(stage, message)
+
+    def acking(self, outcome: Outcome) -> None:
+        for observer in self._observers:
+            observer.acking(outcome)
+
+    def settled(self, outcome: Outcome, seconds: float) -> None:
+        for observer in self._observers:
+            observer.settled(outcome, seconds)
+
+
+class OutcomeObserver(PipelineObserver):
+    """Counts and logs every settled delivery. The metric names, labels and log fields are
+    an interface (the deployment's alerts and dashboards read them)."""
+
+    def settled(self, outcome: Outcome, seconds: float) -> None:
+        record_type = outcome.message.record_type if outcome.message else "unknown"
+        _count(outcome, record_type, seconds)
+        _count_failure(outcome)
+        # message_id, correlation_id, record_type, worker_id, attempt, trace_id: bound by
+        # the worker for this delivery (from the parsed message when it parsed).
+        log.log(
+            _INFO if outcome.kind in ("processed", "duplicate") else _WARNING,
+            "message_settled",
+            outcome=outcome.kind,
+            reason=outcome.reason,
+            stage=outcome.stage,
+            duration_ms=round(seconds * 1000, 2),
+        )
+
+
+# Outcome kind -> the ``etl_messages_total`` outcome label, where they differ.
+_LABELS = {"retry": "retried", "dead_letter": "dead_lettered", "lease_busy": "retried"}
+_INFO, _WARNING = 20, 30
+
+
+def _count(outcome: Outcome, record_type: str, seconds: float) -> None:
+    label = _LABELS.get(outcome.kind, outcome.kind)
+    if outcome.kind == "dead_letter" and outcome.stage == "parse":
+        label = "rejected"
+    metrics.MESSAGES.labels(label, record_type).inc()
+    if outcome.records:
+        metrics.RECORDS.labels(record_type).inc(outcome.records)
+    if outcome.kind == "processed":
+        metrics.BYTES_UPLOADED.inc(outcome.bytes_out)
+        metrics.PROCESSING_SECONDS.labels(record_type).observe(seconds)
+    if outcome.quality_score is not None:
+        metrics.QUALITY.labels(record_type).observe(outcome.quality_score)
+    # Downloaded bytes are counted by AsyncStorage.download (failed files count too).
+    for stage, secs in outcome.timings.items():
+        metrics.STAGE_SECONDS.labels(stage).observe(secs)
+
+
+def _count_failure(outcome: Outcome) -> None:
+    if outcome.kind == "quarantined":
+        metrics.QUARANTINED.labels(metrics.reason_label(outcome.reason)).inc()
+    elif outcome.kind == "dead_letter":
+        metrics.DEAD_LETTERED.labels(metrics.reason_label(outcome.reason)).inc()
+    elif outcome.kind == "retry":
+        metrics.RETRIES.labels(metrics.reason_label(outcome.reason)).inc()
+    elif outcome.kind == "lease_busy":
+        metrics.LEASE_CONTENTION.inc()
