@@ -465,6 +465,13 @@ def _message(inp: Input, bucket: str, user: str, key: str) -> dict[str, Any]:
     }
 
 
+def _idempotency_key(inputs: list[Input], tag: str, i: int) -> str:
+    """The key (and result name) of a batch's ``i``-th message, as ``_bodies`` makes it."""
+    from etl_engine.domain.messages import upload_idempotency_key
+
+    return upload_idempotency_key(f"{tag}-{i:06d}", inputs[i % len(inputs)].sha256)
+
+
 def _bodies(env: dict[str, str], inputs: list[Input], bucket: str, tag: str, n: int
             ) -> list[dict[str, Any]]:
     """``n`` distinct inputs: each a user of its own with a server-side copy of an input
@@ -569,9 +576,60 @@ def _results(env: dict[str, str], bucket: str) -> list[str]:
     return list(Storage(make_client(s)).list_keys(bucket, "training/"))
 
 
-def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
-              workers: int, decode_mode: str, moto_pid: int | None) -> dict[str, Any]:
-    """One setting: start the workers, warm up, saturate, pace at half rate, check."""
+@dataclass
+class _FleetRun:
+    """One setting's workers, and the names its messages and results go under."""
+
+    tag: str  # w{workers}d{decode mode}
+    prefix: str  # of every batch's tag: {run id}-{tag}
+    decode_mode: str
+    env: dict[str, str]
+    out_bucket: str
+    fleet: Fleet
+    procs: list[WorkerProc]
+
+    def batch(self, name: str) -> str:
+        """A batch's tag: message ids and result names derive from it."""
+        return f"{self.prefix}-{name}"
+
+    def settled(self) -> dict[str, tuple[float, str]]:
+        """Every worker's settles so far: message id -> (first settle time, outcome)."""
+        settled: dict[str, tuple[float, str]] = {}
+        for p in self.procs:
+            settled.update(p.settled())
+        return settled
+
+
+@dataclass
+class _Saturation:
+    """What the saturation run measured (CPU in seconds, latencies in ms)."""
+
+    sent: dict[str, float]  # message id -> send time
+    outcomes: dict[str, str]
+    elapsed: float  # first publish to last settle
+    throughput: float
+    latency_ms: list[float]
+    per_worker: list[dict[str, Any]]
+    fleet_cpu: float  # workers and their children, user + system
+    fleet_sys: float
+    other_cpu: dict[str, float]  # RabbitMQ, Redis, the S3 server; NaN if restarted meanwhile
+    harness_cpu: float
+    profile: dict[str, Any] | None
+
+
+@dataclass
+class _Paced:
+    """The run at about half the saturation rate."""
+
+    rate: float
+    messages: int
+    outcomes: dict[str, str]
+    latency_ms: list[float]
+
+
+def _start_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
+                 workers: int, decode_mode: str) -> _FleetRun:
+    """Workers with an output bucket of their own: the exactly-once check counts it."""
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.settings import load_settings
 
@@ -585,112 +643,155 @@ def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Pa
     Storage(make_client(s)).ensure_bucket(out_bucket)
     fleet = Fleet(env, inputs, env0["ETL_BUCKET"])
     procs = [WorkerProc(env, workdir / f"{tag}-worker-{i + 1}.log") for i in range(workers)]
-    try:
-        for p in procs:
-            p.wait_ready()
-        # warm-up: imports, connections, decode children, branch predictors of the mind
-        warm = asyncio.run(fleet.publish(f"{plan.run_id}-{tag}-warm", 4 * len(inputs), None))
-        got = asyncio.run(fleet.wait_settled(list(warm), 120, procs))
-        if len(got) != len(warm) or set(got.values()) != {"processed"}:
-            raise RuntimeError(f"warm-up: {Counter(got.values())} of {len(warm)}; see "
-                               f"{procs[0].log_path}")
+    return _FleetRun(tag, f"{plan.run_id}-{tag}", decode_mode, env, out_bucket, fleet, procs)
 
-        others = {"rabbitmq": pids_named("beam.smp"), "redis": pids_named("redis-server")}
-        if moto_pid:
-            others["s3 server"] = [moto_pid]
-        cpu0 = {pid: proc_cpu(pid) for p in procs for pid in p.tree()}
-        sys0 = {pid: proc_sys_cpu(pid) for p in procs for pid in p.tree()}
-        oth0 = {k: sum(proc_cpu(x) for x in v) for k, v in others.items()}
-        harness0 = proc_cpu(os.getpid())
-        spies = [start_profile(p.pid, workdir / f"{tag}-worker-{i + 1}.pyspy.txt")
-                 for i, p in enumerate(procs)] if plan.profile else []
-        n = plan.messages
-        sat_tag = f"{plan.run_id}-{tag}-sat"
-        sent = asyncio.run(fleet.publish(sat_tag, n, None))
-        outcomes = asyncio.run(fleet.wait_settled(list(sent), 120 + n / 2, procs))
-        trees = {p.pid: p.tree() for p in procs}
-        cpu1 = {pid: proc_cpu(pid) for p in procs for pid in trees[p.pid]}
-        sys1 = {pid: proc_sys_cpu(pid) for p in procs for pid in trees[p.pid]}
-        # a service restarted meanwhile (another suite on the machine) has no valid delta
-        oth1 = {k: sum(proc_cpu(x) for x in v) if all(Path(f"/proc/{x}").exists()
-                                                      for x in v) else float("nan")
-                for k, v in others.items()}
-        harness_cpu = proc_cpu(os.getpid()) - harness0
-        profile = stop_profile(spies)
-        settled: dict[str, tuple[float, str]] = {}
-        for p in procs:
-            settled.update(p.settled())
-        sat_done = [settled[m][0] for m in sent if m in settled]
-        first = min(sent.values())
-        last = max(sat_done) if sat_done else time.time()
-        throughput = len(sat_done) / (last - first)
-        sat_lat = [(settled[m][0] - t) * 1000 for m, t in sent.items() if m in settled]
 
-        per_worker = []
-        for p in procs:
-            main_cpu = cpu1.get(p.pid, 0) - cpu0.get(p.pid, 0)
-            kids = [x for x in trees[p.pid] if x != p.pid]
-            kid_cpu = sum(cpu1.get(x, 0) - cpu0.get(x, 0) for x in kids)
-            hwm_kids = [proc_status(x, "VmHWM") for x in kids]
-            big_kids = [h for h in hwm_kids if h > 20_000]  # pool workers, not helpers
-            per_worker.append({
-                "pid": p.pid,
-                "main_cpu_s": main_cpu, "children_cpu_s": kid_cpu,
-                "main_hwm_mb": proc_status(p.pid, "VmHWM") / 1024,
-                "decode_child_hwm_mb": max(big_kids, default=0) / 1024,
-                "tree_hwm_mb": (proc_status(p.pid, "VmHWM") + sum(hwm_kids)) / 1024,
-                "children": len(kids),
-            })
-        fleet_cpu = sum(w["main_cpu_s"] + w["children_cpu_s"] for w in per_worker)
-        fleet_sys = sum(sys1.get(x, 0) - sys0.get(x, 0) for t in trees.values() for x in t)
+def _warm_up(run: _FleetRun, n: int) -> None:
+    """Imports, connections, decode children start here, not in the measured run."""
+    warm = asyncio.run(run.fleet.publish(run.batch("warm"), n, None))
+    got = asyncio.run(run.fleet.wait_settled(list(warm), 120, run.procs))
+    if len(got) != len(warm) or set(got.values()) != {"processed"}:
+        raise RuntimeError(f"warm-up: {Counter(got.values())} of {len(warm)}; see "
+                           f"{run.procs[0].log_path}")
 
-        # paced at about half the saturation rate
-        rate = max(1.0, throughput / 2)
-        n_paced = max(20, int(rate * plan.paced_seconds))
-        paced_tag = f"{plan.run_id}-{tag}-paced"
-        paced_sent = asyncio.run(fleet.publish(paced_tag, n_paced, rate))
-        paced_out = asyncio.run(fleet.wait_settled(list(paced_sent), 120, procs))
-        settled = {}
-        for p in procs:
-            settled.update(p.settled())
-        paced_lat = [(settled[m][0] - t) * 1000 for m, t in paced_sent.items() if m in settled]
-        for w, p in zip(per_worker, procs, strict=True):
-            w["main_hwm_mb"] = proc_status(p.pid, "VmHWM") / 1024
-    finally:
-        for p in procs:
-            p.stop()
 
-    # exactly once: one result object per accepted message, nothing else
-    keys = _results(env, out_bucket)
+def _other_services(moto_pid: int | None) -> dict[str, list[int]]:
+    """The processes whose CPU the fleet's messages also cost."""
+    others = {"rabbitmq": pids_named("beam.smp"), "redis": pids_named("redis-server")}
+    if moto_pid:
+        others["s3 server"] = [moto_pid]
+    return others
+
+
+def _worker_figures(p: WorkerProc, tree: list[int], cpu0: dict[int, float],
+                    cpu1: dict[int, float]) -> dict[str, Any]:
+    """CPU of the worker and of its children, peak RSS of each and of the whole tree."""
+    main_cpu = cpu1.get(p.pid, 0) - cpu0.get(p.pid, 0)
+    kids = [x for x in tree if x != p.pid]
+    kid_cpu = sum(cpu1.get(x, 0) - cpu0.get(x, 0) for x in kids)
+    hwm_kids = [proc_status(x, "VmHWM") for x in kids]
+    big_kids = [h for h in hwm_kids if h > 20_000]  # pool workers, not helpers
+    return {
+        "pid": p.pid,
+        "main_cpu_s": main_cpu, "children_cpu_s": kid_cpu,
+        "main_hwm_mb": proc_status(p.pid, "VmHWM") / 1024,
+        "decode_child_hwm_mb": max(big_kids, default=0) / 1024,
+        "tree_hwm_mb": (proc_status(p.pid, "VmHWM") + sum(hwm_kids)) / 1024,
+        "children": len(kids),
+    }
+
+
+def _saturate(plan: Plan, run: _FleetRun, workdir: Path, moto_pid: int | None) -> _Saturation:
+    """``plan.messages`` at once: throughput, and CPU from /proc around exactly that run."""
+    procs, n = run.procs, plan.messages
+    others = _other_services(moto_pid)
+    cpu0 = {pid: proc_cpu(pid) for p in procs for pid in p.tree()}
+    sys0 = {pid: proc_sys_cpu(pid) for p in procs for pid in p.tree()}
+    oth0 = {k: sum(proc_cpu(x) for x in v) for k, v in others.items()}
+    harness0 = proc_cpu(os.getpid())
+    spies = [start_profile(p.pid, workdir / f"{run.tag}-worker-{i + 1}.pyspy.txt")
+             for i, p in enumerate(procs)] if plan.profile else []
+    sent = asyncio.run(run.fleet.publish(run.batch("sat"), n, None))
+    outcomes = asyncio.run(run.fleet.wait_settled(list(sent), 120 + n / 2, procs))
+    trees = {p.pid: p.tree() for p in procs}
+    cpu1 = {pid: proc_cpu(pid) for p in procs for pid in trees[p.pid]}
+    sys1 = {pid: proc_sys_cpu(pid) for p in procs for pid in trees[p.pid]}
+    # a service restarted meanwhile (another suite on the machine) has no valid delta
+    oth1 = {k: sum(proc_cpu(x) for x in v) if all(Path(f"/proc/{x}").exists()
+                                                  for x in v) else float("nan")
+            for k, v in others.items()}
+    harness_cpu = proc_cpu(os.getpid()) - harness0
+    profile = stop_profile(spies)
+    settled = run.settled()
+    sat_done = [settled[m][0] for m in sent if m in settled]
+    first = min(sent.values())
+    last = max(sat_done) if sat_done else time.time()
+    per_worker = [_worker_figures(p, trees[p.pid], cpu0, cpu1) for p in procs]
+    return _Saturation(
+        sent=sent, outcomes=outcomes, elapsed=last - first,
+        throughput=len(sat_done) / (last - first),
+        latency_ms=[(settled[m][0] - t) * 1000 for m, t in sent.items() if m in settled],
+        per_worker=per_worker,
+        fleet_cpu=sum(w["main_cpu_s"] + w["children_cpu_s"] for w in per_worker),
+        fleet_sys=sum(sys1.get(x, 0) - sys0.get(x, 0) for t in trees.values() for x in t),
+        other_cpu={k: oth1[k] - oth0[k] for k in others},
+        harness_cpu=harness_cpu, profile=profile,
+    )
+
+
+def _pace(plan: Plan, run: _FleetRun, throughput: float) -> _Paced:
+    """About half the saturation rate: the latency of a fleet with headroom."""
+    rate = max(1.0, throughput / 2)
+    n_paced = max(20, int(rate * plan.paced_seconds))
+    sent = asyncio.run(run.fleet.publish(run.batch("paced"), n_paced, rate))
+    outcomes = asyncio.run(run.fleet.wait_settled(list(sent), 120, run.procs))
+    settled = run.settled()
+    latency = [(settled[m][0] - t) * 1000 for m, t in sent.items() if m in settled]
+    return _Paced(rate, n_paced, outcomes, latency)
+
+
+def _exactly_once(run: _FleetRun, batches: dict[str, int]) -> dict[str, int]:
+    """One result object per accepted message, nothing else (``batches``: tag -> count)."""
+    keys = _results(run.env, run.out_bucket)
     stems = Counter(k.rsplit("/", 1)[-1].removesuffix(".jsonl") for k in keys)
-    expected = {f"{sat_tag}-ik-{i:06d}" for i in range(n)} | {
-        f"{paced_tag}-ik-{i:06d}" for i in range(n_paced)} | {
-        f"{plan.run_id}-{tag}-warm-ik-{i:06d}" for i in range(4 * len(inputs))}
+    expected = {_idempotency_key(run.fleet.inputs, tag, i)
+                for tag, n in batches.items() for i in range(n)}
     lost = len(expected - set(stems))
     duplicated = sum(c - 1 for c in stems.values() if c > 1) + len(set(stems) - expected)
-    all_out = Counter(outcomes.values()) + Counter(paced_out.values())
+    return {"results": len(keys), "expected_results": len(expected),
+            "lost": lost, "duplicated": duplicated}
+
+
+def _fleet_report(plan: Plan, run: _FleetRun, sat: _Saturation, paced: _Paced,
+                  checked: dict[str, int]) -> dict[str, Any]:
+    """The setting's figures, per message where that is what compares across settings."""
+    n = plan.messages
+    all_out = Counter(sat.outcomes.values()) + Counter(paced.outcomes.values())
     return {
-        "setting": tag, "workers": workers, "decode_mode": decode_mode,
-        "concurrency": plan.concurrency, "messages": n, "paced_messages": n_paced,
-        "throughput_msg_s": throughput, "elapsed_s": last - first,
-        "cpu_ms_per_msg": 1000 * fleet_cpu / n,
-        "cpu_ms_per_msg_main": 1000 * sum(w["main_cpu_s"] for w in per_worker) / n,
-        "cpu_ms_per_msg_children": 1000 * sum(w["children_cpu_s"] for w in per_worker) / n,
-        "cpu_ms_per_msg_system": 1000 * fleet_sys / n,
-        "other_cpu_ms_per_msg": {k: 1000 * (oth1[k] - oth0[k]) / n for k in others},
-        "harness_cpu_ms_per_msg": 1000 * harness_cpu / n,
-        "per_worker": per_worker,
-        "saturation_latency_ms": {"p50": pctl(sat_lat, 50), "p95": pctl(sat_lat, 95),
-                                  "p99": pctl(sat_lat, 99)},
-        "paced_rate_msg_s": rate,
-        "paced_latency_ms": {"p50": pctl(paced_lat, 50), "p95": pctl(paced_lat, 95),
-                             "p99": pctl(paced_lat, 99)},
+        "setting": run.tag, "workers": len(run.procs), "decode_mode": run.decode_mode,
+        "concurrency": plan.concurrency, "messages": n, "paced_messages": paced.messages,
+        "throughput_msg_s": sat.throughput, "elapsed_s": sat.elapsed,
+        "cpu_ms_per_msg": 1000 * sat.fleet_cpu / n,
+        "cpu_ms_per_msg_main": 1000 * sum(w["main_cpu_s"] for w in sat.per_worker) / n,
+        "cpu_ms_per_msg_children": 1000 * sum(w["children_cpu_s"] for w in sat.per_worker) / n,
+        "cpu_ms_per_msg_system": 1000 * sat.fleet_sys / n,
+        "other_cpu_ms_per_msg": {k: 1000 * v / n for k, v in sat.other_cpu.items()},
+        "harness_cpu_ms_per_msg": 1000 * sat.harness_cpu / n,
+        "per_worker": sat.per_worker,
+        "saturation_latency_ms": {"p50": pctl(sat.latency_ms, 50),
+                                  "p95": pctl(sat.latency_ms, 95),
+                                  "p99": pctl(sat.latency_ms, 99)},
+        "paced_rate_msg_s": paced.rate,
+        "paced_latency_ms": {"p50": pctl(paced.latency_ms, 50),
+                             "p95": pctl(paced.latency_ms, 95),
+                             "p99": pctl(paced.latency_ms, 99)},
         "outcomes": dict(all_out),
-        "settle_events": dict(sum((p.events for p in procs), Counter())),
-        "results": len(keys), "expected_results": len(expected),
-        "lost": lost, "duplicated": duplicated,
-        "profile": profile,
+        "settle_events": dict(sum((p.events for p in run.procs), Counter())),
+        **checked,
+        "profile": sat.profile,
     }
+
+
+def run_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
+              workers: int, decode_mode: str, moto_pid: int | None) -> dict[str, Any]:
+    """One setting: start the workers, warm up, saturate, pace at half rate, check."""
+    run = _start_fleet(plan, env0, inputs, workdir, workers, decode_mode)
+    n_warm = 4 * len(inputs)
+    try:
+        for p in run.procs:
+            p.wait_ready()
+        _warm_up(run, n_warm)
+        sat = _saturate(plan, run, workdir, moto_pid)
+        paced = _pace(plan, run, sat.throughput)
+        for w, p in zip(sat.per_worker, run.procs, strict=True):
+            w["main_hwm_mb"] = proc_status(p.pid, "VmHWM") / 1024
+    finally:
+        for p in run.procs:
+            p.stop()
+    checked = _exactly_once(run, {run.batch("sat"): plan.messages,
+                                  run.batch("paced"): paced.messages,
+                                  run.batch("warm"): n_warm})
+    return _fleet_report(plan, run, sat, paced, checked)
 
 
 # --- 6. instruction counts (valgrind) -------------------------------------------------------------
@@ -784,79 +885,103 @@ def _env_pairs(text: str) -> dict[str, str]:
     return out
 
 
-def compare(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
-            configs: tuple[dict[str, str], dict[str, str]], rate: float,
-            rounds: int) -> dict[str, Any]:
-    """Worker A and worker B (one process each, own queues and buckets) consume the same
-    paced load at the same time, so the host's noise, which moves CPU seconds by tens of
-    per cent between runs, hits both alike; B/A is the figure. Run A/A to see its spread."""
+@dataclass
+class _SideBySide:
+    """Workers A and B, one process each with its own queues and buckets."""
+
+    envs: list[dict[str, str]]
+    procs: list[WorkerProc]
+    fleets: list[Fleet]
+
+    async def publish(self, tag: str, n: int, pace: float | None) -> list[dict[str, float]]:
+        """The same load to both at once, so the host's noise hits both alike."""
+        return list(await asyncio.gather(*(f.publish(f"{tag}-{i}", n, pace)
+                                           for i, f in enumerate(self.fleets))))
+
+    def settle(self, sent: list[dict[str, float]], timeout: float) -> None:
+        """A comparison of CPU per message means nothing unless every message was processed."""
+        for f, p, ids in zip(self.fleets, self.procs, sent, strict=True):
+            got = asyncio.run(f.wait_settled(list(ids), timeout, [p]))
+            if len(got) != len(ids) or set(got.values()) != {"processed"}:
+                raise RuntimeError(f"--ab: {Counter(got.values())} of {len(ids)}; see "
+                                   f"{p.log_path}")
+
+
+def _start_side_by_side(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
+                        configs: tuple[dict[str, str], dict[str, str]]) -> _SideBySide:
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.settings import load_settings
 
     storage = Storage(make_client(load_settings(
         s3_endpoint_url=env0["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
         s3_secret_access_key="test")))
-    envs, procs, fleets = [], [], []
+    ab = _SideBySide([], [], [])
     for name, extra in zip("ab", configs, strict=True):
         rid = f"{plan.run_id}{name}"
         env = {**env0, "ETL_EXCHANGE": f"bench.{rid}.exchange", "ETL_QUEUE": f"bench.{rid}.work",
                "ETL_DEDUP_PREFIX": f"bench:{rid}", "ETL_BUCKET": f"bench-{rid}",
                "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"], **extra}
         storage.ensure_bucket(env["ETL_BUCKET"])
-        envs.append(env)
-        procs.append(WorkerProc(env, workdir / f"ab-{name}.log"))
-        fleets.append(Fleet(env, inputs, env0["ETL_BUCKET"]))
+        ab.envs.append(env)
+        ab.procs.append(WorkerProc(env, workdir / f"ab-{name}.log"))
+        ab.fleets.append(Fleet(env, inputs, env0["ETL_BUCKET"]))
+    return ab
 
-    async def publish(tag: str, n: int, pace: float | None) -> list[dict[str, float]]:
-        return list(await asyncio.gather(*(f.publish(f"{tag}-{i}", n, pace)
-                                           for i, f in enumerate(fleets))))
 
-    def settle(sent: list[dict[str, float]], timeout: float) -> None:
-        for f, p, ids in zip(fleets, procs, sent, strict=True):
-            got = asyncio.run(f.wait_settled(list(ids), timeout, [p]))
-            if len(got) != len(ids) or set(got.values()) != {"processed"}:
-                raise RuntimeError(f"--ab: {Counter(got.values())} of {len(ids)}; see "
-                                   f"{p.log_path}")
+def _ab_round(plan: Plan, ab: _SideBySide, r: int, rate: float) -> dict[str, Any]:
+    """One round: each worker's CPU per message over the same minutes, and its latency."""
+    cpu0 = [proc_cpu(p.pid) for p in ab.procs]
+    sent = asyncio.run(ab.publish(f"{plan.run_id}-ab{r}", plan.messages, rate))
+    ab.settle(sent, 120 + plan.messages / rate)
+    a, b = (1000 * (proc_cpu(p.pid) - c) / plan.messages
+            for p, c in zip(ab.procs, cpu0, strict=True))
+    lat = []
+    for p, ids in zip(ab.procs, sent, strict=True):
+        done = p.settled()
+        ms = [(done[m][0] - t) * 1000 for m, t in ids.items() if m in done]
+        lat.append({"p50": pctl(ms, 50), "p99": pctl(ms, 99)})
+    say(f"  round {r + 1}: A {a:6.3f} ms/msg   B {b:6.3f} ms/msg   B/A {b / a:.3f}   "
+        f"latency p50/p99 A {lat[0]['p50']:.1f}/{lat[0]['p99']:.1f} ms, "
+        f"B {lat[1]['p50']:.1f}/{lat[1]['p99']:.1f} ms")
+    return {"a_ms_per_msg": a, "b_ms_per_msg": b, "b_over_a": b / a,
+            "a_latency_ms": lat[0], "b_latency_ms": lat[1]}
 
+
+def compare(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir: Path,
+            configs: tuple[dict[str, str], dict[str, str]], rate: float,
+            rounds: int) -> dict[str, Any]:
+    """Worker A and worker B (one process each, own queues and buckets) consume the same
+    paced load at the same time, so the host's noise, which moves CPU seconds by tens of
+    per cent between runs, hits both alike; B/A is the figure. Run A/A to see its spread."""
+    ab = _start_side_by_side(plan, env0, inputs, workdir, configs)
     results: list[dict[str, Any]] = []
     try:
-        for p in procs:
+        for p in ab.procs:
             p.wait_ready()
-        settle(asyncio.run(publish(f"{plan.run_id}-abwarm", 4 * len(inputs), None)), 120)
+        ab.settle(asyncio.run(ab.publish(f"{plan.run_id}-abwarm", 4 * len(inputs), None)), 120)
         for r in range(rounds):
-            cpu0 = [proc_cpu(p.pid) for p in procs]
-            sent = asyncio.run(publish(f"{plan.run_id}-ab{r}", plan.messages, rate))
-            settle(sent, 120 + plan.messages / rate)
-            a, b = (1000 * (proc_cpu(p.pid) - c) / plan.messages
-                    for p, c in zip(procs, cpu0, strict=True))
-            lat = []
-            for p, ids in zip(procs, sent, strict=True):
-                done = p.settled()
-                ms = [(done[m][0] - t) * 1000 for m, t in ids.items() if m in done]
-                lat.append({"p50": pctl(ms, 50), "p99": pctl(ms, 99)})
-            results.append({"a_ms_per_msg": a, "b_ms_per_msg": b, "b_over_a": b / a,
-                            "a_latency_ms": lat[0], "b_latency_ms": lat[1]})
-            say(f"  round {r + 1}: A {a:6.3f} ms/msg   B {b:6.3f} ms/msg   B/A {b / a:.3f}   "
-                f"latency p50/p99 A {lat[0]['p50']:.1f}/{lat[0]['p99']:.1f} ms, "
-                f"B {lat[1]['p50']:.1f}/{lat[1]['p99']:.1f} ms")
+            results.append(_ab_round(plan, ab, r, rate))
     finally:
-        for p in procs:
+        for p in ab.procs:
             p.stop()
-        for env in envs:
+        for env in ab.envs:
             _cleanup(env, [])
     ratios = [float(x["b_over_a"]) for x in results]
     return {"a": configs[0], "b": configs[1], "rate_msg_s": rate,
             "messages": plan.messages, "rounds": results,
             "b_over_a_mean": sum(ratios) / len(ratios), "b_over_a_min": min(ratios),
-            "b_over_a_max": max(ratios), "buckets": [e["ETL_BUCKET"] for e in envs]}
+            "b_over_a_max": max(ratios), "buckets": [e["ETL_BUCKET"] for e in ab.envs]}
 
 
 # --- profiling (py-spy) -------------------------------------------------------------------------
 # Where a worker's CPU goes, by the outermost library or module a sampled stack is in.
 PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("decode (fastavro + avro.py)", ("fastavro", "etl_engine/domain/avro.py")),
-    ("validate", ("etl_engine/domain/validation.py",)),
-    ("statistics + narrative", ("etl_engine/processors", "etl_engine/domain/narratives.py")),
+    ("validate", ("etl_engine/domain/validation.py", "etl_engine/domain/checks.py")),
+    # records/<type>.py holds a type's value checks too: they count here
+    ("statistics + narrative", ("etl_engine/domain/records/", "etl_engine/domain/stats/",
+                                "etl_engine/domain/transform.py", "etl_engine/domain/wording.py",
+                                "etl_engine/domain/narratives.py")),
     ("process-pool IPC", ("concurrent/futures/process.py", "multiprocessing/")),
     ("S3 client (obstore, boto3)", ("obstore", "etl_engine/adapters/storage.py", "http/client.py",
                                     "botocore", "boto3", "urllib3", "s3transfer")),
@@ -1192,11 +1317,7 @@ def _cleanup(env: dict[str, str], buckets: list[str]) -> None:
         asyncio.run(redis())
 
 
-def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: list[Input],
-             files: list[tuple[str, bytes]], workdir: Path, moto: MotoServer | None,
-             buckets: list[str], report: dict[str, Any]) -> None:
-    """Sections 1-6 and the summary (the default run)."""
-    cache = Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE
+def _measure_floor(plan: Plan, files: list[tuple[str, bytes]], report: dict[str, Any]) -> None:
     say("\n== 1. decode floor (fastavro.reader over the mix, in process)")
     floor = decode_floor(files, plan.floor_seconds)
     report["decode_floor"] = floor
@@ -1204,38 +1325,54 @@ def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: 
         f"ms/file   (worker CPU stages in process: {floor['stages_ms_per_file']:.2f} "
         f"ms/file)")
 
-    say(f"\n== 2. storage ceiling (boto3 GET input + conditional PUT output, "
-        f"{plan.concurrency} threads per client process)")
-    ceiling = []
-    out_bucket = f"bench-{plan.run_id}-ceiling"
-    buckets.append(out_bucket)
+
+def _ceiling_for(plan: Plan, env: dict[str, str], inputs: list[Input], out_bucket: str,
+                 processes: int, moto: MotoServer | None) -> dict[str, Any]:
+    """The storage ceiling with ``processes`` clients, the fleet's concurrency each."""
+    return storage_ceiling(env, [i.key for i in inputs], out_bucket, 3000,
+                           plan.concurrency, processes, plan.ceiling_pairs,
+                           moto.proc.pid if moto else None)
+
+
+def _measure_ceiling(plan: Plan, env: dict[str, str], inputs: list[Input],
+                     moto: MotoServer | None, out_bucket: str) -> list[dict[str, Any]]:
+    """One ceiling per worker count of the plan, so each fleet has its own to compare to."""
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.settings import load_settings
 
+    say(f"\n== 2. storage ceiling (boto3 GET input + conditional PUT output, "
+        f"{plan.concurrency} threads per client process)")
+    ceiling = []
     Storage(make_client(load_settings())).ensure_bucket(out_bucket)
     for procs in sorted(set(plan.workers)):
-        c = storage_ceiling(env, [i.key for i in inputs], out_bucket, 3000,
-                            plan.concurrency, procs, plan.ceiling_pairs,
-                            moto.proc.pid if moto else None)
+        c = _ceiling_for(plan, env, inputs, out_bucket, procs, moto)
         ceiling.append(c)
         server = (f", server {c['server_cpu_ms_per_pair']:.2f}"
                   if c["server_cpu_ms_per_pair"] is not None else "")
         say(f"  {procs} client process(es): {c['pairs_per_s']:7.1f} GET+PUT/s  "
             f"(CPU ms/pair: client {c['client_cpu_ms_per_pair']:.2f}{server})")
-    report["storage_ceiling"] = ceiling
+    return ceiling
 
-    def ceiling_again() -> None:
-        for i, c in enumerate(ceiling):
-            again = storage_ceiling(env, [x.key for x in inputs], out_bucket, 3000,
-                                    plan.concurrency, c["processes"], plan.ceiling_pairs,
-                                    moto.proc.pid if moto else None)
-            say(f"  {c['processes']} client process(es): {again['pairs_per_s']:7.1f} "
-                f"GET+PUT/s (again, after the fleet)")
-            if again["pairs_per_s"] > c["pairs_per_s"]:
-                ceiling[i] = {**again, "first_pairs_per_s": c["pairs_per_s"]}
-            else:
-                c["again_pairs_per_s"] = again["pairs_per_s"]
 
+def _measure_ceiling_again(plan: Plan, env: dict[str, str], inputs: list[Input],
+                           moto: MotoServer | None, out_bucket: str,
+                           ceiling: list[dict[str, Any]]) -> None:
+    """The machine's load varies: keep the higher of the two counts (in ``ceiling``)."""
+    say("\n== 2b. storage ceiling again (the machine's load varies: the higher of the two "
+        "counts)")
+    for i, c in enumerate(ceiling):
+        again = _ceiling_for(plan, env, inputs, out_bucket, c["processes"], moto)
+        say(f"  {c['processes']} client process(es): {again['pairs_per_s']:7.1f} "
+            f"GET+PUT/s (again, after the fleet)")
+        if again["pairs_per_s"] > c["pairs_per_s"]:
+            ceiling[i] = {**again, "first_pairs_per_s": c["pairs_per_s"]}
+        else:
+            c["again_pairs_per_s"] = again["pairs_per_s"]
+
+
+def _measure_fleets(plan: Plan, env: dict[str, str], inputs: list[Input], workdir: Path,
+                    moto: MotoServer | None, buckets: list[str],
+                    report: dict[str, Any]) -> None:
     say(f"\n== 3. the fleet ({plan.messages} messages at saturation, then about half "
         f"that rate for {plan.paced_seconds:.0f} s)")
     report["fleet"] = []
@@ -1247,29 +1384,42 @@ def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: 
             report["fleet"].append(r)
             print_fleet(r)
 
-    say("\n== 2b. storage ceiling again (the machine's load varies: the higher of the two "
-        "counts)")
-    ceiling_again()
-    report["storage_ceiling"] = ceiling
 
+def _measure_instructions(plan: Plan, env: dict[str, str], inputs: list[Input],
+                          workdir: Path, buckets: list[str], report: dict[str, Any]) -> None:
+    say(f"\n== 6. instructions (valgrind; the host's load does not change them): "
+        f"1 worker, {plan.instructions} messages")
+    if shutil.which("valgrind") is None:
+        say("  skipped: valgrind is not installed")
+        return
+    ir = instruction_counts(plan, env, inputs, workdir)
+    buckets.append(f"bench-{plan.run_id}-instr")
+    report["instructions"] = ir
+    say(f"  decode floor {ir['floor_ir_per_file'] / 1e6:8.2f} M/file   "
+        f"CPU stages {ir['stages_ir_per_file'] / 1e6:6.2f} M/file   "
+        f"worker {ir['worker_ir_per_msg'] / 1e6:6.2f} M/msg")
+
+
+def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: list[Input],
+             files: list[tuple[str, bytes]], workdir: Path, moto: MotoServer | None,
+             buckets: list[str], report: dict[str, Any]) -> None:
+    """Sections 1-6 and the summary (the default run)."""
+    cache = Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE
+    _measure_floor(plan, files, report)
+    out_bucket = f"bench-{plan.run_id}-ceiling"
+    buckets.append(out_bucket)
+    ceiling = _measure_ceiling(plan, env, inputs, moto, out_bucket)
+    report["storage_ceiling"] = ceiling
+    _measure_fleets(plan, env, inputs, workdir, moto, buckets, report)
+    _measure_ceiling_again(plan, env, inputs, moto, out_bucket, ceiling)
+    report["storage_ceiling"] = ceiling
     report["growth"] = []
     if plan.growth_large:
         say("\n== 5. growth (fresh subprocess per run; floor = fastavro.reader "
             "iterating the file)")
         report["growth"] = growth(plan, cache)
-
     if plan.instructions:
-        say(f"\n== 6. instructions (valgrind; the host's load does not change them): "
-            f"1 worker, {plan.instructions} messages")
-        if shutil.which("valgrind") is None:
-            say("  skipped: valgrind is not installed")
-        else:
-            ir = instruction_counts(plan, env, inputs, workdir)
-            buckets.append(f"bench-{plan.run_id}-instr")
-            report["instructions"] = ir
-            say(f"  decode floor {ir['floor_ir_per_file'] / 1e6:8.2f} M/file   "
-                f"CPU stages {ir['stages_ir_per_file'] / 1e6:6.2f} M/file   "
-                f"worker {ir['worker_ir_per_msg'] / 1e6:6.2f} M/msg")
+        _measure_instructions(plan, env, inputs, workdir, buckets, report)
     summarise(report)
 
 

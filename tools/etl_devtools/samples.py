@@ -14,7 +14,7 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import cache
@@ -480,6 +480,79 @@ def _bucket_records(
 # --------------------------------------------------------------------------------------
 
 
+_Build = Callable[[random.Random], list[Record]]
+
+
+@dataclass(frozen=True, slots=True)
+class _GoodFile:
+    """One good export: where it goes, its random stream's label and how to build it."""
+
+    record_type: str
+    name: str  # file name without ``.avro``
+    label: str  # the ``_rng`` label: changing it changes the file's bytes
+    build: _Build
+    codec: str = "null"
+
+
+def _cgm_day(plan: _DayPlan, index: int) -> _Build:
+    """Day 1 has a nocturnal low, day 3 a sensor signal loss in the afternoon."""
+    gap = (840, 900) if index == 2 else None
+    return lambda rng: _cgm_records(
+        plan, rng, plan.ms(DAY_MINUTES + 60), hypo=index == 0, gap=gap
+    )
+
+
+def _heart_rate_day(plan: _DayPlan) -> _Build:
+    return lambda rng: _heart_rate_records(plan, rng, plan.ms(DAY_MINUTES + 60))
+
+
+def _daily_files(days: list[_DayPlan]) -> list[_GoodFile]:
+    """CGM and watch heart rate come one file per day, each fetched at 01:00 the next day."""
+    cgm = [
+        _GoodFile("BloodGlucoseRecord", f"cgm_day{i + 1}", f"cgm{i}", _cgm_day(plan, i),
+                  codec="deflate" if i == 1 else "null")
+        for i, plan in enumerate(days)
+    ]
+    heart_rate = [
+        _GoodFile("HeartRateRecord", f"hr_watch_day{i + 1}", f"hr{i}", _heart_rate_day(plan))
+        for i, plan in enumerate(days)
+    ]
+    return cgm + heart_rate
+
+
+def _batch_files(plans: list[_DayPlan], fetch: int) -> list[_GoodFile]:
+    """The exports that span all days and share the one fetch the morning after."""
+    days = plans[:N_DAYS]
+    return [
+        _GoodFile("BloodGlucoseRecord", "fingerstick", "fs",
+                  lambda r: _fingerstick_records(days, r, fetch)),
+        _GoodFile("HeartRateVariabilityRmssdRecord", "hrv_watch", "hrv-watch",
+                  lambda r: _hrv_records(days, r, WATCH, fetch, night_only=False)),
+        _GoodFile("HeartRateVariabilityRmssdRecord", "hrv_ring", "hrv-ring",
+                  lambda r: _hrv_records(days, r, RING, fetch, night_only=True)),
+        _GoodFile("SleepSessionRecord", "sleep_watch", "sleep-watch",
+                  lambda r: _sleep_records(plans, r, WATCH, fetch, nights=N_DAYS)),
+        _GoodFile("SleepSessionRecord", "sleep_ring_night1", "sleep-ring",
+                  lambda r: _sleep_records(plans, r, RING, fetch, nights=1)),
+        _GoodFile("StepsRecord", "steps_phone", "steps-phone",
+                  lambda r: _bucket_records(days, r, PHONE, fetch, kind="steps", bucket_min=15)),
+        _GoodFile("StepsRecord", "steps_watch", "steps-watch",
+                  lambda r: _bucket_records(days, r, WATCH, fetch, kind="steps", bucket_min=10)),
+        _GoodFile("ActiveCaloriesBurnedRecord", "calories_watch", "kcal-watch",
+                  lambda r: _bucket_records(days, r, WATCH, fetch, kind="kcal", bucket_min=15)),
+        _GoodFile("ActiveCaloriesBurnedRecord", "calories_phone_day1", "kcal-phone",
+                  lambda r: _bucket_records(days[:1], r, PHONE, fetch, kind="kcal",
+                                            bucket_min=30)),
+    ]
+
+
+def _write_good(out_dir: Path, seed: int, good: _GoodFile) -> Path:
+    """Records and sync marker come from the file's own stream, in that order."""
+    rng = _rng(seed, good.label)
+    path = out_dir / good.record_type / f"{good.name}.avro"
+    return _write(path, good.record_type, good.build(rng), rng, codec=good.codec)
+
+
 def generate_samples(
     out_dir: Path, seed: int = 7, *, day: date | None = None, bad: bool = True,
     app: bool = True,
@@ -495,139 +568,96 @@ def generate_samples(
     out_dir = Path(out_dir)
     first = day or DEFAULT_DAY
     plans = _plan_days(seed, first, N_DAYS + 1)  # the extra day holds the last wake-up
-    days = plans[:N_DAYS]
     fetch = plans[N_DAYS].ms(9 * 60)  # the app exported the morning after the last night
-    written: list[Path] = []
-
-    def w(rt: str, name: str, label: str, build: Any, codec: str = "null") -> None:
-        rng = _rng(seed, label)
-        written.append(_write(out_dir / rt / f"{name}.avro", rt, build(rng), rng, codec=codec))
-
-    gap = (840, 900)
-    for i, plan in enumerate(days):
-        day_fetch = plan.ms(DAY_MINUTES + 60)
-        w(
-            "BloodGlucoseRecord",
-            f"cgm_day{i + 1}",
-            f"cgm{i}",
-            lambda r, p=plan, f=day_fetch, k=i: _cgm_records(
-                p, r, f, hypo=k == 0, gap=gap if k == 2 else None
-            ),
-            codec="deflate" if i == 1 else "null",
-        )
-    w("BloodGlucoseRecord", "fingerstick", "fs", lambda r: _fingerstick_records(days, r, fetch))
-    for i, plan in enumerate(days):
-        w(
-            "HeartRateRecord",
-            f"hr_watch_day{i + 1}",
-            f"hr{i}",
-            lambda r, p=plan: _heart_rate_records(p, r, p.ms(DAY_MINUTES + 60)),
-        )
-    w(
-        "HeartRateVariabilityRmssdRecord",
-        "hrv_watch",
-        "hrv-watch",
-        lambda r: _hrv_records(days, r, WATCH, fetch, night_only=False),
-    )
-    w(
-        "HeartRateVariabilityRmssdRecord",
-        "hrv_ring",
-        "hrv-ring",
-        lambda r: _hrv_records(days, r, RING, fetch, night_only=True),
-    )
-    w(
-        "SleepSessionRecord",
-        "sleep_watch",
-        "sleep-watch",
-        lambda r: _sleep_records(plans, r, WATCH, fetch, nights=N_DAYS),
-    )
-    w(
-        "SleepSessionRecord",
-        "sleep_ring_night1",
-        "sleep-ring",
-        lambda r: _sleep_records(plans, r, RING, fetch, nights=1),
-    )
-    w(
-        "StepsRecord",
-        "steps_phone",
-        "steps-phone",
-        lambda r: _bucket_records(days, r, PHONE, fetch, kind="steps", bucket_min=15),
-    )
-    w(
-        "StepsRecord",
-        "steps_watch",
-        "steps-watch",
-        lambda r: _bucket_records(days, r, WATCH, fetch, kind="steps", bucket_min=10),
-    )
-    w(
-        "ActiveCaloriesBurnedRecord",
-        "calories_watch",
-        "kcal-watch",
-        lambda r: _bucket_records(days, r, WATCH, fetch, kind="kcal", bucket_min=15),
-    )
-    w(
-        "ActiveCaloriesBurnedRecord",
-        "calories_phone_day1",
-        "kcal-phone",
-        lambda r: _bucket_records(days[:1], r, PHONE, fetch, kind="kcal", bucket_min=30),
-    )
+    goods = _daily_files(plans[:N_DAYS]) + _batch_files(plans, fetch)
+    written = [_write_good(out_dir, seed, good) for good in goods]
     if app:
         written.extend(write_corpus(out_dir, seed, app_writer_schema))
     if bad:
-        written.extend(_generate_bad(out_dir / "bad", seed, days[0], fetch))
+        written.extend(_generate_bad(out_dir / "bad", seed, plans[0], fetch))
     return sorted(written)
 
 
-def _generate_bad(bad_dir: Path, seed: int, plan: _DayPlan, fetch: int) -> list[Path]:
-    """Broken inputs: bad values (decode fine, fail validation) and undecodable files."""
-    manifest: dict[str, dict[str, str]] = {}
-    written: list[Path] = []
+# --------------------------------------------------------------------------------------
+# deliberately broken files
+# --------------------------------------------------------------------------------------
 
-    def put(rt: str, name: str, problem: str, expect: str, path: Path) -> None:
-        manifest[f"{rt}/{name}"] = {"record_type": rt, "problem": problem, "expect": expect}
-        written.append(path)
 
-    def avro(rt: str, name: str, problem: str, records: list[Record], **kw: Any) -> None:
-        rng = _rng(seed, f"bad-{rt}-{name}")
-        path = _write(bad_dir / rt / name, rt, _finish(records, fetch), rng, **kw)
-        put(rt, name, problem, "validation" if "schema" not in kw else "decode_error", path)
+@dataclass(slots=True)
+class _BadFiles:
+    """Writes the broken files and keeps the manifest that says what is wrong with each."""
 
-    rng = _rng(seed, "bad-values")
+    bad_dir: Path
+    seed: int
+    fetch: int
+    manifest: dict[str, dict[str, str]] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+    def put(self, rt: str, name: str, problem: str, expect: str, path: Path) -> None:
+        self.manifest[f"{rt}/{name}"] = {"record_type": rt, "problem": problem, "expect": expect}
+        self.written.append(path)
+
+    def avro(
+        self, rt: str, name: str, problem: str, records: list[Record],
+        *, schema: dict[str, Any] | None = None,
+    ) -> None:
+        """Only a foreign writer schema makes a file undecodable; bad values still decode."""
+        rng = _rng(self.seed, f"bad-{rt}-{name}")
+        path = _write(self.bad_dir / rt / name, rt, _finish(records, self.fetch), rng,
+                      schema=schema)
+        self.put(rt, name, problem, "validation" if schema is None else "decode_error", path)
+
+    def finish(self) -> list[Path]:
+        """Write the manifest last, so it lists every file that exists."""
+        mpath = self.bad_dir / BAD_MANIFEST
+        mpath.write_text(json.dumps(dict(sorted(self.manifest.items())), indent=2) + "\n")
+        self.written.append(mpath)
+        return self.written
+
+
+# Each builder below draws from the one "bad-values" stream, in _BAD_VALUE_FILES order.
+_BadBuild = Callable[[random.Random, _DayPlan, int], list[Record]]
+
+
+def _cgm_instant(meta: Record, t_ms: int, level: float, zone: str | None = ZONE) -> Record:
+    return _instant(
+        meta,
+        t_ms,
+        zone,
+        levelInMilligramsPerDeciliter=level,
+        specimenSource="INTERSTITIAL_FLUID",
+        mealType="UNKNOWN",
+        relationToMeal="GENERAL",
+    )
+
+
+def _bad_glucose_levels(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    """Impossible values between plausible ones."""
     t0 = plan.ms(600)
-
-    # glucose: impossible values between plausible ones, plus broken timestamps
     levels = [110.0, 900.0, 112.0, -5.0, 0.0, 115.0, math.nan, 1200.0, math.inf, 118.0, 2.0]
-    glucose = [
-        _instant(
-            _metadata(rng, CGM, t0 + i * 300_000, fetch),
-            t0 + i * 300_000,
-            levelInMilligramsPerDeciliter=v,
-            specimenSource="INTERSTITIAL_FLUID",
-            mealType="UNKNOWN",
-            relationToMeal="GENERAL",
-        )
+    return [
+        _cgm_instant(_metadata(rng, CGM, t0 + i * 300_000, fetch), t0 + i * 300_000, v)
         for i, v in enumerate(levels)
     ]
-    avro("BloodGlucoseRecord", "out_of_range.avro", "out_of_range_values", glucose)
-    stamps = [0, fetch + 3 * 86_400_000, t0, t0, -1_000]  # epoch 0, future, duplicate, negative
-    bad_times = [
-        _instant(
-            _metadata(rng, CGM, max(t, 0), fetch),
-            t,
-            "+99:00" if i == 4 else ZONE,
-            levelInMilligramsPerDeciliter=105.0,
-            specimenSource="INTERSTITIAL_FLUID",
-            mealType="UNKNOWN",
-            relationToMeal="GENERAL",
-        )
+
+
+def _bad_glucose_timestamps(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    """Epoch 0, the future, a duplicate id, a negative time and an impossible offset."""
+    t0 = plan.ms(600)
+    stamps = [0, fetch + 3 * 86_400_000, t0, t0, -1_000]
+    records = [
+        _cgm_instant(_metadata(rng, CGM, max(t, 0), fetch), t, 105.0,
+                     "+99:00" if i == 4 else ZONE)
         for i, t in enumerate(stamps)
     ]
-    bad_times[3]["metadata"]["id"] = bad_times[2]["metadata"]["id"]
-    avro("BloodGlucoseRecord", "bad_timestamps.avro", "bad_timestamps_and_duplicate_id", bad_times)
+    records[3]["metadata"]["id"] = records[2]["metadata"]["id"]
+    return records
 
-    # heart rate: impossible bpm, a sample outside its record, an inverted interval
-    hr_start = t0
-    hr = [
+
+def _bad_heart_rate(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    """Impossible bpm, a sample outside its record, an inverted interval."""
+    hr_start = plan.ms(600)
+    return [
         _interval(
             _metadata(rng, WATCH, hr_start + 600_000, fetch),
             hr_start,
@@ -650,9 +680,10 @@ def _generate_bad(bad_dir: Path, seed: int, plan: _DayPlan, fetch: int) -> list[
             samples=[{"timeEpochMillis": hr_start + 1_500_000, "beatsPerMinute": 70}],
         ),
     ]
-    avro("HeartRateRecord", "out_of_range.avro", "out_of_range_and_inverted_interval", hr)
 
-    # sleep: overlapping stages, a stage past the session end, an inverted session
+
+def _bad_sleep(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    """Overlapping stages, a stage past the session end, an inverted session."""
     s0 = plan.ms(plan.bed_min)
     h = 3_600_000
     stages = [
@@ -665,71 +696,89 @@ def _generate_bad(bad_dir: Path, seed: int, plan: _DayPlan, fetch: int) -> list[
             "stage": "LIGHT",
         },
     ]
-    sleep = [
-        _interval(
-            _metadata(rng, WATCH, s0 + 8 * h, fetch),
-            s0,
-            s0 + 8 * h,
-            title=None,
-            notes=None,
-            durationMillis=8 * h,
-            stages=stages,
-        ),
-        _interval(
-            _metadata(rng, WATCH, s0, fetch),
-            s0 + 9 * h,
-            s0 + 8 * h,
-            title=None,
-            notes=None,
-            durationMillis=-h,
-            stages=[],
-        ),
+    return [
+        _interval(_metadata(rng, WATCH, s0 + 8 * h, fetch), s0, s0 + 8 * h,
+                  title=None, notes=None, durationMillis=8 * h, stages=stages),
+        _interval(_metadata(rng, WATCH, s0, fetch), s0 + 9 * h, s0 + 8 * h,
+                  title=None, notes=None, durationMillis=-h, stages=[]),
     ]
-    avro("SleepSessionRecord", "overlapping_stages.avro", "overlapping_sleep_stages", sleep)
 
-    # steps and calories: negative, absurd, inverted
-    def span(k: int) -> tuple[int, int]:
-        return t0 + k * 600_000, t0 + (k + 1) * 600_000
 
+def _ten_minutes(t0: int, k: int) -> tuple[int, int]:
+    """The ``k``-th ten-minute bucket from ``t0``: (start, end)."""
+    return t0 + k * 600_000, t0 + (k + 1) * 600_000
+
+
+def _bad_steps(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    """Negative, absurd, and an inverted interval."""
+    t0 = plan.ms(600)
     steps = [
-        _interval(_metadata(rng, PHONE, span(k)[1], fetch), *span(k), count=c)
+        _interval(_metadata(rng, PHONE, _ten_minutes(t0, k)[1], fetch), *_ten_minutes(t0, k),
+                  count=c)
         for k, c in enumerate([640, -50, 1_000_000, 710])
     ]
-    steps.append(_interval(_metadata(rng, PHONE, t0, fetch), span(9)[1], span(9)[0], count=100))
-    avro("StepsRecord", "out_of_range.avro", "out_of_range_values", steps)
-    kcal = [
-        _interval(_metadata(rng, WATCH, span(k)[1], fetch), *span(k), energyInKilocalories=e)
+    start, end = _ten_minutes(t0, 9)
+    steps.append(_interval(_metadata(rng, PHONE, t0, fetch), end, start, count=100))
+    return steps
+
+
+def _bad_calories(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    """Negative, absurd and NaN energy."""
+    t0 = plan.ms(600)
+    return [
+        _interval(_metadata(rng, WATCH, _ten_minutes(t0, k)[1], fetch), *_ten_minutes(t0, k),
+                  energyInKilocalories=e)
         for k, e in enumerate([35.5, -12.0, 50_000.0, math.nan])
     ]
-    avro("ActiveCaloriesBurnedRecord", "out_of_range.avro", "out_of_range_values", kcal)
-    avro("ActiveCaloriesBurnedRecord", "no_records.avro", "no_records", [])
 
-    # undecodable or mismatched files
-    good_rng = _rng(seed, "bad-truncated-src")
-    cgm = _cgm_records(plan, good_rng, fetch, hypo=False, gap=None)
-    tmp = bad_dir / "BloodGlucoseRecord" / "truncated.avro"
+
+def _no_records(rng: random.Random, plan: _DayPlan, fetch: int) -> list[Record]:
+    return []
+
+
+# (claimed record type, file name, problem, builder): files that decode but must not pass.
+_BAD_VALUE_FILES: tuple[tuple[str, str, str, _BadBuild], ...] = (
+    ("BloodGlucoseRecord", "out_of_range.avro", "out_of_range_values", _bad_glucose_levels),
+    ("BloodGlucoseRecord", "bad_timestamps.avro", "bad_timestamps_and_duplicate_id",
+     _bad_glucose_timestamps),
+    ("HeartRateRecord", "out_of_range.avro", "out_of_range_and_inverted_interval",
+     _bad_heart_rate),
+    ("SleepSessionRecord", "overlapping_stages.avro", "overlapping_sleep_stages", _bad_sleep),
+    ("StepsRecord", "out_of_range.avro", "out_of_range_values", _bad_steps),
+    ("ActiveCaloriesBurnedRecord", "out_of_range.avro", "out_of_range_values", _bad_calories),
+    ("ActiveCaloriesBurnedRecord", "no_records.avro", "no_records", _no_records),
+)
+
+
+def _write_truncated(out: _BadFiles, plan: _DayPlan) -> list[Record]:
+    """A good CGM file cut at 60 %; returns its records for the schema-mismatch file."""
+    good_rng = _rng(out.seed, "bad-truncated-src")
+    cgm = _cgm_records(plan, good_rng, out.fetch, hypo=False, gap=None)
+    tmp = out.bad_dir / "BloodGlucoseRecord" / "truncated.avro"
     _write(tmp, "BloodGlucoseRecord", cgm, good_rng)
     data = tmp.read_bytes()
     tmp.write_bytes(data[: int(len(data) * 0.6)])
-    put("BloodGlucoseRecord", "truncated.avro", "truncated_file", "decode_error", tmp)
+    out.put("BloodGlucoseRecord", "truncated.avro", "truncated_file", "decode_error", tmp)
+    return cgm
 
+
+def _write_wrong_record_type(out: _BadFiles, plan: _DayPlan) -> None:
+    """A valid steps export filed as glucose: the writer schema names the wrong type."""
     steps_ok = _bucket_records(
-        [plan], _rng(seed, "bad-wrong"), PHONE, fetch, kind="steps", bucket_min=60
+        [plan], _rng(out.seed, "bad-wrong"), PHONE, out.fetch, kind="steps", bucket_min=60
     )
     path = _write(
-        bad_dir / "BloodGlucoseRecord" / "wrong_record_type.avro",
+        out.bad_dir / "BloodGlucoseRecord" / "wrong_record_type.avro",
         "StepsRecord",
         steps_ok,
-        _rng(seed, "bad-wrong-sync"),
+        _rng(out.seed, "bad-wrong-sync"),
     )
-    put(
-        "BloodGlucoseRecord",
-        "wrong_record_type.avro",
-        "writer_is_StepsRecord",
-        "decode_error",
-        path,
-    )
+    out.put("BloodGlucoseRecord", "wrong_record_type.avro", "writer_is_StepsRecord",
+            "decode_error", path)
 
+
+def _write_incompatible_schema(out: _BadFiles, cgm: list[Record]) -> None:
+    """A glucose writer schema our reader cannot resolve (string level, field dropped)."""
     incompatible = json.loads(
         json.dumps(
             {k: v for k, v in app_writer_schema("BloodGlucoseRecord").items()
@@ -745,40 +794,38 @@ def _generate_bad(bad_dir: Path, seed: int, plan: _DayPlan, fetch: int) -> list[
         | {"levelInMilligramsPerDeciliter": str(r["levelInMilligramsPerDeciliter"])}
         for r in cgm[:12]
     ]
-    avro(
-        "BloodGlucoseRecord",
-        "incompatible_schema.avro",
-        "writer_schema_not_resolvable",
-        mismatched,
-        schema=incompatible,
-    )
+    out.avro("BloodGlucoseRecord", "incompatible_schema.avro", "writer_schema_not_resolvable",
+             mismatched, schema=incompatible)
 
-    raw_rng = _rng(seed, "bad-bytes")
+
+def _write_raw_bytes(out: _BadFiles) -> None:
+    """Files that are not Avro at all, or stop after the magic."""
+    raw_rng = _rng(out.seed, "bad-bytes")
     targets = [
-        (
-            "HeartRateVariabilityRmssdRecord",
-            "random_bytes.avro",
-            "random_bytes",
-            raw_rng.randbytes(4096),
-        ),
-        (
-            "SleepSessionRecord",
-            "corrupt_header.avro",
-            "corrupt_header",
-            b"Obj\x01" + raw_rng.randbytes(2048),
-        ),
+        ("HeartRateVariabilityRmssdRecord", "random_bytes.avro", "random_bytes",
+         raw_rng.randbytes(4096)),
+        ("SleepSessionRecord", "corrupt_header.avro", "corrupt_header",
+         b"Obj\x01" + raw_rng.randbytes(2048)),
         ("StepsRecord", "empty.avro", "zero_bytes", b""),
     ]
     for rt, name, problem, payload in targets:
-        p = bad_dir / rt / name
+        p = out.bad_dir / rt / name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(payload)
-        put(rt, name, problem, "decode_error", p)
+        out.put(rt, name, problem, "decode_error", p)
 
-    mpath = bad_dir / BAD_MANIFEST
-    mpath.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
-    written.append(mpath)
-    return written
+
+def _generate_bad(bad_dir: Path, seed: int, plan: _DayPlan, fetch: int) -> list[Path]:
+    """Broken inputs: bad values (decode fine, fail validation) and undecodable files."""
+    out = _BadFiles(bad_dir, seed, fetch)
+    rng = _rng(seed, "bad-values")
+    for rt, name, problem, build in _BAD_VALUE_FILES:
+        out.avro(rt, name, problem, build(rng, plan, fetch))
+    cgm = _write_truncated(out, plan)
+    _write_wrong_record_type(out, plan)
+    _write_incompatible_schema(out, cgm)
+    _write_raw_bytes(out)
+    return out.finish()
 
 
 def iter_bad_files(directory: Path) -> list[tuple[str, str, str, Path]]:
@@ -801,77 +848,132 @@ def iter_bad_files(directory: Path) -> list[tuple[str, str, str, Path]]:
 # --------------------------------------------------------------------------------------
 
 
+# Every large-file builder: (n_records, rng, first midnight, fetch, samples per record).
+_LargeBuild = Callable[[int, random.Random, int, int, int], Iterator[Record]]
+
+
+def _large_glucose(
+    n_records: int, rng: random.Random, t0: int, fetch: int, samples_per_record: int
+) -> Iterator[Record]:
+    """A reading every 5 minutes, a random walk pulled back towards 110 mg/dL."""
+    glucose = 110.0
+    for i in range(n_records):
+        t = t0 + i * 300_000
+        glucose += 0.1 * (110.0 - glucose) + rng.gauss(0, 4)
+        level = float(round(min(400.0, max(40.0, glucose))))
+        yield _instant(
+            _metadata(rng, CGM, t, fetch),
+            t,
+            levelInMilligramsPerDeciliter=level,
+            specimenSource="INTERSTITIAL_FLUID",
+            mealType="UNKNOWN",
+            relationToMeal="GENERAL",
+            appRecordFetchTimeEpochMillis=fetch,
+        )
+
+
+def _large_heart_rate(
+    n_records: int, rng: random.Random, t0: int, fetch: int, samples_per_record: int
+) -> Iterator[Record]:
+    """Back-to-back records of one sample a second: the sample count is what grows."""
+    for i in range(n_records):
+        start = t0 + i * samples_per_record * 1_000
+        samples = [
+            {"timeEpochMillis": start + k * 1_000, "beatsPerMinute": rng.randint(55, 150)}
+            for k in range(samples_per_record)
+        ]
+        end = start + samples_per_record * 1_000
+        yield _interval(
+            _metadata(rng, WATCH, end, fetch),
+            start,
+            end,
+            samples=samples,
+            appRecordFetchTimeEpochMillis=fetch,
+        )
+
+
+def _large_hrv(
+    n_records: int, rng: random.Random, t0: int, fetch: int, samples_per_record: int
+) -> Iterator[Record]:
+    for i in range(n_records):
+        t = t0 + i * 300_000
+        yield _instant(
+            _metadata(rng, WATCH, t, fetch),
+            t,
+            heartRateVariabilityRmssd=round(40 * math.exp(rng.gauss(0, 0.25)), 1),
+            appRecordFetchTimeEpochMillis=fetch,
+        )
+
+
+def _large_sleep(
+    n_records: int, rng: random.Random, t0: int, fetch: int, samples_per_record: int
+) -> Iterator[Record]:
+    """One night per record, from 23:00, with a full set of stages."""
+    for i in range(n_records):
+        start = t0 + i * 86_400_000 + 23 * 3_600_000
+        end = start + rng.randint(6 * 60, 9 * 60) * MINUTE_MS
+        yield _interval(
+            _metadata(rng, WATCH, end, fetch),
+            start,
+            end,
+            title=None,
+            notes=None,
+            durationMillis=end - start,
+            stages=_sleep_stages(rng, start, end),
+            appRecordFetchTimeEpochMillis=fetch,
+        )
+
+
+def _large_buckets(
+    n_records: int, rng: random.Random, t0: int, fetch: int, draw: Callable[[], Record]
+) -> Iterator[Record]:
+    """Ten-minute phone buckets; ``draw`` gives each bucket's value field."""
+    for i in range(n_records):
+        start = t0 + i * 600_000
+        end = start + 600_000
+        fields = draw()  # before the metadata: the stream's order fixes the file's bytes
+        yield _interval(
+            _metadata(rng, PHONE, end, fetch),
+            start,
+            end,
+            **fields,
+            appRecordFetchTimeEpochMillis=fetch,
+        )
+
+
+def _large_steps(
+    n_records: int, rng: random.Random, t0: int, fetch: int, samples_per_record: int
+) -> Iterator[Record]:
+    return _large_buckets(n_records, rng, t0, fetch, lambda: {"count": rng.randint(0, 1500)})
+
+
+def _large_calories(
+    n_records: int, rng: random.Random, t0: int, fetch: int, samples_per_record: int
+) -> Iterator[Record]:
+    return _large_buckets(
+        n_records, rng, t0, fetch,
+        lambda: {"energyInKilocalories": round(rng.uniform(0, 90), 2)},
+    )
+
+
+_LARGE_BUILDERS: dict[str, _LargeBuild] = {
+    "BloodGlucoseRecord": _large_glucose,
+    "HeartRateRecord": _large_heart_rate,
+    "HeartRateVariabilityRmssdRecord": _large_hrv,
+    "SleepSessionRecord": _large_sleep,
+    "StepsRecord": _large_steps,
+    "ActiveCaloriesBurnedRecord": _large_calories,
+}
+
+
 def _large_records(
     record_type: str, n_records: int, rng: random.Random, samples_per_record: int
 ) -> Iterator[Record]:
     """Yield records one at a time so a million-record file never sits in memory."""
     t0 = _midnight_ms(DEFAULT_DAY)
     fetch = t0 + 10 * 365 * 86_400_000  # after any generated time
-    glucose = 110.0
-    for i in range(n_records):
-        if record_type == "BloodGlucoseRecord":
-            t = t0 + i * 300_000
-            glucose += 0.1 * (110.0 - glucose) + rng.gauss(0, 4)
-            level = float(round(min(400.0, max(40.0, glucose))))
-            yield _instant(
-                _metadata(rng, CGM, t, fetch),
-                t,
-                levelInMilligramsPerDeciliter=level,
-                specimenSource="INTERSTITIAL_FLUID",
-                mealType="UNKNOWN",
-                relationToMeal="GENERAL",
-                appRecordFetchTimeEpochMillis=fetch,
-            )
-        elif record_type == "HeartRateRecord":
-            start = t0 + i * samples_per_record * 1_000
-            samples = [
-                {"timeEpochMillis": start + k * 1_000, "beatsPerMinute": rng.randint(55, 150)}
-                for k in range(samples_per_record)
-            ]
-            end = start + samples_per_record * 1_000
-            yield _interval(
-                _metadata(rng, WATCH, end, fetch),
-                start,
-                end,
-                samples=samples,
-                appRecordFetchTimeEpochMillis=fetch,
-            )
-        elif record_type == "HeartRateVariabilityRmssdRecord":
-            t = t0 + i * 300_000
-            yield _instant(
-                _metadata(rng, WATCH, t, fetch),
-                t,
-                heartRateVariabilityRmssd=round(40 * math.exp(rng.gauss(0, 0.25)), 1),
-                appRecordFetchTimeEpochMillis=fetch,
-            )
-        elif record_type == "SleepSessionRecord":
-            start = t0 + i * 86_400_000 + 23 * 3_600_000
-            end = start + rng.randint(6 * 60, 9 * 60) * MINUTE_MS
-            yield _interval(
-                _metadata(rng, WATCH, end, fetch),
-                start,
-                end,
-                title=None,
-                notes=None,
-                durationMillis=end - start,
-                stages=_sleep_stages(rng, start, end),
-                appRecordFetchTimeEpochMillis=fetch,
-            )
-        else:
-            start = t0 + i * 600_000
-            end = start + 600_000
-            fields: Record = (
-                {"count": rng.randint(0, 1500)}
-                if record_type == "StepsRecord"
-                else {"energyInKilocalories": round(rng.uniform(0, 90), 2)}
-            )
-            yield _interval(
-                _metadata(rng, PHONE, end, fetch),
-                start,
-                end,
-                **fields,
-                appRecordFetchTimeEpochMillis=fetch,
-            )
+    build = _LARGE_BUILDERS[record_type]
+    yield from build(n_records, rng, t0, fetch, samples_per_record)
 
 
 def generate_large(

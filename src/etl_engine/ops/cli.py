@@ -324,12 +324,23 @@ def _reveal_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Commands are added in the order ``--help`` lists them."""
     p = argparse.ArgumentParser(prog="etl-engine", description=__doc__)
     p.add_argument("--version", action="version", version=f"etl-engine {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-
     sub.add_parser("worker", help="consume and process messages").set_defaults(fn=cmd_worker)
+    _add_publish_parser(sub)
+    _add_load_samples_parser(sub)
+    _add_compact_parser(sub)
+    _add_status_parser(sub)
+    _add_dlq_parser(sub)
+    _add_quarantine_parser(sub)
+    _add_config_parser(sub)
+    _plugin_commands(sub)
+    return p
 
+
+def _add_publish_parser(sub: argparse._SubParsersAction) -> None:
     pub = sub.add_parser("publish", help="announce an object (optionally uploading it first)")
     pub.add_argument("--record-type", required=True)
     pub.add_argument("--file", help="local Avro file to upload under raw/ first")
@@ -344,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--run-id", default="")
     pub.set_defaults(fn=cmd_publish)
 
+
+def _add_load_samples_parser(sub: argparse._SubParsersAction) -> None:
     load = sub.add_parser("load-samples", help="upload a folder of Avro files and announce each")
     load.add_argument("dir", nargs="?", default=str(_default_samples()))
     load.add_argument("--wait", action="store_true", help="wait and print a summary")
@@ -352,10 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="upload as user demo-user-{ID}: fresh idempotency keys")
     load.set_defaults(fn=cmd_load_samples)
 
+
+def _add_compact_parser(sub: argparse._SubParsersAction) -> None:
     comp = sub.add_parser("compact", help="merge a month's records into one journal per category")
     comp.add_argument("--month", required=True, help="YYYY-MM")
     comp.set_defaults(fn=cmd_compact)
 
+
+def _add_status_parser(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("status", help="queue depths, rates and worker figures (live view)")
     st.add_argument("--once", action="store_true", help="print one snapshot and exit")
     st.add_argument("--sidecar", action="append", metavar="URL",
@@ -363,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--interval", type=float, default=2.0, help="refresh period, seconds")
     st.set_defaults(fn=cmd_status)
 
+
+def _add_dlq_parser(sub: argparse._SubParsersAction) -> None:
     dl = sub.add_parser("dlq", help="inspect and replay dead-lettered messages")
     dl_sub = dl.add_subparsers(dest="dlq_command", required=True)
     dl_list = dl_sub.add_parser("list", help="list (the messages stay in the queue)")
@@ -377,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl_replay.add_argument("--all", action="store_true")
     dl.set_defaults(fn=cmd_dlq)
 
+
+def _add_quarantine_parser(sub: argparse._SubParsersAction) -> None:
     qa = sub.add_parser("quarantine", help="inspect and release quarantined files")
     qa_sub = qa.add_subparsers(dest="q_command", required=True)
     qa_list = qa_sub.add_parser("list", help="quarantined files with their reasons")
@@ -390,12 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     qa_rel.add_argument("keys", nargs="+", metavar="KEY")
     qa.set_defaults(fn=cmd_quarantine)
 
+
+def _add_config_parser(sub: argparse._SubParsersAction) -> None:
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("check", help="validate the environment, print effective settings") \
         .set_defaults(fn=cmd_config)
-    _plugin_commands(sub)
-    return p
 
 
 def _plugin_commands(sub: argparse._SubParsersAction) -> None:

@@ -70,8 +70,17 @@ def _rank(meta: dict[str, Any]) -> tuple[str, bool, str]:
             str(meta.get("idempotency_key", "")))
 
 
-def latest_exports(lines: list[bytes]) -> tuple[list[bytes], int]:
-    """The lines to keep (see the module docstring) and how many were superseded."""
+_DayKey = tuple[str, str, str]  # (subject, record type, local day)
+
+
+def _day_keys(meta: dict[str, Any]) -> list[_DayKey]:
+    """Days are only compared within one subject and record type (callers check subject)."""
+    subject, record_type = str(meta["subject_id"]), str(meta.get("record_type", ""))
+    return [(subject, record_type, day) for day in _days(meta)]
+
+
+def _line_metadata(lines: list[bytes]) -> list[dict[str, Any]]:
+    """Each line's metadata; a line that is not a JSON object has none (it is kept as is)."""
     metas = []
     for line in lines:
         try:
@@ -79,40 +88,63 @@ def latest_exports(lines: list[bytes]) -> tuple[list[bytes], int]:
         except orjson.JSONDecodeError:
             meta = {}
         metas.append(meta if isinstance(meta, dict) else {})
-    winners: dict[tuple[str, str, str], int] = {}
+    return metas
+
+
+def _day_winners(metas: list[dict[str, Any]]) -> dict[_DayKey, int]:
+    """For each subject's day, the index of the record that speaks for it (best rank)."""
+    winners: dict[_DayKey, int] = {}
     for i, meta in enumerate(metas):
-        subject = meta.get("subject_id")
-        if not subject:
+        if not meta.get("subject_id"):
             continue
-        for day in _days(meta):
-            key = (str(subject), str(meta.get("record_type", "")), day)
+        for key in _day_keys(meta):
             if key not in winners or _rank(meta) > _rank(metas[winners[key]]):
                 winners[key] = i
-    won = set(winners.values())
-    dropped = {i for i, m in enumerate(metas) if m.get("subject_id") and i not in won}
+    return winners
+
+
+def _supersedes(metas: list[dict[str, Any]], winners: dict[_DayKey, int],
+                dropped: set[int]) -> dict[int, set[str]]:
+    """Winner index -> idempotency keys of the dropped records it replaced."""
     replaced: dict[int, set[str]] = defaultdict(set)
     for i in dropped:
         meta = metas[i]
-        for day in _days(meta):
-            w = winners[(str(meta["subject_id"]), str(meta.get("record_type", "")), day)]
-            replaced[w].add(str(meta.get("idempotency_key", "")))
+        for key in _day_keys(meta):
+            replaced[winners[key]].add(str(meta.get("idempotency_key", "")))
+    return replaced
+
+
+def latest_exports(lines: list[bytes]) -> tuple[list[bytes], int]:
+    """The lines to keep (see the module docstring) and how many were superseded."""
+    metas = _line_metadata(lines)
+    winners = _day_winners(metas)
+    won = set(winners.values())
+    dropped = {i for i, m in enumerate(metas) if m.get("subject_id") and i not in won}
+    replaced = _supersedes(metas, winners, dropped)
     lost = _days_lost(metas, winners, dropped)
     out = []
     for i, line in enumerate(lines):
         if i in dropped:
             continue
         if i in replaced or i in lost:
-            record = orjson.loads(line)
-            if i in replaced:
-                record["metadata"]["supersedes"] = sorted(replaced[i])
-            if i in lost:
-                record["metadata"]["superseded_days"] = lost[i]
-            line = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        out.append(line)
+            out.append(_annotated(line, replaced.get(i), lost.get(i)))
+        else:
+            out.append(line)
     return out, len(dropped)
 
 
-def _days_lost(metas: list[dict[str, Any]], winners: dict[tuple[str, str, str], int],
+def _annotated(line: bytes, supersedes: set[str] | None, lost_days: list[str] | None) -> bytes:
+    """The line with what it replaced added; only such lines are re-serialised, the others
+    keep their bytes."""
+    record = orjson.loads(line)
+    if supersedes is not None:
+        record["metadata"]["supersedes"] = sorted(supersedes)
+    if lost_days is not None:
+        record["metadata"]["superseded_days"] = lost_days
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def _days_lost(metas: list[dict[str, Any]], winners: dict[_DayKey, int],
                dropped: set[int]) -> dict[int, list[str]]:
     """Kept records' days that a later export in the journal speaks for instead: a record
     spanning several days stays for the days it wins, and says which ones it does not."""
@@ -120,8 +152,7 @@ def _days_lost(metas: list[dict[str, Any]], winners: dict[tuple[str, str, str], 
     for i, meta in enumerate(metas):
         if i in dropped or not meta.get("subject_id"):
             continue
-        days = [d for d in _days(meta) if winners[
-            (str(meta["subject_id"]), str(meta.get("record_type", "")), d)] != i]
+        days = [key[2] for key in _day_keys(meta) if winners[key] != i]
         if days:
             lost[i] = days
     return lost
