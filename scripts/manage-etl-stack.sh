@@ -282,7 +282,7 @@ run_tests() {
   if [[ $# -eq 0 ]]; then  # the whole suite: the static checks first (~30 s)
     say "static checks: ruff, mypy"
     set +e
-    .venv/bin/ruff check src tests && .venv/bin/mypy
+    .venv/bin/ruff check src tools tests && .venv/bin/mypy
     rc=$?
     set -e
   fi

@@ -18,6 +18,17 @@ import asyncio
 import contextlib
 import socket
 import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class _Link:
+    """One proxied connection: both ends, bytes sent down, blackholed mid-stream."""
+
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter
+    sent_down: int = 0
+    dead: bool = False
 
 
 class FaultProxy:
@@ -53,15 +64,8 @@ class FaultProxy:
         if self.refuse:
             writer.transport.abort()
             return
-        dead = [self.blackhole]  # a blackholed connection never comes back
-        if dead[0]:
-            # Like a partition: the client connects, nothing ever answers.
-            self._writers.add(writer)
-            with contextlib.suppress(ConnectionError, OSError):
-                while await reader.read(65536):
-                    pass
-            writer.transport.abort()
-            self._writers.discard(writer)
+        if self.blackhole:  # a blackholed connection never comes back
+            await self._hold(reader, writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -70,40 +74,55 @@ class FaultProxy:
             return
         self.connections += 1
         self._writers.update({writer, up_writer})
-        sent_down = [0]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                       downstream: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if self.blackhole:
-                        dead[0] = True
-                    if dead[0]:
-                        continue
-                    if self.latency_s and (downstream or self.latency_upstream):
-                        await asyncio.sleep(self.latency_s)
-                    limit = self.close_after_bytes
-                    if downstream and limit is not None and self.cuts_left != 0:
-                        if sent_down[0] + len(data) >= limit:
-                            dst.write(data[: max(limit - sent_down[0], 0)])
-                            self.cuts += 1
-                            if self.cuts_left is not None:
-                                self.cuts_left -= 1
-                            raise ConnectionResetError
-                        sent_down[0] += len(data)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                if dead[0] and downstream:
-                    up_writer.transport.abort()  # the server hung up: the client never hears
-                else:
-                    for w in (writer, up_writer):
-                        w.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+        link = _Link(writer, up_writer)
+        await asyncio.gather(self._pump(link, reader, up_writer, False),
+                             self._pump(link, up_reader, writer, True))
         self._writers.difference_update({writer, up_writer})
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Like a partition: the client connects, nothing ever answers."""
+        self._writers.add(writer)
+        with contextlib.suppress(ConnectionError, OSError):
+            while await reader.read(65536):
+                pass
+        writer.transport.abort()
+        self._writers.discard(writer)
+
+    async def _pump(self, link: _Link, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    downstream: bool) -> None:
+        try:
+            while data := await src.read(65536):
+                if self.blackhole:
+                    link.dead = True
+                if link.dead:
+                    continue
+                if self.latency_s and (downstream or self.latency_upstream):
+                    await asyncio.sleep(self.latency_s)
+                if downstream:
+                    self._cut_if_due(link, dst, data)
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if link.dead and downstream:
+                link.upstream.transport.abort()  # the server hung up: the client never hears
+            else:
+                for w in (link.client, link.upstream):
+                    w.transport.abort()
+
+    def _cut_if_due(self, link: _Link, dst: asyncio.StreamWriter, data: bytes) -> None:
+        """Cut the downstream after ``close_after_bytes`` (while cuts are left)."""
+        limit = self.close_after_bytes
+        if limit is None or self.cuts_left == 0:
+            return
+        if link.sent_down + len(data) >= limit:
+            dst.write(data[: max(limit - link.sent_down, 0)])
+            self.cuts += 1
+            if self.cuts_left is not None:
+                self.cuts_left -= 1
+            raise ConnectionResetError
+        link.sent_down += len(data)
 
     def reset_all(self) -> None:
         """Cut every open connection (like a broker restart seen from the client)."""

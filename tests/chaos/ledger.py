@@ -345,6 +345,16 @@ class Ledger:
         except Exception:
             return None
 
+    def _mismatches(self, classes: dict[str, str], reasons: dict[str, str | None]) -> list[str]:
+        out = []
+        for iid, e in self.entries.items():
+            cls, got = classes[iid], reasons[iid]
+            if cls != e.expect:
+                out.append(f"{e.label}: expected {e.expect}, got {cls} ({got})")
+            elif e.reason is not None and got not in e.reason:
+                out.append(f"{e.label}: expected reason {'|'.join(e.reason)}, got {got}")
+        return out
+
     async def classify(self) -> Verdict:
         await self.collect_dlq()
         await asyncio.to_thread(self._scan_s3)
@@ -369,26 +379,10 @@ class Ledger:
         both = 0
         for iid, e in self.entries.items():
             keys = by_name.get(result_name(e.ikey), []) if e.ikey else []
-            if len(keys) > 1 or any(len(versions[k]) > 1 for k in keys):
-                cls, reason = "duplicated", None
-            elif keys:
-                ok = content.get(keys[0]) == e.ikey
-                cls, reason = ("processed" if ok else "bad_result"), None
-                both += bool(dead.get(iid))
-            elif iid in quarantined:
-                cls, reason = "quarantined", quarantined[iid]
-            elif iid in dead:
-                cls, reason = "dead_lettered", dead[iid][0]
-            else:
-                cls, reason = "lost", None
-            classes[iid], reasons[iid] = cls, reason
-        mismatches = []
-        for iid, e in self.entries.items():
-            cls, got = classes[iid], reasons[iid]
-            if cls != e.expect:
-                mismatches.append(f"{e.label}: expected {e.expect}, got {cls} ({got})")
-            elif e.reason is not None and got not in e.reason:
-                mismatches.append(f"{e.label}: expected reason {'|'.join(e.reason)}, got {got}")
+            classes[iid], reasons[iid] = _one_class(iid, e, keys, versions, content,
+                                                    quarantined, dead)
+            both += classes[iid] in ("processed", "bad_result") and bool(dead.get(iid))
+        mismatches = self._mismatches(classes, reasons)
         queues = await asyncio.to_thread(broker_queues, self._queue_names())
         if queues is None:  # no rabbitmqctl: ready counts only
             queues = {"(ready, all queues)": (await self.ready_count(), 0, 0)}
@@ -438,3 +432,18 @@ def write_summary(name: str, verdict: Verdict, figures: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def _one_class(iid: str, e: Any, keys: list[str], versions: dict[str, Any],
+               content: dict[str, str | None], quarantined: dict[str, str],
+               dead: dict[str, list[str]]) -> tuple[str, str | None]:
+    """One input's class: its result objects first, then quarantine, then the DLQ."""
+    if len(keys) > 1 or any(len(versions[k]) > 1 for k in keys):
+        return "duplicated", None
+    if keys:
+        return ("processed" if content.get(keys[0]) == e.ikey else "bad_result"), None
+    if iid in quarantined:
+        return "quarantined", quarantined[iid]
+    if iid in dead:
+        return "dead_lettered", dead[iid][0]
+    return "lost", None
