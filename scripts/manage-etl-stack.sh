@@ -83,7 +83,11 @@ load_env() {
   fi
 }
 
-venv_ready() { [[ -x .venv/bin/etl-engine ]]; }
+# An older venv (before the layered package and tools/) is not ready: set-up reinstalls.
+venv_ready() {
+  [[ -x .venv/bin/etl-engine ]] \
+    && .venv/bin/python -c 'import etl_engine.ops.cli, etl_devtools' >/dev/null 2>&1
+}
 ensure_venv() {
   venv_ready || "$ROOT/scripts/setup-etl-dev.sh" --no-test
 }
@@ -333,9 +337,9 @@ docker_cmd() {
     metrics) for c in $(compose ps -q worker); do docker exec "$c" python -c \
         'import urllib.request;print(urllib.request.urlopen("http://127.0.0.1:8004/metrics").read().decode())'; done ;;
     # The loader runs as the uploader user: the workers' own S3 user may not write raw/.
-    load-sample) compose run --rm -T loader load-samples /app/samples --wait "$@" ;;
+    load-sample) compose run --rm -T loader load-samples --wait "$@" ;;
     demo) compose up -d --wait --scale "worker=${ETL_WORKERS}" \
-        && compose run --rm -T loader load-samples /app/samples --wait \
+        && compose run --rm -T loader load-samples --wait \
              --run-id "demo-$(date -u +%Y%m%dT%H%M%S)" ;;
     test) MODE=native; run_tests "$@" ;;
     *) die "unknown command '$CMD' (try: $0 help)" ;;

@@ -92,3 +92,17 @@ async def test_compact_month_is_idempotent(settings) -> None:  # type: ignore[no
     assert keys == ["a", "c", "b"]
     with pytest.raises(ValueError):
         compact_month(storage, settings, "2026-13x")
+
+
+def test_a_broken_tool_plugin_leaves_the_worker_command(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A tool that fails to load (e.g. a missing dev dependency) costs only its command."""
+    from importlib.metadata import EntryPoint
+
+    from etl_engine.ops import cli
+
+    broken = EntryPoint("broken-tool", "etl_no_such_module.commands:add", "etl_engine.commands")
+    monkeypatch.setattr(cli, "entry_points", lambda group: [broken])
+    args = cli.build_parser().parse_args(["worker"])
+    assert args.fn is cli.cmd_worker
+    err = capsys.readouterr().err
+    assert "command 'broken-tool' unavailable" in err and "ModuleNotFoundError" in err

@@ -370,6 +370,14 @@ def test_wheel_carries_schemas_and_samples_and_no_tooling(tmp_path: Path) -> Non
     assert not [n for n in names if re.search(r"bench|dev_s3|app_corpus", n)], names
 
 
+def test_no_script_or_compose_file_reaches_into_the_image_tree() -> None:
+    """The image has the installed wheel only: no /app source tree to point a command at."""
+    files = [*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml"), *(ROOT / "scripts").rglob("*.sh")]
+    assert files
+    for path in files:
+        assert not re.search(r"/app(/|\b)", path.read_text()), f"{path}: /app is gone"
+
+
 def test_repository_paths_point_into_the_package() -> None:
     """schemas/ and samples/ at the top are links to the package data (one copy)."""
     assert record_types.schema_dir() == ROOT / "src" / "etl_engine" / "schemas"

@@ -383,3 +383,22 @@ async def test_one_trace_from_publish_through_worker_stages_and_s3(
     assert names[f"process {settings.queue}"] == 1
     settled = [line for line in w.log_lines() if line.get("event") == "message_settled"]
     assert settled[0]["trace_id"] == trace.hex(), "log lines name the trace"
+
+
+def test_a_failing_observer_is_logged_and_the_others_still_run(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Observers see the worker, they never steer it: an error stays inside the hook."""
+    from etl_engine.runtime.hooks import Observers, PipelineObserver
+
+    seen: list[str] = []
+
+    class Broken(PipelineObserver):
+        def consuming(self) -> None:
+            raise RuntimeError("observer bug")
+
+    class Counting(PipelineObserver):
+        def consuming(self) -> None:
+            seen.append("consuming")
+
+    Observers([Broken(), Counting()]).consuming()
+    assert seen == ["consuming"]
+    assert "observer_failed" in capsys.readouterr().out

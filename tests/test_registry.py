@@ -113,6 +113,27 @@ def lineage(record_type: str = MOOD) -> Lineage:
 
 
 # --- adding a type is one file ----------------------------------------------------------------
+def test_a_type_file_in_the_records_package_is_discovered(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery finds a ``SPEC`` in any module of the records package: the one new file."""
+    import sys
+
+    import etl_engine.domain.records as records_package
+
+    (tmp_path / f"{MOOD}.avsc").write_text(json.dumps(MOOD_SCHEMA))
+    extra = tmp_path / "more_records"
+    extra.mkdir()
+    (extra / "mood.py").write_text("from pathlib import Path\n\nfrom test_registry import "
+                                   f"mood_spec\n\nSPEC = mood_spec(Path({str(tmp_path)!r}))\n")
+    monkeypatch.setattr(records_package, "__path__", [*records_package.__path__, str(extra)])
+    try:
+        found = {spec.name: spec for spec in registry._discover()}
+    finally:
+        sys.modules.pop("etl_engine.domain.records.mood", None)
+    assert found[MOOD].category == "mood_wellbeing"
+    assert {s.name for s in registry.SHIPPED} < set(found)
+
+
 def test_a_registered_type_goes_through_the_worker_stages(mood: RecordTypeSpec) -> None:
     out = run_cpu_stages(mood_file([7, 8, 9, 6]), lineage(), LIMITS, CFG, NOW)
     assert out.quarantine_reason is None and out.output is not None

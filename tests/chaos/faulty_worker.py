@@ -18,17 +18,15 @@ does, given ``fault_point=``).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 
 from etl_engine.domain.messages import HealthDataMessage
-from etl_engine.observability import logs, telemetry
 from etl_engine.runtime import hooks
 from etl_engine.runtime.hooks import PipelineObserver
 from etl_engine.runtime.pipeline import Outcome
-from etl_engine.runtime.worker import Worker, loop_factory
+from etl_engine.runtime.worker import serve
 from etl_engine.settings import ConfigError, load_settings
 
 ENV = "CHAOS_FAULT_POINT"
@@ -59,28 +57,14 @@ class CrashAt(PipelineObserver):
 
 
 def main() -> int:
-    """``cmd_worker`` with the crash observer installed."""
+    """``etl-engine worker`` (``runtime.worker.serve``) with the crash observer installed."""
     crash = CrashAt(os.environ.get(ENV, ""))
     try:
         settings = load_settings()
-        factory = loop_factory(settings.event_loop)
     except ConfigError as exc:
         print(f"faulty_worker: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format,
-                   user_hash_key=settings.user_id_hash_key.get_secret_value())
-    telemetry.configure(settings.otlp_endpoint, "etl-worker",
-                        instance_id=settings.effective_worker_id)
-
-    async def run() -> None:
-        await Worker(settings, observers=[crash]).run()
-
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(run())
-    finally:
-        telemetry.shutdown()
-    return 0
+    return serve(settings, [crash])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Why: the first engine was tested only with files written in our own layout, and half of the
 app's real exports never became a training record. These files follow what
-``tests/fixtures/app-writer-schemas`` and the contract say of the real client (September
+``tools/etl_devtools/app_writer_schemas`` and the contract say of the real client (September
 2025, one phone): Samsung Health (``com.sec.android.app.shealth``) and Oura
 (``com.ouraring.oura``) report the same days and nights; steps and active calories are one
 running-total record per local day (Samsung 00:00-23:59:59.999, Oura 04:00-23:59:59.999),

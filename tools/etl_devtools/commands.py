@@ -25,7 +25,7 @@ def _generate_samples(args: argparse.Namespace) -> int:
 
 
 def add_bench(sub: Any) -> None:
-    from etl_devtools.bench import add_arguments
+    from etl_devtools.bench import add_arguments  # argparse and stdlib only at import
 
     bench_p = sub.add_parser("bench", help="benchmark: decode floor, storage ceiling, the "
                              "fleet, large files (prints figures; docs/performance.md)")

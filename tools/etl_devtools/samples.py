@@ -63,7 +63,7 @@ def app_writer_schema(record_type: str) -> dict[str, Any]:
     path = APP_SCHEMA_DIR / f"{record_type}.avsc"
     if not path.is_file():
         raise FileNotFoundError(f"no app writer schema for {record_type!r} at {path} "
-                                "(a source checkout has them under tests/fixtures)")
+                                "(package data: tools/etl_devtools/app_writer_schemas)")
     parsed = parse_schema(json.loads(path.read_text()))
     assert isinstance(parsed, dict)
     return parsed

@@ -60,7 +60,7 @@ class ValidationReport:
     passed: bool = True
     quarantine_reason: str | None = None
     # Set when validation streamed the valid records into a column store (long series,
-    # ``processors/columns.py``) instead of ``valid_records``; ``valid_count`` then counts
+    # ``domain/stats/columns.py``) instead of ``valid_records``; ``valid_count`` then counts
     # them (-1: count ``valid_records``).
     columns: Any = None
     valid_count: int = -1

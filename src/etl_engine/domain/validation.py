@@ -110,9 +110,9 @@ from etl_engine.domain.checks import (
     zone_offset_seconds,
 )
 from etl_engine.domain.model import DecodedFile, DomainConfig, Record, ValidationReport
-from etl_engine.domain.records.spec import DEFAULT_CHUNK_RECORDS, RecordTypeSpec
+from etl_engine.domain.records.spec import STANDARD_CHUNK_RECORDS, RecordTypeSpec
 
-__all__ = ["CHUNK_DEFAULT", "CONSISTENCY_CODES", "DAY_MS", "DIGEST_IDS_ABOVE", "FETCH_KEY",
+__all__ = ["CHUNK_STANDARD", "CONSISTENCY_CODES", "DAY_MS", "DIGEST_IDS_ABOVE", "FETCH_KEY",
            "HOUR_MS", "IN_PROGRESS_KEY", "MAX_IN_PROGRESS_MS", "MAX_OFFSET_SECONDS",
            "MIN_TIMESTAMP_MS", "CheckResult", "Decoded", "RecordSink", "ValidationOptions",
            "canonical_record_type", "parse_zone_offset", "validate", "zone_offset_seconds"]
@@ -129,7 +129,7 @@ CONSISTENCY_CODES = frozenset(
 
 MAX_IN_PROGRESS_MS = 25 * 3_600_000
 DIGEST_IDS_ABOVE = 100_000
-CHUNK_DEFAULT = DEFAULT_CHUNK_RECORDS  # records a chunk, for a type without a spec
+CHUNK_STANDARD = STANDARD_CHUNK_RECORDS  # records a chunk, for a type without a spec
 
 # The old name: map any spelling of a record type to its canonical name (registry).
 canonical_record_type = registry.canonical_name
@@ -145,7 +145,7 @@ class ValidationOptions:
     chunk_records: int | None = None
 
 
-DEFAULT_OPTIONS = ValidationOptions()
+STANDARD_OPTIONS = ValidationOptions()
 
 
 class Decoded(Protocol):
@@ -477,7 +477,7 @@ def _rules(spec: RecordTypeSpec | None, expected: int, now_ms: int, upload_ms: i
 def validate(
     decoded: DecodedFile | Decoded, *, now_ms: int, config: DomainConfig,
     sink: RecordSink | None = None, upload_ms: int | None = None,
-    options: ValidationOptions = DEFAULT_OPTIONS,
+    options: ValidationOptions = STANDARD_OPTIONS,
 ) -> ValidationReport:
     """Check every record once; keep the usable ones (in ``valid_records``, or handed to
     ``sink``); score the file (see module doc). ``upload_ms``: the message's upload time,
@@ -494,7 +494,7 @@ def validate(
     valid: list[Record] = []
     keep = valid.extend if sink is None else sink.extend
     clean = spec.clean if spec is not None and options.fast_chunks else None
-    size = options.chunk_records or (CHUNK_DEFAULT if spec is None else spec.chunk_records)
+    size = options.chunk_records or (CHUNK_STANDARD if spec is None else spec.chunk_records)
     it = iter(records)
     while chunk := list(islice(it, size)):
         if clean is not None and _take_clean(chunk, clean, rules, tally):

@@ -48,28 +48,9 @@ def _traced(name: str) -> Callable[[Command], Command]:
 
 # --- worker -----------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from etl_engine.observability import logs, telemetry
-    from etl_engine.runtime.worker import Worker, loop_factory
+    from etl_engine.runtime.worker import serve
 
-    s = _settings()
-    try:
-        factory = loop_factory(s.event_loop)
-    except ConfigError as exc:
-        print(f"etl-engine: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(s.log_level, s.log_format, user_hash_key=s.user_id_hash_key.get_secret_value())
-    telemetry.configure(s.otlp_endpoint, "etl-worker", instance_id=s.effective_worker_id)
-
-    async def main() -> None:
-        worker = Worker(s)
-        await worker.run()
-
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(main())
-    finally:
-        telemetry.shutdown()
-    return 0
+    return serve(_settings())
 
 
 # --- publish ----------------------------------------------------------------------------
@@ -205,10 +186,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 # --- status, dead letters, quarantine -----------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
-    from etl_engine.ops.status import DEFAULT_SIDECAR, run
+    from etl_engine.ops.status import LOCAL_SIDECAR, run
 
     s = _settings()
-    return asyncio.run(run(s, args.sidecar or [DEFAULT_SIDECAR], once=args.once,
+    return asyncio.run(run(s, args.sidecar or [LOCAL_SIDECAR], once=args.once,
                            interval=args.interval))
 
 
@@ -422,7 +403,11 @@ def _add_config_parser(sub: argparse._SubParsersAction) -> None:
 def _plugin_commands(sub: argparse._SubParsersAction) -> None:
     """Commands other installed packages add (the dev tools: generate-samples, bench)."""
     for entry in sorted(entry_points(group="etl_engine.commands"), key=lambda e: e.name):
-        entry.load()(sub)
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # a broken tool must not take the worker down with it
+            print(f"etl-engine: command {entry.name!r} unavailable ({entry.value}: "
+                  f"{type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 def _default_samples() -> Path:

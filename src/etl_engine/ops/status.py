@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from etl_engine.ops.display import safe
 from etl_engine.settings import Settings
 
-DEFAULT_SIDECAR = "http://127.0.0.1:8004"
+LOCAL_SIDECAR = "http://127.0.0.1:8004"
 _CLEAR = "\x1b[H\x1b[2J"
 
 

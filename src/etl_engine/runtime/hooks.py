@@ -11,8 +11,8 @@ exception from one fails the delivery at that point like any other error there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from etl_engine.observability import metrics
 from etl_engine.observability.logs import get_logger
@@ -59,19 +59,30 @@ class Observers(PipelineObserver):
 
     def consuming(self) -> None:
         for observer in self._observers:
-            observer.consuming()
+            self._safely(observer.consuming)
 
     def stage_finished(self, stage: str, message: HealthDataMessage) -> None:
         for observer in self._observers:
-            observer.stage_finished(stage, message)
+            self._safely(observer.stage_finished, stage, message)
 
     def acking(self, outcome: Outcome) -> None:
         for observer in self._observers:
-            observer.acking(outcome)
+            self._safely(observer.acking, outcome)
 
     def settled(self, outcome: Outcome, seconds: float) -> None:
         for observer in self._observers:
-            observer.settled(outcome, seconds)
+            self._safely(observer.settled, outcome, seconds)
+
+    @staticmethod
+    def _safely(event: Callable[..., None], *args: Any) -> None:
+        """An observer sees the worker; it never steers it: its error is logged, not raised
+        into consuming or settling (which would leak a consumer or skip an ack)."""
+        try:
+            event(*args)
+        except Exception as exc:
+            owner = type(getattr(event, "__self__", event)).__name__
+            log.warning("observer_failed", observer=owner, hook=event.__name__,
+                        error=type(exc).__name__)
 
 
 class OutcomeObserver(PipelineObserver):

@@ -24,9 +24,9 @@ import orjson
 
 from etl_engine import __version__
 from etl_engine.adapters.ports import DedupStore, Download, ObjectStore
+from etl_engine.domain import registry
 from etl_engine.domain.messages import HealthDataMessage, header_metadata, parse_message
 from etl_engine.domain.model import DomainConfig, Lineage
-from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.errors import Disposition, LeaseBusy, PermanentError, PoisonMessage, classify
 from etl_engine.observability.logs import hash_user_id
 from etl_engine.runtime import hooks
@@ -211,7 +211,7 @@ class Pipeline:
             delivery.body,
             amqp_message_id=delivery.message_id,
             allowed_buckets=self.settings.allowed_bucket_set,
-            supported_types=SUPPORTED_RECORD_TYPES,
+            supported_types=registry.names(),  # the live registry: a registered type too
             raw_prefix=self.settings.raw_prefix,
             max_bytes=self.settings.max_message_bytes,
             amqp_correlation_id=delivery.correlation_id,

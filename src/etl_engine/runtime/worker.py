@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -483,6 +484,32 @@ class Worker:
     async def _beat(self) -> None:
         """/live's heartbeat, and the event-loop lag histogram (sidecar.beat)."""
         await beat(self.state)
+
+
+def serve(settings: Settings, observers: Sequence[PipelineObserver] = ()) -> int:
+    """Run one worker until it is told to stop: ``etl-engine worker``, and any wrapper that
+    adds observers (the chaos tests' crash points) runs exactly this."""
+    from etl_engine.observability import logs
+
+    try:
+        factory = loop_factory(settings.event_loop)
+    except ConfigError as exc:
+        print(f"etl-engine: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format,
+                   user_hash_key=settings.user_id_hash_key.get_secret_value())
+    telemetry.configure(settings.otlp_endpoint, "etl-worker",
+                        instance_id=settings.effective_worker_id)
+
+    async def main() -> None:
+        await Worker(settings, observers=observers).run()
+
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
+    finally:
+        telemetry.shutdown()
+    return 0
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -22,7 +22,7 @@ from etl_engine.domain.wording import Stats
 __all__ = ["ChunkCheck", "ColumnStore", "Narrator", "RecordStatistics", "RecordTypeSpec",
            "ValueCheck"]
 
-DEFAULT_CHUNK_RECORDS = 256
+STANDARD_CHUNK_RECORDS = 256
 
 
 class ColumnStore(Protocol):
@@ -68,7 +68,7 @@ class RecordTypeSpec:
     narrative: Narrator
     instructions: tuple[str, ...]
     clean: ChunkCheck | None = None
-    chunk_records: int = DEFAULT_CHUNK_RECORDS
+    chunk_records: int = STANDARD_CHUNK_RECORDS
     column_store: Callable[[], ColumnStore] | None = None
     column_statistics: ColumnStatistics | None = None
     incomplete: Callable[[Record], str | None] | None = None

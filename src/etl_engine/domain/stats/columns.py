@@ -79,7 +79,7 @@ class _Offsets(dict[object, int]):
 
 
 def _bounds(starts: array, ends: array, offs: array) -> tuple[int, int, date, date]:
-    """Like ``processors._bounds`` over records: earliest start, latest end, and the local
+    """Like ``transform._bounds`` over records: earliest start, latest end, and the local
     dates of the earliest and latest start (ties: the earlier / later local date)."""
     first_s = last_s = starts[0]
     first_o = last_o = offs[0]

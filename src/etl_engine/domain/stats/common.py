@@ -1,4 +1,4 @@
-"""Small pure helpers shared by the processors: local time, rounding, descriptive statistics.
+"""Small pure helpers shared by the per-type statistics: local time, rounding, statistics.
 
 Why here: every processor needs the same notion of "local date" (the record's own zone
 offset, None read as UTC) and the same percentile and rounding rules, so that figures in
