@@ -30,7 +30,11 @@ from typing import Any
 import pytest
 import yaml
 
-from etl_engine.adapters.topology import work_queue_arguments
+from etl_engine.adapters.topology import (
+    legacy_retry_queue_names,
+    retry_queue_arguments,
+    work_queue_arguments,
+)
 from etl_engine.domain import record_types
 from etl_engine.observability import metrics
 from etl_engine.ops import cli
@@ -663,9 +667,12 @@ def test_minio_init_and_policies(compose: dict[str, Any]) -> None:
     assert grants == {
         "s3:ListBucket": {bucket},
         "s3:GetBucketLocation": {bucket},
-        "s3:GetObject": {f"{bucket}/{defaults.raw_prefix}*"},
+        "s3:GetObject": {f"{bucket}/{defaults.raw_prefix}*",
+                         f"{bucket}/{defaults.outcome_prefix}*"},  # the record it obeys
         "s3:PutObject": {f"{bucket}/{defaults.training_prefix}*",
-                         f"{bucket}/{defaults.quarantine_prefix}*"},
+                         f"{bucket}/{defaults.quarantine_prefix}*",
+                         f"{bucket}/{defaults.outcome_prefix}*",
+                         f"{bucket}/{defaults.probe_prefix}*"},  # the start-up probe
     }
     for name in ("etl-uploader", "etl-operator"):
         json.loads((DEPLOY / "minio" / f"{name}-policy.json").read_text())
@@ -748,9 +755,16 @@ def test_grafana_provisioning_and_dashboard() -> None:
         assert series in joined, series
 
 
+def _rabbitmq_policies() -> dict[str, dict[str, Any]]:
+    policies = json.loads((DEPLOY / "rabbitmq" / "policies.json").read_text())["policies"]
+    return {p["name"]: p for p in policies}
+
+
 def test_rabbitmq_policy_matches_the_topology() -> None:
     settings = _defaults()
-    (policy,) = json.loads((DEPLOY / "rabbitmq" / "policies.json").read_text())["policies"]
+    policies = _rabbitmq_policies()
+    assert set(policies) == {"etl-work-queue", "etl-retry-tiers"}
+    policy = policies["etl-work-queue"]
     assert re.fullmatch(policy["pattern"], settings.queue)
     assert not re.fullmatch(policy["pattern"], settings.dlq_name)
     args = work_queue_arguments(settings)
@@ -760,6 +774,27 @@ def test_rabbitmq_policy_matches_the_topology() -> None:
     assert definition["dead-letter-routing-key"] == args["x-dead-letter-routing-key"]
     assert definition["dead-letter-strategy"] == args["x-dead-letter-strategy"]
     assert definition["overflow"] == args["x-overflow"]
+
+
+def test_rabbitmq_retry_policy_matches_the_quorum_tiers() -> None:
+    settings = _defaults()
+    policy = _rabbitmq_policies()["etl-retry-tiers"]
+    tiers = [settings.retry_queue_name(t) for t in range(len(settings.retry_delays))]
+    assert all(re.fullmatch(policy["pattern"], name) for name in tiers), tiers
+    for other in [settings.queue, settings.dlq_name, *legacy_retry_queue_names(settings)]:
+        assert not re.fullmatch(policy["pattern"], other), other
+    definition = policy["definition"]
+    for tier, delay in enumerate(settings.retry_delays):
+        args = retry_queue_arguments(settings, delay)
+        assert args["x-queue-type"] == "quorum" and args["x-message-ttl"] == delay
+        assert definition["dead-letter-exchange"] == args["x-dead-letter-exchange"] == ""
+        assert definition["dead-letter-routing-key"] == args["x-dead-letter-routing-key"]
+        assert args["x-dead-letter-routing-key"] == settings.queue
+        assert definition["dead-letter-strategy"] == args["x-dead-letter-strategy"]
+        assert args["x-dead-letter-strategy"] == "at-least-once"
+        # at-least-once dead-lettering is honoured only with reject-publish
+        assert definition["overflow"] == args["x-overflow"] == "reject-publish"
+        assert settings.retry_queue_name(tier).endswith(f".retry.q.{delay}ms")
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
@@ -1102,9 +1137,14 @@ def test_rabbitmq_dlq_is_readable_by_the_operator_only() -> None:
     can_read = {u for u, (_, _, read) in perms.items() if re.search(read, d.dlq_name)}
     assert can_read == {"etl-operator"}
     worker_conf, worker_write, worker_read = perms["etl-worker"]
-    for queue in (d.queue, d.retry_queue_name(0)):
+    tiers = [d.retry_queue_name(t) for t in range(len(d.retry_delays))]
+    # the classic tiers of older releases too, for a rolling upgrade
+    for queue in (d.queue, *tiers, *legacy_retry_queue_names(d)):
         assert re.search(worker_read, queue), queue
+        assert re.search(worker_conf, queue) and re.search(worker_write, queue), queue
+    # copies go through the DLX (no write on amq.default, which reaches every queue)
     assert re.search(worker_write, d.dlx_name) and re.search(worker_conf, d.dlq_name)
+    assert not re.search(worker_write, "amq.default")
     assert perms["etl-uploader"] == ("^$", f"^{d.exchange}$", "^$")
     script = DEPLOY / "rabbitmq" / "permissions.sh"
     if shutil.which("sh"):

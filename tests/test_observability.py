@@ -24,6 +24,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from etl_engine.domain.outcomes import outcome_key
 from etl_engine.domain.record_types import SUPPORTED_RECORD_TYPES
 from etl_engine.errors import TransientError
 from helpers import (
@@ -33,6 +34,7 @@ from helpers import (
     publish,
     running_worker,
     sample_files,
+    storage_for,
     upload,
     upload_bytes,
     wait_outcomes,
@@ -149,7 +151,11 @@ async def test_metrics_after_a_known_workload(settings) -> None:  # type: ignore
     assert delta("etl_quarantined_total") == 1
     assert delta("etl_records_decoded_total") > 0
     sizes = sum(u.size for u in (*good, contended, bad))
-    assert delta("etl_downloaded_bytes_total") == sizes
+    # and the duplicate's read of the input's outcome record (is it the same input?)
+    record = storage_for(settings).get(settings.bucket,
+                                       outcome_key(settings.outcome_prefix,
+                                                   good[0].idempotency_key))
+    assert delta("etl_downloaded_bytes_total") == sizes + len(record)
     assert delta("etl_uploaded_bytes_total") > 0
     for stage, at_least in (("download", 4), ("decode", 4), ("validate", 4), ("transform", 3),
                             ("write", 3)):

@@ -15,6 +15,7 @@ import pytest
 
 from etl_engine.adapters.publisher import describe_upload
 from etl_engine.errors import TransientError
+from etl_engine.ops.quarantine import worker_quarantine_key
 from etl_engine.ops.status import WorkerFigures, histogram_quantile, parse_metrics
 from helpers import (
     WorkerProcess,
@@ -212,7 +213,8 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
             await publish(settings, late.message(), garbage.message())
             outcomes = await wait_outcomes(settings, [late.message_id, garbage.message_id])
             assert set(outcomes.values()) == {"quarantined"}
-            qkey = settings.quarantine_prefix + late_key[len(settings.raw_prefix):]
+            qkey = worker_quarantine_key(settings, late.message())  # the pipeline's path
+            assert qkey is not None
 
             masked = await acli(test_env, "quarantine", "list", "--json")
             assert masked.returncode == 0, masked.stderr
@@ -222,7 +224,7 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
             items = {i["key"]: i for i in orjson.loads(listed.stdout)}
             assert items[qkey]["reason"] == "object_missing"
             assert items[qkey]["raw_copied"] is False
-            gkey = settings.quarantine_prefix + garbage.key[len(settings.raw_prefix):]
+            gkey = worker_quarantine_key(settings, garbage.message())
             assert items[gkey]["reason"] == "not_avro" and items[gkey]["stage"] == "decode"
             table = await acli(test_env, "quarantine", "list")
             assert "2 quarantined file(s)" in table.stdout and "object_missing" in table.stdout
@@ -245,7 +247,7 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
                                                     Body=data)  # the upload lands after all
             released = await acli(test_env, "quarantine", "release", qkey)
             assert released.returncode == 0, released.stdout + released.stderr
-            assert f"released: {qkey}" in released.stdout
+            assert f"released: {qkey}" in released.stdout  # only once it was processed
             await wait_outcome(settings, late.message_id, "processed")
             assert [k for k in results(settings) if late.idempotency_key in k]
             left = keys(settings, settings.quarantine_prefix)

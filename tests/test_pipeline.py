@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
+from pathlib import Path
 
 import orjson
 import pytest
 
 from etl_engine.adapters.publisher import Upload
-from etl_engine.errors import PermanentError, TransientError
+from etl_engine.domain import outcomes
+from etl_engine.domain.outcomes import ClaimState, Failure, OutcomeKind, decide
+from etl_engine.errors import Disposition, PermanentError, TransientError
 from etl_engine.runtime.compute import ComputePool
-from etl_engine.runtime.pipeline import Delivery, Outcome, Pipeline, quarantine_key, result_key
+from etl_engine.runtime.pipeline import Delivery, Outcome, Pipeline, outcome_key, result_key
 from etl_engine.settings import Settings
 from helpers import SAMPLES, sample_files, sealed, storage_for, upload, upload_bytes, upload_key
 from support.fakes import ManualClock, MemoryDedup, MemoryObjectStore
@@ -29,9 +32,68 @@ from support.uploads import upload_bytes_to, upload_to
 BUCKET = "pipeline-test"
 
 
-def delivery(body: dict | bytes, attempt: int = 1, failed_deliveries: int = 0) -> Delivery:
+def delivery(body: dict | bytes, attempt: int = 1, failed_deliveries: int = 0,
+             lease_waits: int = 0) -> Delivery:
     return Delivery(body=body if isinstance(body, bytes) else orjson.dumps(body),
-                    attempt=attempt, failed_deliveries=failed_deliveries)
+                    attempt=attempt, failed_deliveries=failed_deliveries,
+                    lease_waits=lease_waits)
+
+
+def qkey(settings: Settings, u: Upload, key: str | None = None) -> str:
+    """Where the worker quarantines the upload ``u`` (announced as ``key``, if given)."""
+    return outcomes.quarantine_key(settings.quarantine_prefix, u.record_type,
+                                   u.idempotency_key, key or u.key)
+
+
+class Tripwire(MemoryObjectStore):
+    """The fake with faults aimed at keys: ``trip(operation, prefix, exc)`` fails the next
+    such call on a key under ``prefix`` (an ``asyncio.CancelledError`` plays a worker that
+    died there); ``slow(prefix, seconds)`` delays every call on such keys; ``writes`` lists
+    the keys written, in order."""
+
+    def __init__(self, *buckets: str) -> None:
+        super().__init__(*buckets)
+        self.writes: list[str] = []
+        self._trips: list[tuple[str, str, BaseException]] = []
+        self._slow: dict[str, float] = {}
+
+    def trip(self, operation: str, prefix: str, exc: BaseException) -> None:
+        self._trips.append((operation, prefix, exc))
+
+    def slow(self, prefix: str, seconds: float) -> None:
+        self._slow[prefix] = seconds
+
+    async def _aimed(self, operation: str, key: str) -> None:
+        for prefix, seconds in self._slow.items():
+            if key.startswith(prefix):
+                await asyncio.sleep(seconds)
+        for trip in self._trips:
+            if trip[0] == operation and key.startswith(trip[1]):
+                self._trips.remove(trip)
+                raise trip[2]
+
+    async def download(self, bucket: str, key: str, *, max_bytes: int):  # type: ignore[no-untyped-def]
+        await self._aimed("download", key)
+        return await super().download(bucket, key, max_bytes=max_bytes)
+
+    async def put_if_absent(self, bucket: str, key: str, body: bytes, **kw) -> bool:  # type: ignore[no-untyped-def]
+        await self._aimed("put_if_absent", key)
+        created = await super().put_if_absent(bucket, key, body, **kw)
+        if created:
+            self.writes.append(key)
+        return created
+
+    async def put(self, bucket: str, key: str, body: bytes, **kw) -> None:  # type: ignore[no-untyped-def]
+        await self._aimed("put", key)
+        await super().put(bucket, key, body, **kw)
+        self.writes.append(key)
+
+    async def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> bool:
+        await self._aimed("copy", key)
+        copied = await super().copy(src_bucket, src_key, bucket, key)
+        if copied:
+            self.writes.append(key)
+        return copied
 
 
 @dataclass
@@ -39,7 +101,7 @@ class Rig:
     """A pipeline on the fakes, and the fakes, for arranging and inspecting."""
 
     settings: Settings
-    store: MemoryObjectStore
+    store: Tripwire
     dedup: MemoryDedup
     clock: ManualClock
     pipeline: Pipeline
@@ -55,16 +117,35 @@ class Rig:
     async def run(self, body: dict | bytes, **kw: int) -> Outcome:
         return await self.pipeline.run(delivery(body, **kw))
 
-    def reason_file(self, raw_key: str) -> dict:
+    def reason_file(self, u: Upload, key: str | None = None) -> dict:
         return orjson.loads(self.store.get(
-            BUCKET, quarantine_key(self.settings, raw_key) + ".reason.json"))
+            BUCKET, qkey(self.settings, u, key) + outcomes.REASON_SUFFIX))
+
+    def record(self, u: Upload) -> dict:
+        return orjson.loads(self.store.get(BUCKET, outcome_key(self.settings,
+                                                               u.idempotency_key)))
+
+    def artefacts(self) -> list[str]:
+        """Every result and quarantine object (not the outcome records)."""
+        return (self.store.keys(BUCKET, self.settings.training_prefix)
+                + self.store.keys(BUCKET, self.settings.quarantine_prefix))
+
+    async def flush_dedup(self, u: Upload) -> None:
+        """A flushed or lost dedup store (or a done marker past its TTL)."""
+        await self.dedup.forget(u.idempotency_key)
+
+    def judge(self, quality_threshold: float) -> None:
+        """From now on the pipeline judges quality differently (as a later release, or a
+        worker whose clock differs, might)."""
+        self.pipeline.domain = replace(self.pipeline.domain,
+                                       quality_threshold=quality_threshold)
 
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     settings = Settings(bucket=BUCKET, user_id_hash_key="pipeline-test-hash-key",
                         decode_processes=0, max_attempts=3, lease_ttl_s=3)
-    store, clock = MemoryObjectStore(BUCKET), ManualClock()
+    store, clock = Tripwire(BUCKET), ManualClock()
     dedup = MemoryDedup(clock)
     compute = ComputePool(0, 512, 30)  # in-process, as the conftest ``pipeline`` fixture
     errors: list[BaseException] = []
@@ -91,8 +172,11 @@ async def test_processed_then_duplicate_by_the_done_marker(rig: Rig) -> None:
     assert await rig.dedup.outcomes([u.message_id]) == {u.message_id: "processed"}
     rig.store.calls.clear()
     again = await rig.run(u.message())
-    assert again.kind == "duplicate" and again.result_key is None
-    assert rig.store.calls == []  # the done marker answered: storage untouched
+    assert (again.kind, again.recorded_kind, again.result_key) == (
+        "duplicate", "processed", first.result_key)
+    # the done marker answered: no download of the upload, no work; one read of the
+    # outcome record to tell the same input from another under its key
+    assert rig.store.calls == ["download"]
     assert not rig.pipeline.in_flight
 
 
@@ -190,7 +274,7 @@ async def test_missing_object_is_quarantined_with_a_reason_file(rig: Rig) -> Non
     key = upload_key(rig.settings, u.record_type, u.user_id)  # never uploaded
     out = await rig.run({**u.message(), "key": key})
     assert (out.kind, out.reason, out.stage) == ("quarantined", "object_missing", "download")
-    reason = rig.reason_file(key)
+    reason = rig.reason_file(u, key)
     assert reason["raw_copied"] is False and reason["reason"] == "object_missing"
     assert reason["source"] == {"bucket": BUCKET, "key": key}
     claim = await rig.dedup.claim(u.idempotency_key, "later", 1000)
@@ -204,11 +288,14 @@ async def test_low_quality_file_is_quarantined_with_its_report(rig: Rig) -> None
     u = rig.upload_bytes(rt, path.name, path.read_bytes())
     out = await rig.run(u.message())
     assert (out.kind, out.stage) == ("quarantined", "validate"), out
-    reason = rig.reason_file(u.key)
+    reason = rig.reason_file(u)
     assert reason["stage"] == "validate" and reason["raw_copied"] is True
     assert reason["quality_report"]["issue_counts"]
-    assert rig.store.get(BUCKET, quarantine_key(rig.settings, u.key)) == path.read_bytes()
+    assert rig.store.get(BUCKET, qkey(rig.settings, u)) == path.read_bytes()
     assert rig.store.keys(BUCKET, rig.settings.training_prefix) == []
+    record = rig.record(u)
+    assert (record["kind"], record["quarantine_key"]) == ("quarantined", out.result_key)
+    assert {k: v for k, v in reason.items() if k != "raw_copied"} == record["reason_document"]
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -231,12 +318,23 @@ async def test_a_file_over_the_size_cap_is_quarantined_unread(rig: Rig) -> None:
                                                  "download")
 
 
-async def test_failed_quarantine_write_dead_letters_instead_of_looping(rig: Rig) -> None:
+async def test_a_recorded_quarantine_whose_reason_file_fails_is_completed_not_dead_lettered(
+    rig: Rig,
+) -> None:
+    """Once recorded, the quarantine is the input's outcome: failing to write its files is
+    retried, even on the last attempt (a DLQ entry would be a second outcome), and the next
+    delivery completes it."""
     u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
-    rig.store.fail_next("put", PermanentError("storage_rejected", stage="write"))
-    out = await rig.run(u.message())
-    assert (out.kind, out.reason, out.stage) == ("dead_letter", "quarantine_failed:not_avro",
-                                                 "quarantine")
+    last = rig.settings.max_attempts
+    rig.store.trip("put", rig.settings.quarantine_prefix,
+                   PermanentError("storage_rejected", stage="write"))
+    out = await rig.run(u.message(), attempt=last)
+    assert (out.kind, out.reason, out.stage) == ("retry", "storage_rejected", "write")
+    assert rig.record(u)["kind"] == "quarantined"
+    assert rig.store.keys(BUCKET, rig.settings.quarantine_prefix) == [qkey(rig.settings, u)]
+    again = await rig.run(u.message(), attempt=last + 1)
+    assert (again.kind, again.reason) == ("quarantined", "not_avro")
+    assert rig.reason_file(u)["reason"] == "not_avro"
 
 
 async def test_a_transient_quarantine_failure_retries_the_message(rig: Rig) -> None:
@@ -244,7 +342,347 @@ async def test_a_transient_quarantine_failure_retries_the_message(rig: Rig) -> N
     rig.store.fail_next("copy", TransientError("storage_unavailable", stage="quarantine"))
     out = await rig.run(u.message())
     assert (out.kind, out.reason, out.stage) == ("retry", "storage_unavailable", "quarantine")
-    assert (await rig.run(u.message(), attempt=2)).kind == "quarantined"
+    again = await rig.run(u.message(), attempt=2)
+    assert again.kind == "quarantined"  # it created the reason file: it reports the outcome
+    assert rig.reason_file(u)["raw_copied"] is True
+    assert (await rig.run(u.message(), attempt=3)).kind == "duplicate"
+
+
+async def test_a_raw_object_that_cannot_be_copied_is_quarantined_without_its_copy(
+    rig: Rig,
+) -> None:
+    u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
+    rig.store.fail_next("copy", PermanentError("storage_rejected", stage="quarantine"))
+    out = await rig.run(u.message())
+    assert (out.kind, out.reason) == ("quarantined", "not_avro")
+    assert rig.reason_file(u)["raw_copied"] is False
+
+
+async def test_two_inputs_naming_one_object_are_quarantined_apart(rig: Rig) -> None:
+    """The quarantine path is per input (record type, idempotency key, file name), never
+    per object: neither reason file overwrites the other."""
+    rig.pipeline.settings = rig.settings.model_copy(update={"idempotency_scheme": "opaque"})
+    u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
+    first = await rig.run(u.message())
+    second = await rig.run({**u.message(), "idempotency_key": "another-input"})
+    assert (first.kind, second.kind) == ("quarantined", "quarantined")
+    assert first.result_key != second.result_key
+    assert len(rig.store.keys(BUCKET, rig.settings.quarantine_prefix)) == 4
+    assert rig.reason_file(u)["idempotency_key"] == u.idempotency_key
+
+
+# --- one outcome per input: the outcome record (issue 15, holes 3 and 8) -------------------
+def _named(name: str) -> tuple[str, Path]:
+    return next((rt, p) for rt, p in sample_files() if p.name == name)
+
+
+def _low_quality() -> tuple[str, Path]:
+    """A bad file that fails only the quality threshold (0.55 against 0.7)."""
+    from etl_devtools.samples import iter_bad_files
+
+    return next((b[0], b[3]) for b in iter_bad_files(SAMPLES)
+                if b[2] == "validation" and b[0] == "StepsRecord"
+                and b[3].name == "out_of_range.avro")
+
+
+# hrv_ring.avro scores 0.85: processed at the default 0.7, quarantined at 0.9
+BORDERLINE = "hrv_ring.avro"
+
+
+async def test_the_outcome_record_comes_first_and_holds_the_result_bytes(rig: Rig) -> None:
+    u = rig.upload()
+    out = await rig.run(u.message())
+    key = outcome_key(rig.settings, u.idempotency_key)
+    assert rig.store.writes == [key, out.result_key]  # the commit point, then its effect
+    record = rig.record(u)
+    assert record["body"].encode() == rig.store.get(BUCKET, out.result_key)
+    assert (record["schema"], record["kind"], record["reason"], record["attempt"]) == (
+        1, "processed", None, 1)
+    assert record["idempotency_key"] == u.idempotency_key
+    assert record["binding"] == {"bucket": BUCKET, "key": u.key, "record_type": u.record_type,
+                                 "content_hash": u.sha256}
+    assert record["result_key"] == out.result_key
+    assert {"decided_at", "worker_id", "processor_version", "outcome_id"} <= set(record)
+
+
+async def test_a_rerun_after_the_done_marker_is_lost_obeys_the_first_outcome(
+    rig: Rig,
+) -> None:
+    """Hole 3: the second run would now quarantine (a stricter judge); the record keeps
+    the result the input's only outcome."""
+    u = rig.upload_bytes(*_named(BORDERLINE)[:1], BORDERLINE, _named(BORDERLINE)[1].read_bytes())
+    first = await rig.run(u.message())
+    assert first.kind == "processed"
+    rig.judge(0.9)
+    probe = rig.upload_bytes(u.record_type, BORDERLINE, _named(BORDERLINE)[1].read_bytes())
+    assert (await rig.run(probe.message())).kind == "quarantined"  # the judge did change
+    await rig.flush_dedup(u)
+    again = await rig.run(u.message())
+    assert (again.kind, again.recorded_kind, again.result_key) == (
+        "duplicate", "processed", first.result_key)
+    assert not any(u.idempotency_key in k for k in rig.artefacts() if k != first.result_key)
+    assert rig.store.keys(BUCKET, rig.settings.training_prefix) == [first.result_key]
+
+
+async def test_a_crash_between_the_record_and_the_result_is_completed_byte_identically(
+    rig: Rig,
+) -> None:
+    """The worker dies after the record, before the result: the next delivery writes the
+    recorded bytes, not its own (its clock and judge differ: it would quarantine now)."""
+    u = rig.upload_bytes(*_named(BORDERLINE)[:1], BORDERLINE, _named(BORDERLINE)[1].read_bytes())
+    rig.store.trip("put_if_absent", rig.settings.training_prefix, asyncio.CancelledError())
+    with pytest.raises(asyncio.CancelledError):
+        await rig.run(u.message())
+    record = rig.record(u)
+    assert record["kind"] == "processed" and rig.artefacts() == []
+    rig.judge(0.9)
+    again = await rig.run(u.message(), failed_deliveries=1)
+    assert (again.kind, again.result_key) == ("processed", record["result_key"])
+    assert rig.store.get(BUCKET, record["result_key"]) == record["body"].encode()
+    assert rig.artefacts() == [record["result_key"]]
+    await rig.flush_dedup(u)
+    assert (await rig.run(u.message())).kind == "duplicate"
+
+
+async def test_a_quarantine_then_a_rerun_that_would_now_succeed_stays_quarantined(
+    rig: Rig,
+) -> None:
+    rt, path = _low_quality()
+    u = rig.upload_bytes(rt, path.name, path.read_bytes())
+    first = await rig.run(u.message())
+    assert (first.kind, first.reason) == ("quarantined", "quality_below_threshold")
+    reason = rig.reason_file(u)
+    rig.judge(0.0)
+    probe = rig.upload_bytes(rt, path.name, path.read_bytes())
+    assert (await rig.run(probe.message())).kind == "processed"  # it would succeed now
+    await rig.flush_dedup(u)
+    again = await rig.run(u.message())
+    assert (again.kind, again.recorded_kind) == ("duplicate", "quarantined")
+    assert not any(u.idempotency_key in k for k in
+                   rig.store.keys(BUCKET, rig.settings.training_prefix))
+    assert rig.reason_file(u) == reason  # the first reason stands, not rewritten
+
+
+@pytest.mark.parametrize("strict_first", [False, True])
+async def test_concurrent_runs_that_disagree_give_one_record_and_one_artefact_set(
+    rig: Rig, strict_first: bool,
+) -> None:
+    """Two deliveries of one input at once, no lease between them (the dedup store is
+    down), one judging the file good and one bad: one record, one kind of artefact."""
+    rt, path = _named(BORDERLINE)
+    u = rig.upload_bytes(rt, path.name, path.read_bytes())
+    strict = Pipeline(rig.settings, rig.store, rig.dedup, rig.pipeline.compute, owner="strict")
+    strict.domain = replace(strict.domain, quality_threshold=0.9)
+    rig.dedup.fail_next("claim", ConnectionError("dedup down"), times=2)
+    rig.store.slow(rig.settings.outcome_prefix, 0.01)
+    runs = [strict.run(delivery(u.message())), rig.run(u.message())]
+    outs = await asyncio.gather(*(runs if strict_first else runs[::-1]))
+    kinds = sorted(o.kind for o in outs)
+    assert kinds in (["duplicate", "processed"], ["duplicate", "quarantined"]), outs
+    assert rig.store.keys(BUCKET, rig.settings.outcome_prefix) == [
+        outcome_key(rig.settings, u.idempotency_key)]
+    decided = rig.record(u)["kind"]
+    assert decided in kinds
+    if decided == "processed":
+        assert rig.store.keys(BUCKET, rig.settings.quarantine_prefix) == []
+        assert len(rig.store.keys(BUCKET, rig.settings.training_prefix)) == 1
+    else:
+        assert rig.store.keys(BUCKET, rig.settings.training_prefix) == []
+        assert rig.store.keys(BUCKET, rig.settings.quarantine_prefix) == [
+            qkey(rig.settings, u), qkey(rig.settings, u) + outcomes.REASON_SUFFIX]
+
+
+async def test_a_key_conflict_dead_letters_and_leaves_the_first_outcome_alone(
+    rig: Rig,
+) -> None:
+    """Hole 8: the same idempotency key for another input (here: the same user's same bytes
+    announced as another record type) is no silent duplicate, and writes nothing."""
+    u = rig.upload()
+    first = await rig.run(u.message())
+    rt, path = sample_files()[0]
+    other_type = "HeartRateRecord" if rt != "HeartRateRecord" else "StepsRecord"
+    twin = upload_bytes_to(rig.store, rig.settings, other_type, path.name, path.read_bytes(),
+                           user_id=u.user_id)
+    assert twin.idempotency_key == u.idempotency_key and twin.record_type != u.record_type
+    before = {k: rig.store.get(BUCKET, k) for k in rig.store.keys(BUCKET)}
+    marked = await rig.run(twin.message())  # the done marker alive: the record tells apart
+    assert (marked.kind, marked.reason) == ("dead_letter", "idempotency_key_conflict")
+    await rig.flush_dedup(u)
+    rig.judge(1.0)  # whatever it would decide now
+    out = await rig.run(twin.message())
+    assert (out.kind, out.reason, out.stage) == ("dead_letter", "idempotency_key_conflict",
+                                                 "outcome")
+    assert out.dlq_marker is None  # not the input's recorded dead-letter: no marker
+    assert {k: rig.store.get(BUCKET, k) for k in rig.store.keys(BUCKET)} == before
+    assert rig.record(u)["binding"]["record_type"] == u.record_type
+    assert (await rig.run(u.message())).kind == "duplicate"  # the first input: unchanged
+    assert rig.artefacts() == [first.result_key]
+
+
+async def test_a_re_upload_of_the_same_bytes_is_a_duplicate_not_a_conflict(rig: Rig) -> None:
+    """The upload service's key binds user and content: the same user's same file under a
+    new object name (a phone retrying its upload) is the same input."""
+    u = rig.upload()
+    first = await rig.run(u.message())
+    rt, path = sample_files()[0]
+    again = upload_bytes_to(rig.store, rig.settings, rt, path.name, path.read_bytes(),
+                            user_id=u.user_id)
+    assert again.idempotency_key == u.idempotency_key and again.key != u.key
+    await rig.flush_dedup(u)
+    out = await rig.run(again.message())
+    assert out.kind == "duplicate", out
+    assert rig.artefacts() == [first.result_key]
+    rig.settings.idempotency_scheme = "opaque"  # keys imply nothing: the object key binds
+    out = await rig.run(again.message())
+    assert (out.kind, out.reason) == ("dead_letter", "idempotency_key_conflict")
+
+
+async def test_attempts_exhausted_is_recorded_and_the_dlq_marker_stops_a_second_publish(
+    rig: Rig,
+) -> None:
+    u = rig.upload()
+    last = rig.settings.max_attempts
+    rig.store.fail_next("download", ConnectionResetError("injected"))
+    out = await rig.run(u.message(), attempt=last)
+    assert (out.kind, out.reason) == ("dead_letter", "attempts_exhausted:io_error")
+    marker = outcomes.dlq_marker_key(rig.settings.outcome_prefix, u.idempotency_key)
+    assert out.dlq_marker == marker
+    record = rig.record(u)
+    assert (record["kind"], record["reason"], record["stage"]) == (
+        "dead_letter", "attempts_exhausted:io_error", None)  # a builtin error: no stage
+    # a parallel retry chain's copy before the worker confirmed the publish: the DLQ gets
+    # the same entry again (at least once), never a result
+    again = await rig.run(u.message(), attempt=2)
+    assert (again.kind, again.reason) == ("dead_letter", "attempts_exhausted:io_error")
+    rig.store.put_object(BUCKET, marker, b"")  # the worker, after the confirmed publish
+    third = await rig.run(u.message(), attempt=2)
+    assert (third.kind, third.recorded_kind, third.dlq_marker) == ("duplicate", "dead_letter",
+                                                                   None)
+    assert rig.artefacts() == []
+
+
+async def test_a_crash_loop_after_the_result_ends_as_a_duplicate_not_in_the_dlq(
+    rig: Rig,
+) -> None:
+    u = rig.upload()
+    first = await rig.run(u.message())
+    await rig.flush_dedup(u)
+    out = await rig.run(u.message(), failed_deliveries=rig.settings.delivery_limit + 1)
+    assert (out.kind, out.recorded_kind, out.result_key) == ("duplicate", "processed",
+                                                              first.result_key)
+
+
+async def test_a_timeout_after_the_result_on_the_last_attempt_is_no_second_outcome(
+    rig: Rig,
+) -> None:
+    """Hole 3: the message's time runs out after the result's PUT, on its last attempt.
+    The outcome is recorded, so it is retried (not dead-lettered) and then a duplicate."""
+    u = rig.upload()
+    last = rig.settings.max_attempts
+    rig.settings.message_timeout_s = 0.5
+    finish = rig.dedup.finish
+
+    async def stuck_finish(*args: object, **kw: object) -> None:
+        await asyncio.sleep(5)
+
+    rig.dedup.finish = stuck_finish  # type: ignore[method-assign]
+    out = await rig.run(u.message(), attempt=last)
+    assert (out.kind, out.reason) == ("retry", "message_timeout")
+    assert len(rig.store.keys(BUCKET, rig.settings.training_prefix)) == 1
+    rig.dedup.finish = finish  # type: ignore[method-assign]
+    again = await rig.run(u.message(), attempt=last + 1)
+    assert (again.kind, again.recorded_kind) == ("duplicate", "processed")
+
+
+async def test_a_timeout_before_any_record_retries_then_dead_letters_with_a_record(
+    rig: Rig,
+) -> None:
+    u = rig.upload()
+    last = rig.settings.max_attempts
+    rig.settings.message_timeout_s = 0.3
+    rig.store.slow(u.key, 2.0)  # the raw object's GET hangs
+    out = await rig.run(u.message(), attempt=1)
+    assert (out.kind, out.reason, out.stage) == ("retry", "message_timeout", None)
+    assert rig.store.keys(BUCKET, rig.settings.outcome_prefix) == []
+    out = await rig.run(u.message(), attempt=last)
+    assert (out.kind, out.reason) == ("dead_letter", "attempts_exhausted:message_timeout")
+    assert rig.record(u)["reason"] == "attempts_exhausted:message_timeout"
+    assert rig.dedup.lease_owner(u.idempotency_key) is None  # given back for a replay
+
+
+async def test_a_lease_waited_out_too_long_is_dead_lettered_once_and_the_holder_obeys(
+    rig: Rig,
+) -> None:
+    u = rig.upload()
+    await rig.dedup.claim(u.idempotency_key, "stuck-worker", 60_000)
+    waits = outcomes.MAX_LEASE_WAITS
+    assert (await rig.run(u.message(), lease_waits=waits - 1)).kind == "lease_busy"
+    out = await rig.run(u.message(), lease_waits=waits)
+    assert (out.kind, out.reason) == ("dead_letter", "lease_wait_exceeded")
+    assert rig.dedup.lease_owner(u.idempotency_key) == "stuck-worker"  # not ours to drop
+    rig.store.put_object(BUCKET, out.dlq_marker or "", b"")
+    rig.clock.advance(61)  # the holder's lease lapses; its delivery comes back
+    later = await rig.run(u.message())
+    assert (later.kind, later.recorded_kind) == ("duplicate", "dead_letter")
+    assert rig.artefacts() == []
+
+
+async def test_an_unreadable_outcome_record_is_dead_lettered_and_left_alone(rig: Rig) -> None:
+    u = rig.upload()
+    key = outcome_key(rig.settings, u.idempotency_key)
+    rig.store.put_object(BUCKET, key, b"not json")
+    out = await rig.run(u.message())
+    assert (out.kind, out.reason) == ("dead_letter", "outcome_record_invalid")
+    assert rig.store.get(BUCKET, key) == b"not json" and rig.artefacts() == []
+
+
+async def test_parse_failures_write_no_record_and_retries_none(rig: Rig) -> None:
+    assert (await rig.run(b"{not json")).kind == "dead_letter"
+    u = rig.upload()
+    rig.store.fail_next("download", ConnectionResetError("injected"))
+    assert (await rig.run(u.message())).kind == "retry"
+    assert rig.store.keys(BUCKET, rig.settings.outcome_prefix) == []
+
+
+@pytest.mark.parametrize(("failure", "attempt", "waits", "expected"), [
+    (Failure(Disposition.RETRY, "io_error", "download"), 1, 0,
+     ("retry", "io_error", "download")),
+    (Failure(Disposition.RETRY, "io_error", "download"), 3, 0,
+     ("dead_letter", "attempts_exhausted:io_error", "download")),
+    (Failure(Disposition.RETRY, "io_error", "write", committed=True), 9, 0,
+     ("retry", "io_error", "write")),
+    (Failure(Disposition.QUARANTINE, "not_avro", "decode"), 3, 0,
+     ("quarantined", "not_avro", "decode")),
+    (Failure(Disposition.DEAD_LETTER, "delivery_limit", "consume"), 1, 0,
+     ("dead_letter", "delivery_limit", "consume")),
+    (Failure(Disposition.RETRY, "lease_busy", None, lease_busy=True), 1, 199,
+     ("lease_busy", "lease_busy", None)),
+    (Failure(Disposition.RETRY, "lease_busy", None, lease_busy=True), 1, 200,
+     ("dead_letter", "lease_wait_exceeded", None)),
+])
+def test_decide_is_the_one_mapping_from_failure_to_outcome(
+    failure: Failure, attempt: int, waits: int, expected: tuple[str, str, str | None],
+) -> None:
+    d = decide(failure, attempt=attempt, max_attempts=3, lease_waits=waits)
+    assert (d.kind, d.reason, d.stage) == expected
+    assert isinstance(d.kind, OutcomeKind)
+
+
+def test_a_quarantine_without_a_parsed_message_is_dead_lettered() -> None:
+    d = decide(Failure(Disposition.QUARANTINE, "x", "parse"), attempt=1, max_attempts=3,
+               parsed=False)
+    assert d.kind is OutcomeKind.DEAD_LETTER
+    assert {c.value for c in ClaimState} == {"acquired", "busy", "done", "unavailable"}
+
+
+def test_outcome_keys_are_per_input_and_safe() -> None:
+    s = Settings(user_id_hash_key="k")
+    assert outcome_key(s, "abc") == "outcomes/abc.json"
+    odd = outcome_key(s, "a/../b c")
+    assert ".." not in odd and odd.startswith("outcomes/") and odd.endswith(".json")
+    assert outcomes.quarantine_key("quarantine/", "StepsRecord", "abc",
+                                   "raw/StepsRecord/2026/11/01/u_1.avro") == \
+        "quarantine/StepsRecord/abc/u_1.avro"
 
 
 def test_result_key_is_deterministic_and_safe() -> None:
@@ -272,8 +710,29 @@ async def test_real_services_quarantine_with_a_reason_file(pipeline: Pipeline,
     out = await pipeline.run(delivery(u.message()))
     assert (out.kind, out.reason) == ("quarantined", "not_avro")
     reason = orjson.loads(storage_for(settings).get(
-        settings.bucket, quarantine_key(settings, u.key) + ".reason.json"))
+        settings.bucket, qkey(settings, u) + outcomes.REASON_SUFFIX))
     assert reason["raw_copied"] is True and reason["reason"] == "not_avro"
+    record = orjson.loads(storage_for(settings).get(
+        settings.bucket, outcome_key(settings, u.idempotency_key)))
+    assert record["kind"] == "quarantined"
+
+
+async def test_real_services_a_rerun_after_a_redis_flush_obeys_the_record(
+    pipeline: Pipeline, settings,
+) -> None:  # type: ignore[no-untyped-def]
+    """With the done marker gone, the outcome record on S3 answers: a re-run that would
+    now quarantine (stricter threshold) is a duplicate of the result, nothing else."""
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    first = await pipeline.run(delivery(u.message()))
+    assert first.kind == "processed"
+    await pipeline.dedup.forget(u.idempotency_key)
+    pipeline.domain = replace(pipeline.domain, quality_threshold=1.0)
+    again = await pipeline.run(delivery(u.message()))
+    assert (again.kind, again.recorded_kind) == ("duplicate", "processed")
+    s3 = storage_for(settings)
+    assert list(s3.list_keys(settings.bucket, settings.quarantine_prefix)) == []
+    assert list(s3.list_keys(settings.bucket, settings.training_prefix)) == [first.result_key]
 
 
 async def test_real_services_unmapped_client_failure_is_retried(pipeline: Pipeline,

@@ -14,7 +14,7 @@ def test_defaults_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "k")  # required: no default
     s = load_settings()
     assert s.dlq_name == "health_data_processing.dlq"
-    assert s.retry_queue_name(0) == "health_data_processing.retry.1000ms"
+    assert s.retry_queue_name(0) == "health_data_processing.retry.q.1000ms"
     assert s.effective_prefetch == s.concurrency
     assert s.allowed_bucket_set == frozenset({"health-data"})
 

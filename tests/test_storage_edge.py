@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -14,6 +14,7 @@ from etl_engine.errors import PermanentError, TransientError
 from etl_engine.settings import Settings
 from faultproxy import FaultProxy
 from helpers import storage_for
+from s3_conditional_shim import S3Shim
 
 META = {"message-id": "m-1", "record-type": "StepsRecord"}
 NDJSON = "application/x-ndjson"
@@ -191,8 +192,9 @@ async def test_servers_without_conditional_writes_fall_back(settings: Settings) 
 async def test_either_client_falls_back_to_the_one_check_then_put(
     settings: Settings, client: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A server without conditional writes (501 to ``If-None-Match``): whichever client
-    asked, ``put_if_absent`` falls back to ``Storage.put_unless_exists``."""
+    """A server without conditional writes (501 to ``If-None-Match``): a retryable refusal,
+    unless the start-up check allowed the fallback (ETL_UNSAFE_NO_CONDITIONAL_WRITES); then,
+    whichever client asked, ``put_if_absent`` is ``Storage.put_unless_exists``."""
     from botocore.exceptions import ClientError
 
     server = _Answer("501 Not Implemented", "NotImplemented")
@@ -210,6 +212,17 @@ async def test_either_client_falls_back_to_the_one_check_then_put(
                          hot=_hot(settings, server.url) if client == "obstore" else None)
     try:
         key = f"training/x/fallback-{client}.jsonl"
+        # not without ETL_UNSAFE_NO_CONDITIONAL_WRITES: a retry (the file is fine), no write
+        with pytest.raises(TransientError) as info:
+            await store.put_if_absent(settings.bucket, key, b"one\n", content_type=NDJSON,
+                                      metadata=META)
+        assert (info.value.reason, info.value.stage) == ("conditional_writes_unsupported",
+                                                         "write")
+        assert not sync.exists(settings.bucket, key)
+        with pytest.raises(TransientError):
+            sync.put_if_absent(settings.bucket, key, b"one\n", content_type=NDJSON,
+                               metadata=META)
+        sync.unsafe_check_then_put = True  # what the start-up check sets under the setting
         assert await store.put_if_absent(settings.bucket, key, b"one\n", content_type=NDJSON,
                                          metadata=META) is True
         assert await store.put_if_absent(settings.bucket, key, b"two\n", content_type=NDJSON,
@@ -273,3 +286,145 @@ async def test_hot_path_calls_are_traced(settings: Settings, edge: AsyncStorage,
     attrs = dict(exporter.get_finished_spans()[1].attributes or {})
     assert attrs["rpc.method"] == "GetObject" and attrs["aws.s3.bucket"] == settings.bucket
     assert key not in str(attrs)  # object keys are not recorded
+
+
+# --- 409, bodies cut short: through an HTTP shim in front of the S3 server ----------------
+@pytest.fixture
+def shim(s3_endpoint: str) -> Iterator[S3Shim]:
+    server = S3Shim(s3_endpoint)
+    yield server
+    server.close()
+
+
+def _through(settings: Settings, url: str, client: str) -> AsyncStorage:
+    s = settings.model_copy(update={"s3_endpoint_url": url, "s3_client": client,
+                                    "s3_read_timeout_s": 2.0, "s3_connect_timeout_s": 1.0})
+    return AsyncStorage(Storage(make_client(s)), threads=2, hot=make_hot_path(s))
+
+
+@pytest.mark.parametrize("client", ["obstore", "boto3"])
+async def test_409_to_a_conditional_put_is_a_retry_never_exists(
+    settings: Settings, shim: S3Shim, client: str
+) -> None:
+    """S3's 409 ConditionalRequestConflict (a competing conditional write in flight) read as
+    "exists" would ack an input whose result may never be written (issue 15, hole 1)."""
+    store = _through(settings, shim.url, client)
+    key = f"training/x/conflict-{client}.jsonl"
+    try:
+        shim.if_none_match = "409"
+        for _ in range(2):  # every time, not once
+            with pytest.raises(TransientError) as info:
+                await store.put_if_absent(settings.bucket, key, b"one\n",
+                                          content_type=NDJSON, metadata=META)
+            assert (info.value.reason, info.value.stage) == ("storage_conflict", "write")
+        assert not storage_for(settings).exists(settings.bucket, key)
+        shim.if_none_match = "pass"  # the retry: the conflict is over, the object is new
+        assert await store.put_if_absent(settings.bucket, key, b"one\n", content_type=NDJSON,
+                                         metadata=META) is True
+        assert [r for r in shim.requests if r[0] == "PUT" and r[2]], "conditional PUTs sent"
+    finally:
+        store.close()
+
+
+async def test_409_to_quarantine_copies_and_writes_is_a_retry(settings: Settings,
+                                                              shim: S3Shim) -> None:
+    """The quarantine's copy and reason file (boto3 for either client) map 409 alike."""
+    sync = storage_for(settings)
+    sync.client.put_object(Bucket=settings.bucket, Key="raw/StepsRecord/q.avro", Body=b"x")
+    store = _through(settings, shim.url, "obstore")
+    try:
+        shim.put_conflicts = 2
+        with pytest.raises(TransientError) as info:
+            await store.copy(settings.bucket, "raw/StepsRecord/q.avro", settings.bucket,
+                             "quarantine/StepsRecord/q.avro")
+        assert (info.value.reason, info.value.stage) == ("storage_conflict", "quarantine")
+        with pytest.raises(TransientError) as info:
+            await store.put(settings.bucket, "quarantine/StepsRecord/q.avro.reason.json",
+                            b"{}", content_type="application/json")
+        assert (info.value.reason, info.value.stage) == ("storage_conflict", "write")
+        assert await store.copy(settings.bucket, "raw/StepsRecord/q.avro", settings.bucket,
+                                "quarantine/StepsRecord/q.avro") is True
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("where", ["first_put", "copy"])
+async def test_a_quarantine_that_meets_a_409_is_retried(settings: Settings, shim: S3Shim,
+                                                        where: str) -> None:
+    """End to end in the pipeline: the corrupt file's quarantine meets a 409 (at its first
+    write, or at the copy of the raw file), so the message is retried (not dead-lettered,
+    not acked), and quarantined the next time."""
+    import os
+
+    import orjson
+
+    from etl_engine.runtime.compute import ComputePool
+    from etl_engine.runtime.pipeline import Delivery, Pipeline
+    from helpers import upload_bytes
+    from support.fakes import MemoryDedup
+
+    bad = upload_bytes(settings, "StepsRecord", "garbage.avro", os.urandom(2048))
+    store = _through(settings, shim.url, "obstore")
+    compute = ComputePool(0, 512, 30)
+    pipeline = Pipeline(settings, store, MemoryDedup(), compute, owner="t")
+    try:
+        if where == "copy":
+            shim.copy_conflicts = 1
+        else:
+            shim.put_conflicts = 1
+        first = await pipeline.run(Delivery(body=orjson.dumps(bad.message())))
+        assert (first.kind, first.reason) == ("retry", "storage_conflict")
+        second = await pipeline.run(Delivery(body=orjson.dumps(bad.message()), attempt=2))
+        assert second.kind == "quarantined"
+        assert shim.copy_conflicts == shim.put_conflicts == 0
+    finally:
+        compute.close()
+        store.close()
+
+
+@pytest.mark.parametrize("client", ["obstore", "boto3"])
+async def test_a_body_cut_short_is_a_retry_never_accepted(
+    settings: Settings, shim: S3Shim, client: str
+) -> None:
+    """Every answer is cut after 1 kB with its Content-Length announced (issue 15, hole
+    10): never a short body handed on (it would be judged size_mismatch or worse, decoded as
+    a smaller file). obstore resumes with ranged GETs, each cut too, until it gives up."""
+    key = f"raw/StepsRecord/2026/11/01/cut-{client}.avro"
+    data = bytes(range(256)) * 100
+    sync = storage_for(settings)
+    sync.client.put_object(Bucket=settings.bucket, Key=key, Body=data)
+    store = _through(settings, shim.url, client)
+    try:
+        shim.truncate_get_at = 1000
+        with pytest.raises(TransientError) as info:
+            await store.download(settings.bucket, key, max_bytes=1 << 20)
+        assert (info.value.reason, info.value.stage) == ("download_incomplete", "download")
+        if client == "boto3":  # the operator tools' whole-object read too
+            with pytest.raises(TransientError) as info:
+                await store.call(store.sync.get, settings.bucket, key)
+            assert info.value.reason == "download_incomplete"
+        shim.truncate_get_at = None
+        assert (await store.download(settings.bucket, key, max_bytes=1 << 20)).body == data
+    finally:
+        store.close()
+
+
+def test_boto3_download_cut_by_the_fault_proxy_is_a_retry(settings: Settings,
+                                                           s3_endpoint: str) -> None:
+    """The boto3 client, the connection cut mid-body (``close_after_bytes``)."""
+    proxy = FaultProxy("127.0.0.1", int(s3_endpoint.rsplit(":", 1)[1]))
+    key = "raw/StepsRecord/2026/11/01/proxied-boto3.avro"
+    data = bytes(range(256)) * 200
+    storage_for(settings).client.put_object(Bucket=settings.bucket, Key=key, Body=data)
+    via = Storage(make_client(settings.model_copy(update={
+        "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}", "s3_read_timeout_s": 2.0})))
+    try:
+        proxy.close_after_bytes, proxy.cuts_left = 20_000, None
+        with pytest.raises(TransientError) as info:
+            via.download(settings.bucket, key, max_bytes=1 << 20)
+        assert info.value.reason in ("download_incomplete", "storage_unavailable")
+        assert proxy.cuts >= 1
+        proxy.close_after_bytes = None
+        assert via.download(settings.bucket, key, max_bytes=1 << 20).body == data
+    finally:
+        proxy.close()

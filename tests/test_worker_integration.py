@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from etl_engine.domain.outcomes import dlq_marker_key, outcome_key, quarantine_key
 from helpers import (
     WorkerProcess,
     drain_dlq,
@@ -82,6 +83,47 @@ async def test_duplicate_is_caught_without_redis_state(settings) -> None:  # typ
     assert len(results(settings)) == 1
 
 
+async def test_one_outcome_per_input_across_a_redis_flush_and_a_key_conflict(settings) -> None:  # type: ignore[no-untyped-def]
+    """The outcome record on S3 answers when Redis has forgotten: a quarantined input stays
+    quarantined, a processed one processed, and the same idempotency key for another
+    input goes to the DLQ as idempotency_key_conflict with the first outcome untouched."""
+    from etl_engine.adapters.dedup import open_store
+
+    rt, path = sample_files()[0]
+    good = upload(settings, rt, path)
+    bad = upload_bytes(settings, "StepsRecord", "garbage.avro", os.urandom(2048))
+    async with running_worker(settings):
+        await publish(settings, good.message(), bad.message())
+        assert await wait_outcomes(settings, [good.message_id, bad.message_id]) == {
+            good.message_id: "processed", bad.message_id: "quarantined"}
+        before = {k: storage_for(settings).get(settings.bucket, k)
+                  for k in keys(settings, "")}
+        store = open_store(settings.dedup_url, settings.dedup_prefix)
+        for u in (good, bad):
+            await store.forget(u.idempotency_key)
+        # Same user, same bytes, announced as another type: one key, another input. (The
+        # same type under a new object name is a re-upload: a duplicate.)
+        other = "HeartRateRecord" if rt != "HeartRateRecord" else "StepsRecord"
+        twin = upload(settings, other, path, user_id=good.user_id)
+        assert twin.idempotency_key == good.idempotency_key and twin.key != good.key
+        again = [{**u.message(), "message_id": f"again-{u.message_id}"} for u in (good, bad)]
+        conflict = {**twin.message(), "message_id": "conflict-" + twin.message_id}
+        await publish(settings, *again, conflict)
+        ids = [m["message_id"] for m in (*again, conflict)]
+        outcomes = await wait_outcomes(settings, ids)
+        await store.close()
+    assert outcomes == dict(zip(ids, ["duplicate", "duplicate", "dead_letter"], strict=True))
+    dead = await drain_dlq(settings)
+    assert [(m.message_id, m.headers["x-etl-reason"]) for m in dead] == [
+        (conflict["message_id"], "idempotency_key_conflict")]
+    after = {k: storage_for(settings).get(settings.bucket, k) for k in keys(settings, "")}
+    assert {k: v for k, v in after.items() if k != twin.key} == before
+    assert len(results(settings)) == 1
+    records = keys(settings, settings.outcome_prefix)
+    assert records == sorted(outcome_key(settings.outcome_prefix, u.idempotency_key)
+                             for u in (good, bad))
+
+
 async def test_corrupt_file_is_quarantined_and_worker_keeps_consuming(settings) -> None:  # type: ignore[no-untyped-def]
     bad = upload_bytes(settings, "StepsRecord", "garbage.avro", os.urandom(4096))
     rt, path = sample_files()[0]
@@ -91,7 +133,8 @@ async def test_corrupt_file_is_quarantined_and_worker_keeps_consuming(settings) 
         outcomes = await wait_outcomes(settings, [bad.message_id, good.message_id])
     assert outcomes == {bad.message_id: "quarantined", good.message_id: "processed"}
     qkeys = keys(settings, settings.quarantine_prefix)
-    qkey = settings.quarantine_prefix + bad.key[len(settings.raw_prefix):]
+    qkey = quarantine_key(settings.quarantine_prefix, bad.record_type, bad.idempotency_key,
+                          bad.key)
     assert "garbage" in qkey and qkey in qkeys
     reason = orjson.loads(storage_for(settings).get(settings.bucket, qkey + ".reason.json"))
     assert reason["reason"] == "not_avro"
@@ -159,8 +202,8 @@ async def test_transient_storage_failure_is_retried_then_succeeds(settings, monk
             "s3_connect_timeout_s": 1.0})
         rt, path = sample_files()[0]
         u = upload(settings, rt, path)
-        proxy.refuse = True
-        async with running_worker(proxied):
+        async with running_worker(proxied):  # started first: its storage probe needs S3
+            proxy.refuse = True
             await publish(settings, u.message())
             await asyncio.sleep(1.0)
             proxy.refuse = False
@@ -171,11 +214,16 @@ async def test_transient_storage_failure_is_retried_then_succeeds(settings, monk
     assert len(results(settings)) == 1
 
 
-async def test_a_stalled_message_times_out_and_is_dead_lettered_after_its_attempts(
+async def test_a_stalled_message_times_out_and_waits_for_storage_to_record_its_outcome(
     settings,
 ) -> None:  # type: ignore[no-untyped-def]
-    """ETL_MESSAGE_TIMEOUT_S bounds a message whose I/O hangs; the worker carries on."""
+    """ETL_MESSAGE_TIMEOUT_S bounds each attempt of a message whose I/O hangs, and the
+    worker carries on. Past its attempts its dead-letter must be recorded on S3 first;
+    with S3 hanging that cannot happen, so it is retried, never dead-lettered unrecorded
+    (a parallel copy could still produce a result: two outcomes). Once S3 answers, it
+    ends in one outcome."""
     from etl_engine.adapters.dedup import open_store
+    from etl_engine.adapters.publisher import wait_for_outcomes
     from faultproxy import FaultProxy
 
     proxy = FaultProxy("127.0.0.1", int(settings.s3_endpoint_url.rsplit(":", 1)[1]))
@@ -184,29 +232,56 @@ async def test_a_stalled_message_times_out_and_is_dead_lettered_after_its_attemp
             "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}", "message_timeout_s": 1.0,
             "max_attempts": 2, "s3_read_timeout_s": 30.0})
         rt, path = sample_files()[0]
-        stalled, later = upload(settings, rt, path, run="stall"), upload(settings, rt, path)
-        proxy.latency_s = 5.0  # every chunk through the proxy waits: the GET hangs
-        async with running_worker(proxied) as worker:
+        stalled = upload(settings, rt, path, run="stall")
+        async with running_worker(proxied) as worker:  # first: its storage probe needs S3
+            proxy.latency_s = 5.0  # every chunk through the proxy waits: S3 hangs
             await publish(settings, stalled.message())
-            outcomes = await wait_outcomes(settings, [stalled.message_id], timeout=30)
-            assert outcomes == {stalled.message_id: "dead_letter"}
-            proxy.latency_s = 0.0
-            await publish(settings, later.message())
-            outcomes = await wait_outcomes(settings, [later.message_id], timeout=30)
-            assert outcomes == {later.message_id: "processed"}
+            await asyncio.sleep(6)  # attempt 1, attempt 2 (the last), attempt 3 ...
+            seen, _ = await wait_for_outcomes(settings, [stalled.message_id], timeout_s=0.2)
+            assert seen == {} and worker.state.last_error_class == "message_timeout"
             assert worker.state.consuming
+            store = open_store(settings.dedup_url, settings.dedup_prefix)
+            try:  # each timed-out attempt gave its lease back: a copy can claim it at once
+                claim = await store.claim(stalled.idempotency_key, "someone-else", 1)
+            finally:
+                await store.close()
+            assert claim.state == "acquired"
+            proxy.latency_s = 0.0
+            outcomes = await wait_outcomes(settings, [stalled.message_id], timeout=30)
     finally:
         proxy.close()
+    assert outcomes == {stalled.message_id: "processed"}
+    assert await drain_dlq(settings) == []
+    assert len([k for k in results(settings) if stalled.idempotency_key in k]) == 1
+
+
+async def test_a_recorded_dead_letter_is_published_once(settings) -> None:  # type: ignore[no-untyped-def]
+    """A dead-letter of a parsed message is recorded before the DLQ publish, and the worker
+    marks it published (``.dlq``) before the ack: another delivery of the input is then a
+    duplicate, not a second DLQ entry."""
+    from etl_engine.adapters.topology import FAILED_DELIVERIES_HEADER
+
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    looping = {FAILED_DELIVERIES_HEADER: settings.delivery_limit + 1}  # a crash loop's count
+    again = {**u.message(), "message_id": "again-" + u.message_id}
+    async with running_worker(settings):
+        await publish(settings, u.message(), headers=looping)
+        assert await wait_outcomes(settings, [u.message_id]) == {u.message_id: "dead_letter"}
+        await publish(settings, again, headers=looping)
+        assert await wait_outcomes(settings, [again["message_id"]]) == {
+            again["message_id"]: "duplicate"}
     dead = await drain_dlq(settings)
     assert [(m.message_id, m.headers["x-etl-reason"]) for m in dead] == [
-        (stalled.message_id, "attempts_exhausted:message_timeout")]
-    assert [k for k in results(settings) if stalled.idempotency_key in k] == []
-    store = open_store(settings.dedup_url, settings.dedup_prefix)
-    try:  # the timed-out attempt gave its lease back: a replay can claim it at once
-        claim = await store.claim(stalled.idempotency_key, "someone-else", 1000)
-    finally:
-        await store.close()
-    assert claim.state == "acquired"
+        (u.message_id, "delivery_limit")]
+    record = orjson.loads(storage_for(settings).get(
+        settings.bucket, outcome_key(settings.outcome_prefix, u.idempotency_key)))
+    assert (record["kind"], record["reason"], record["stage"]) == (
+        "dead_letter", "delivery_limit", "consume")
+    assert keys(settings, settings.outcome_prefix) == sorted([
+        outcome_key(settings.outcome_prefix, u.idempotency_key),
+        dlq_marker_key(settings.outcome_prefix, u.idempotency_key)])
+    assert results(settings) == []
 
 
 async def test_sigkill_after_write_then_restart_leaves_one_result_each(

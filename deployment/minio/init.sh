@@ -7,8 +7,9 @@
 #   - user etl-uploader with etl-uploader-policy.json: write raw/* (what the phone upload
 #                        service does; used by `etl-engine load-samples` in compose)
 #   - user etl-operator with etl-operator-policy.json: the operator tools (quarantine
-#                        list/show/release, compact): read all three prefixes, write raw/*
-#                        and training/*, delete quarantine/*
+#                        list/show/release, compact, dlq replay): read raw/, training/,
+#                        quarantine/, compacted/, outcomes/; write raw/* and compacted/*;
+#                        delete quarantine/* and outcomes/* (release, replay)
 # quarantine/ is operator-only: its copies and .reason.json files hold the full original
 # message (user id, key) so that release can re-publish it. The worker writes there but may
 # not read it back, the uploader may read neither quarantine/ nor training/ (explicit Deny

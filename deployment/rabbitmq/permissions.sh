@@ -4,7 +4,9 @@
 # none is stored here.
 #
 #   etl-worker    consumes the work and retry queues, declares the topology, dead-letters
-#                 (publishes to the DLX). It may NOT read the DLQ.
+#                 (publishes to the DLX). It may NOT read the DLQ. Retry queues are the
+#                 quorum ".retry.q.{N}ms" and, until deleted after an upgrade, the classic
+#                 ".retry.{N}ms" of older releases (docs/reliability.md, "The broker path").
 #   etl-uploader  the upload service: publishes announcements to the work exchange only.
 #   etl-operator  `etl-engine dlq list|show|replay` and `status`: reads the DLQ and the queue
 #                 depths, replays to the work exchange.
@@ -24,12 +26,12 @@ user etl-uploader "$UPLOADER_PASSWORD"
 user etl-operator "$OPERATOR_PASSWORD"
 
 rabbitmqctl set_permissions -p "$VHOST" etl-worker \
-  '^health_data_(exchange(\.dlx)?|processing(\.dlq|\.retry\.[0-9]+ms)?)$' \
-  '^health_data_(exchange(\.dlx)?|processing(\.dlq|\.retry\.[0-9]+ms)?)$' \
-  '^health_data_(exchange(\.dlx)?|processing(\.retry\.[0-9]+ms)?)$'
+  '^health_data_(exchange(\.dlx)?|processing(\.dlq|\.retry\.(q\.)?[0-9]+ms)?)$' \
+  '^health_data_(exchange(\.dlx)?|processing(\.dlq|\.retry\.(q\.)?[0-9]+ms)?)$' \
+  '^health_data_(exchange(\.dlx)?|processing(\.retry\.(q\.)?[0-9]+ms)?)$'
 rabbitmqctl set_permissions -p "$VHOST" etl-uploader '^$' '^health_data_exchange$' '^$'
 rabbitmqctl set_permissions -p "$VHOST" etl-operator \
   '^$' \
   '^health_data_exchange$' \
-  '^health_data_processing(\.dlq|\.retry\.[0-9]+ms)?$'
+  '^health_data_processing(\.dlq|\.retry\.(q\.)?[0-9]+ms)?$'
 echo "rabbitmq permissions: etl-worker, etl-uploader, etl-operator set on vhost $VHOST"

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=1024)
     prefetch: int = Field(0, ge=0, le=4096)  # 0: same as concurrency
     amqp_heartbeat_s: int = Field(15, ge=0, le=600)
+    # Longest wait for the broker to confirm a retry or dead-letter copy before the
+    # original is nacked back to its queue (never acked without its copy).
+    publish_confirm_timeout_s: float = Field(10.0, gt=0, le=600)
     # A message must carry the file's SHA-256 (content_hash or file_hash); false only
     # together with ETL_IDEMPOTENCY_SCHEME=opaque.
     require_content_hash: bool = True
@@ -72,11 +75,20 @@ class Settings(BaseSettings):
     s3_connect_timeout_s: float = Field(5.0, gt=0)
     s3_read_timeout_s: float = Field(30.0, gt=0)
     s3_client: Literal["obstore", "boto3"] = "obstore"  # GetObject + conditional PutObject
+    # The start-up probe's scratch object (If-None-Match honoured?) lives under this prefix.
+    probe_prefix: str = "_etl/probe/"
+    # true: start even where the store ignores If-None-Match (HEAD then PUT, not atomic).
+    unsafe_no_conditional_writes: bool = False
     bucket: str = "health-data"
     allowed_buckets: str = ""  # empty: only ETL_BUCKET
     raw_prefix: str = "raw/"
     training_prefix: str = "training/"
     quarantine_prefix: str = "quarantine/"
+    # one outcome record per input ({prefix}{idempotency key}.json), the commit point
+    outcome_prefix: str = "outcomes/"
+    # monthly journals (etl-engine compact); outside training/ so that a reader of training/
+    # counts each record once
+    compacted_prefix: str = "compacted/"
 
     # --- dedup ------------------------------------------------------------------------
     dedup_url: str = "sqlite:///data/etl-dedup.sqlite3"  # embedded, one host; redis:// for a fleet
@@ -145,7 +157,8 @@ class Settings(BaseSettings):
                              "(e.g. `openssl rand -hex 32`); empty turns the admin routes off")
         return value
 
-    @field_validator("raw_prefix", "training_prefix", "quarantine_prefix")
+    @field_validator("raw_prefix", "training_prefix", "quarantine_prefix", "compacted_prefix",
+                     "probe_prefix", "outcome_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
         if not value or value.startswith("/") or ".." in value:
@@ -188,6 +201,16 @@ class Settings(BaseSettings):
         if not self.require_content_hash and self.idempotency_scheme != "opaque":
             raise ValueError("ETL_REQUIRE_CONTENT_HASH=false needs ETL_IDEMPOTENCY_SCHEME="
                              "opaque: the upload-service key is derived from the hash")
+        others = (self.raw_prefix, self.training_prefix, self.quarantine_prefix)
+        if any(p.startswith(self.compacted_prefix) or self.compacted_prefix.startswith(p)
+               for p in others):
+            raise ValueError("ETL_COMPACTED_PREFIX must not overlap ETL_RAW_PREFIX, "
+                             "ETL_TRAINING_PREFIX or ETL_QUARANTINE_PREFIX (a reader of one "
+                             "would count the journals' records again)")
+        if any(p.startswith(self.outcome_prefix) or self.outcome_prefix.startswith(p)
+               for p in (*others, self.compacted_prefix)):
+            raise ValueError("ETL_OUTCOME_PREFIX must not overlap the raw, training, "
+                             "quarantine or compacted prefixes")
         return self
 
     # --- derived ----------------------------------------------------------------------
@@ -204,7 +227,9 @@ class Settings(BaseSettings):
         return [int(v) for v in _csv(self.retry_delays_ms)]
 
     def retry_queue_name(self, tier: int) -> str:
-        return f"{self.queue}.retry.{self.retry_delays[tier]}ms"
+        """Quorum delay queue of ``tier`` (".retry.q.": the classic ".retry.{N}ms" queues of
+        older releases cannot be redeclared as quorum queues; adapters/topology.py)."""
+        return f"{self.queue}.retry.q.{self.retry_delays[tier]}ms"
 
     @cached_property
     def allowed_bucket_set(self) -> frozenset[str]:

@@ -128,6 +128,28 @@ async def test_finish_releases_the_lease_and_the_marker_expires(subject: Subject
     assert await store.outcomes(["m-done", "m-short"]) == {"m-done": "processed"}
 
 
+async def test_expired_state_is_gone_for_good(subject: Subject) -> None:
+    """After its TTL a done marker, a lease and an outcome record are gone, and nothing
+    brings them back: not a renewal, a release, a later finish of another key, or a read."""
+    store = subject.store
+    assert await _state(store, "k", "a", 60_000) == "acquired"
+    await store.finish("k", "a", "processed", 1)
+    await store.record_outcomes({"m-old": "processed"}, 1)
+    assert await _state(store, "lease", "a", 500) == "acquired"
+    await subject.advance(1.3)
+    await store.renew(["lease"], "a", 60_000)  # lapsed: not revived
+    await store.release("k", "a")
+    assert await store.outcomes(["m-old"]) == {}
+    assert await store.outcomes(["m-old"]) == {}  # a second read (SQLite deleted it)
+    claim = await store.claim("k", "b", 5000)
+    assert (claim.state, claim.outcome) == ("acquired", None)  # not done, no stale outcome
+    assert await _state(store, "k", "c") == "busy"  # b's fresh lease
+    assert await _state(store, "lease", "c") == "acquired"
+    await store.finish("k", "b", "quarantined", 60)
+    claim = await store.claim("k", "c", 5000)
+    assert (claim.state, claim.outcome) == ("done", "quarantined")
+
+
 async def test_outcomes_by_message_id(subject: Subject) -> None:
     store = subject.store
     assert await store.outcomes([]) == {}

@@ -3,7 +3,8 @@
 This saves work; it is not what makes results exactly-once (the conditional write in
 ``storage`` is). So a store that is down or was flushed costs only repeated work.
 Redis (``redis://``) for a fleet, SQLite (``sqlite:///path``) embedded for one host; both
-are a ``ports.DedupStore`` with the same semantics (``tests/contract/``).
+are a ``ports.DedupStore`` with the same semantics (``tests/contract/``), expiry included:
+Redis expires keys itself, SQLite deletes expired rows when read and in a periodic purge.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -111,113 +115,175 @@ class RedisDedup:
         await self._redis.aclose()
 
 
+_T = TypeVar("_T")
+# Rows deleted per table and purge, so one purge holds the write lock only briefly.
+_PURGE_BATCH = 5000
+# A row's expiry: a row is either a lease (lease_until) or a done marker (done_until).
+_EXPIRY = "COALESCE(done_until, lease_until, 0)"
+
+
 class SqliteDedup:
-    """Embedded store for a single host; several processes may share the file."""
+    """Embedded store for a single host; several processes may share the file.
 
-    def __init__(self, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, owner TEXT,"
-            " lease_until REAL, outcome TEXT, done_until REAL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outcomes (message_id TEXT PRIMARY KEY, outcome TEXT,"
-            " until REAL)"
-        )
-        self._lock = asyncio.Lock()
+    Why a thread: SQLite calls block (a write waits up to ``busy_timeout_s`` for another
+    process's lock), so every call runs on one dedicated thread with its own connection,
+    never on the event loop; one thread also serialises this process's calls. Writes are
+    ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error. Expired rows go when
+    read (a claim replaces them, ``outcomes`` deletes them) and in a purge at most every
+    ``purge_interval_s`` (run from any call, the worker's 5 s ping included).
+    """
 
-    def _claim_sync(self, key: str, owner: str, lease_ms: int) -> Claim:
+    def __init__(self, path: str, *, busy_timeout_s: float = 10.0,
+                 purge_interval_s: float = 60.0) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._purge_interval_s = purge_interval_s
+        self._next_purge = 0.0
+        self._db: sqlite3.Connection | None = None  # opened and used on the thread only
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup-sqlite")
+
+    # --- on the thread --------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, timeout=self._busy_timeout_s,
+                                 isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, owner TEXT,"
+                       " lease_until REAL, outcome TEXT, done_until REAL)")
+            db.execute("CREATE TABLE IF NOT EXISTS outcomes (message_id TEXT PRIMARY KEY,"
+                       " outcome TEXT, until REAL)")
+            db.execute(f"CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup({_EXPIRY})")
+            db.execute("CREATE INDEX IF NOT EXISTS outcomes_expiry ON outcomes(until)")
+            self._db = db
+        return self._db
+
+    def _write(self, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
+        """``fn(db, now)`` in one write transaction: committed, or rolled back on error."""
+        db = self._conn()
         now = time.time()
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            row = cur.execute(
-                "SELECT owner, lease_until, outcome, done_until FROM dedup WHERE key=?", (key,)
-            ).fetchone()
-            if row and row[2] and (row[3] or 0) > now:
-                return Claim("done", row[2])
-            if row and row[0] and (row[1] or 0) > now:
-                return Claim("busy")
-            cur.execute(
-                "INSERT INTO dedup(key, owner, lease_until, outcome, done_until)"
-                " VALUES(?,?,?,NULL,NULL) ON CONFLICT(key) DO UPDATE SET owner=excluded.owner,"
-                " lease_until=excluded.lease_until, outcome=NULL, done_until=NULL",
-                (key, owner, now + lease_ms / 1000.0),
-            )
-            return Claim("acquired")
-        finally:
-            cur.execute("COMMIT")
+        if now >= self._next_purge:
+            self._next_purge = now + self._purge_interval_s
+            self._tx(db, lambda d: self._purge(d, now))
+        return self._tx(db, lambda d: fn(d, now))
 
+    @staticmethod
+    def _tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
+
+    def _purge(self, db: sqlite3.Connection, now: float) -> int:
+        """Delete a batch of expired rows; the next call purges again if there were more."""
+        deleted = 0
+        for table, expiry in (("dedup", _EXPIRY), ("outcomes", "until")):
+            deleted += db.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"
+                f" WHERE {expiry} <= ? LIMIT ?)", (now, _PURGE_BATCH)).rowcount
+        if deleted >= _PURGE_BATCH:
+            self._next_purge = now
+        return deleted
+
+    async def _run(self, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._write, fn)
+
+    # --- the port -------------------------------------------------------------------------
     async def claim(self, key: str, owner: str, lease_ms: int) -> Claim:
-        async with self._lock:
-            return self._claim_sync(key, owner, lease_ms)
+        return await self._run(lambda db, now: _claim(db, now, key, owner, lease_ms))
 
     async def finish(self, key: str, owner: str, outcome: str, done_ttl_s: int,
                      message_id: str | None = None) -> None:
-        async with self._lock:
-            now = time.time()
-            self._db.execute(
+        def finish(db: sqlite3.Connection, now: float) -> None:
+            db.execute(
                 "INSERT INTO dedup(key, owner, lease_until, outcome, done_until)"
                 " VALUES(?,NULL,NULL,?,?) ON CONFLICT(key) DO UPDATE SET owner=NULL,"
                 " lease_until=NULL, outcome=excluded.outcome, done_until=excluded.done_until",
-                (key, outcome, now + done_ttl_s),
-            )
+                (key, outcome, now + done_ttl_s))
             if message_id:
-                self._db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO outcomes(message_id, outcome, until) VALUES(?,?,?)",
                     (message_id, outcome, now + OUTCOME_TTL_S))
 
+        await self._run(finish)
+
     async def release(self, key: str, owner: str) -> None:
-        async with self._lock:
-            self._db.execute(
-                "UPDATE dedup SET owner=NULL, lease_until=NULL WHERE key=? AND owner=?",
-                (key, owner),
-            )
+        """Drop our lease row (a row is a lease or a done marker, never both)."""
+        await self._run(lambda db, now: db.execute(
+            "DELETE FROM dedup WHERE key=? AND owner=? AND outcome IS NULL", (key, owner)))
 
     async def forget(self, key: str) -> None:
-        async with self._lock:
-            self._db.execute("DELETE FROM dedup WHERE key=?", (key,))
+        await self._run(lambda db, now: db.execute("DELETE FROM dedup WHERE key=?", (key,)))
 
     async def renew(self, keys: list[str], owner: str, lease_ms: int) -> None:
         """Extend our live leases; a lapsed one stays lapsed, as in Redis (its key expired),
         so another worker may already be claiming it."""
-        async with self._lock:
-            now = time.time()
-            until = now + lease_ms / 1000.0
-            self._db.executemany(
+        if keys:
+            await self._run(lambda db, now: db.executemany(
                 "UPDATE dedup SET lease_until=? WHERE key=? AND owner=? AND lease_until>?",
-                [(until, k, owner, now) for k in keys],
-            )
+                [(now + lease_ms / 1000.0, k, owner, now) for k in keys]))
 
     async def record_outcomes(self, outcomes: dict[str, str], ttl_s: int) -> None:
-        async with self._lock:
-            until = time.time() + ttl_s
-            self._db.executemany(
+        if outcomes:
+            await self._run(lambda db, now: db.executemany(
                 "INSERT OR REPLACE INTO outcomes(message_id, outcome, until) VALUES(?,?,?)",
-                [(m, o, until) for m, o in outcomes.items()],
-            )
+                [(m, o, now + ttl_s) for m, o in outcomes.items()]))
 
     async def outcomes(self, message_ids: list[str]) -> dict[str, str]:
-        async with self._lock:
-            out: dict[str, str] = {}
-            now = time.time()
-            for i in range(0, len(message_ids), 500):
-                chunk = message_ids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT message_id, outcome FROM outcomes WHERE until > ?"
-                    f" AND message_id IN ({marks})", (now, *chunk)).fetchall()
-                out.update(dict(rows))
-            return out
+        if not message_ids:
+            return {}
+        return await self._run(lambda db, now: _outcomes(db, now, message_ids))
 
     async def ping(self) -> None:
-        self._db.execute("SELECT 1")
+        await self._run(lambda db, now: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        self._db.close()
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        finally:
+            self._thread.shutdown(wait=False)
+
+
+def _claim(db: sqlite3.Connection, now: float, key: str, owner: str, lease_ms: int) -> Claim:
+    """Done? else busy? else take the lease (replacing an expired row: delete on read)."""
+    row = db.execute("SELECT owner, lease_until, outcome, done_until FROM dedup WHERE key=?",
+                     (key,)).fetchone()
+    if row and row[2] and (row[3] or 0) > now:
+        return Claim("done", row[2])
+    if row and row[0] and (row[1] or 0) > now:
+        return Claim("busy")
+    db.execute(
+        "INSERT INTO dedup(key, owner, lease_until, outcome, done_until)"
+        " VALUES(?,?,?,NULL,NULL) ON CONFLICT(key) DO UPDATE SET owner=excluded.owner,"
+        " lease_until=excluded.lease_until, outcome=NULL, done_until=NULL",
+        (key, owner, now + lease_ms / 1000.0))
+    return Claim("acquired")
+
+
+def _outcomes(db: sqlite3.Connection, now: float, message_ids: list[str]) -> dict[str, str]:
+    """Live outcomes of ``message_ids``; the expired ones among them are deleted."""
+    out: dict[str, str] = {}
+    for i in range(0, len(message_ids), 500):
+        chunk = message_ids[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = db.execute(f"SELECT message_id, outcome, until FROM outcomes"
+                          f" WHERE message_id IN ({marks})", chunk).fetchall()
+        out.update((m, o) for m, o, until in rows if until > now and o)
+        expired = [(m,) for m, _, until in rows if until <= now]
+        if expired:
+            db.executemany("DELETE FROM outcomes WHERE message_id=?", expired)
+    return out
 
 
 def open_store(url: str, prefix: str) -> DedupStore:

@@ -1,17 +1,25 @@
-"""Announce uploads: optional upload to ``raw/``, then a confirmed, mandatory publish."""
+"""Announce uploads: optional upload to ``raw/``, then a confirmed, mandatory publish.
+
+``ConfirmGate`` is the one way this code publishes a message it must not lose (the
+worker's retry and dead-letter copies, announcements): confirmed, mandatory, a bounded
+wait, and every way it can fail as one ``PublishFailed`` with a ``PublishFailure``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 from opentelemetry.trace import SpanKind
 
@@ -103,14 +111,106 @@ def upload_bytes(
     return describe_upload(settings, record_type, key, data, user_id)
 
 
+class PublishFailure(StrEnum):
+    """Why the broker did not take a copy (the settle_failed log line's reason)."""
+
+    CONFIRM_TIMEOUT = "confirm_timeout"  # no confirm in time (memory alarm, stuck leader)
+    NACKED = "nacked"  # the broker refused it (e.g. a queue at its limit)
+    UNROUTABLE = "unroutable"  # returned: no queue bound for the routing key
+    CHANNEL_CLOSED = "channel_closed"  # the channel or connection went away
+    ERROR = "publish_error"  # anything else (e.g. a header that does not encode)
+
+
+class PublishFailed(aiormq.exceptions.DeliveryError):
+    """The copy is not known to be in a queue: the caller must keep the original.
+
+    A ``DeliveryError`` so callers that caught aio-pika's nack and return errors still do.
+    """
+
+    def __init__(self, reason: PublishFailure, routing_key: str = "") -> None:
+        super().__init__(None, None)  # type: ignore[arg-type]
+        self.failure = reason  # not .reason: AMQPError's repr uses that
+        self.routing_key = routing_key
+
+    def __str__(self) -> str:
+        return f"publish to {self.routing_key!r} failed: {self.failure.value}"
+
+    __repr__ = __str__
+
+
+class ConfirmGate:
+    """Confirmed, mandatory publishes with a bounded confirm wait.
+
+    aiormq matches a ``basic.return`` to its publish by the message id, so two publishes
+    of one id in flight on a channel can swap outcomes: the returned one then reads as
+    confirmed and its original would be acked without a copy. The gate lets one publish
+    per message id be in flight at a time. (A publish abandoned at the timeout can still
+    be returned later and fail the next one of its id: a false failure, which only
+    requeues, never a false success.)
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def _one_per_id(self, message_id: str | None) -> AsyncIterator[None]:
+        if not message_id:  # aiormq gives it a random id of its own
+            yield
+            return
+        lock = self._locks.setdefault(message_id, asyncio.Lock())
+        self._waiting[message_id] = self._waiting.get(message_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiting[message_id] -= 1
+            if not self._waiting[message_id]:
+                del self._waiting[message_id], self._locks[message_id]
+
+    async def publish(self, exchange: aio_pika.abc.AbstractExchange,
+                      message: aio_pika.abc.AbstractMessage, routing_key: str) -> None:
+        """Return once the broker confirmed the message into a queue; else raise
+        ``PublishFailed``."""
+        async with self._one_per_id(message.message_id):
+            try:
+                result = await exchange.publish(message, routing_key=routing_key,
+                                                mandatory=True, timeout=self.timeout_s)
+            except aiormq.exceptions.PublishError as exc:
+                raise PublishFailed(PublishFailure.UNROUTABLE, routing_key) from exc
+            except aiormq.exceptions.DeliveryError as exc:
+                raise PublishFailed(PublishFailure.NACKED, routing_key) from exc
+            except TimeoutError as exc:
+                raise PublishFailed(PublishFailure.CONFIRM_TIMEOUT, routing_key) from exc
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                raise PublishFailed(_closed_or_error(exc), routing_key) from exc
+            except Exception as exc:
+                raise PublishFailed(PublishFailure.ERROR, routing_key) from exc
+        if not isinstance(result, aiormq.spec.Basic.Ack):
+            # A return without on_return_raises, or a channel without confirms.
+            raise PublishFailed(PublishFailure.UNROUTABLE if result is not None
+                                else PublishFailure.ERROR, routing_key)
+
+
+def _closed_or_error(exc: BaseException) -> PublishFailure:
+    closed = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ChannelClosed,
+              aiormq.exceptions.ConnectionClosed, aiormq.exceptions.AMQPConnectionError,
+              ConnectionError)
+    return PublishFailure.CHANNEL_CLOSED if isinstance(exc, closed) else PublishFailure.ERROR
+
+
 class Publisher:
-    """A confirmed-publish channel. ``mandatory`` makes an unroutable message an error."""
+    """A confirmed-publish channel. ``mandatory`` makes an unroutable message an error
+    (``PublishFailed``, a ``DeliveryError``), so does a confirm that does not come within
+    ``ETL_PUBLISH_CONFIRM_TIMEOUT_S``."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._gate = ConfirmGate(settings.publish_confirm_timeout_s)
 
     async def __aenter__(self) -> Publisher:
         self._conn = await aio_pika.connect(
@@ -166,7 +266,7 @@ class Publisher:
                 timestamp=datetime.now(UTC),
                 headers=hdrs,
             )
-            await self._exchange.publish(msg, routing_key=rk, mandatory=True)
+            await self._gate.publish(self._exchange, msg, rk)
 
     async def publish_many(
         self, bodies: Sequence[dict[str, Any]], *, window: int = 256,

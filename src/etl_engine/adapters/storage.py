@@ -9,16 +9,24 @@ runs on a thread pool sized to the worker's concurrency. ``ETL_S3_CLIENT=boto3``
 hot path through boto3 too. ``AsyncStorage`` is the ``ports.ObjectStore`` the runtime sees.
 
 Each client's failures are read in one place (``_boto_error``, ``_obstore_error``) into the
-same error taxonomy, and a server without conditional writes gets one fallback
-(``Storage.put_unless_exists``) whichever client asked.
+same error taxonomy. A 409 (``ConditionalRequestConflict``: a competing conditional write is
+in flight) is ``storage_conflict``, a retry, from every call, never "already exists".
+
+The conditional create is what makes results exactly-once, so the worker checks at start
+that the store honours ``If-None-Match: *`` (``check_conditional_writes``) and refuses to
+start where it does not. Only under ``ETL_UNSAFE_NO_CONDITIONAL_WRITES=true`` does it fall
+back to HEAD-then-PUT (``Storage.put_unless_exists``, not atomic), whichever client asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
+import enum
 import hashlib
+import http.client
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +36,7 @@ from typing import Any, TypeVar
 import boto3
 import obstore
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from obstore.exceptions import (
     AlreadyExistsError,
     PermissionDeniedError,
@@ -36,14 +44,19 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 from opentelemetry.trace import SpanKind
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from etl_engine.adapters.ports import Download
-from etl_engine.errors import EtlError, PermanentError, TransientError
+from etl_engine.errors import Disposition, EtlError, PermanentError, TransientError, classify
 from etl_engine.observability import metrics, telemetry
-from etl_engine.settings import Settings
+from etl_engine.observability.logs import get_logger
+from etl_engine.settings import ConfigError, Settings
 
-__all__ = ["AsyncStorage", "Download", "HotPath", "Storage", "make_client", "make_hot_path",
-           "safe_metadata"]
+__all__ = ["PROBE_KEY", "AsyncStorage", "ConditionalWrites", "Download", "HotPath", "Storage",
+           "check_conditional_writes", "make_client", "make_hot_path",
+           "probe_conditional_writes", "safe_metadata"]
+
+log = get_logger("etl.storage")
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _EXISTS = {"PreconditionFailed", "412"}
@@ -54,6 +67,8 @@ _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>")
 _T = TypeVar("_T")
+# A body cut short: what urllib3/botocore raise mid-read (the connection closed or timed out).
+_STREAM_ERRORS = (BotoCoreError, Urllib3Error, http.client.HTTPException, OSError)
 
 
 def safe_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -108,6 +123,10 @@ def _boto_error(exc: ClientError, stage: str, *, names_object: bool = True) -> E
     code, status = _code(exc), _status(exc)
     if code in _MISSING and names_object:
         return PermanentError("object_missing", stage=stage)
+    if code in _CONFLICT or status == 409:
+        # Not "exists" and not a bad file: a competing write was in flight (a copy or a
+        # quarantine write too). The object may never appear, so the message is retried.
+        return TransientError("storage_conflict", code, stage=stage)
     if status >= 500 or status in (408, 429) or code in {"SlowDown", "RequestTimeout"}:
         return TransientError("storage_unavailable", code, stage=stage)
     if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
@@ -121,6 +140,9 @@ class Storage:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        # Set only by ``check_conditional_writes`` under ETL_UNSAFE_NO_CONDITIONAL_WRITES:
+        # the store does not honour If-None-Match, creates are HEAD-then-PUT (not atomic).
+        self.unsafe_check_then_put = False
 
     def _call(self, stage: str, operation: str, /, **params: Any) -> Any:
         """One client call; a refusal is raised in the error taxonomy."""
@@ -148,6 +170,8 @@ class Storage:
             raise PermanentError("object_too_large", stage="download")
         try:
             body = stream.read(max_bytes + 1)
+        except _STREAM_ERRORS:
+            raise TransientError("download_incomplete", stage="download") from None
         finally:
             stream.close()
         if len(body) > max_bytes:
@@ -163,11 +187,11 @@ class Storage:
         metadata: dict[str, str],
     ) -> bool:
         """Create ``key`` unless it exists. False means another writer got there first."""
-        created = self.create(bucket, key, body, content_type=content_type, metadata=metadata)
-        if created is None:
+        if self.unsafe_check_then_put:
             return self.put_unless_exists(bucket, key, body, content_type=content_type,
                                           metadata=metadata)
-        return created
+        return _created(self.create(bucket, key, body, content_type=content_type,
+                                    metadata=metadata))
 
     def create(self, bucket: str, key: str, body: bytes, *, content_type: str,
                metadata: dict[str, str]) -> bool | None:
@@ -183,20 +207,21 @@ class Storage:
                 IfNoneMatch="*",
             )
         except ClientError as exc:
-            if _code(exc) in _CONFLICT or _status(exc) == 409:
+            if _code(exc) in _CONFLICT or _status(exc) == 409:  # in flight: never "exists"
                 raise TransientError("storage_conflict", stage="write") from None
             if _code(exc) in _EXISTS or _status(exc) == 412:
                 return False
-            if _code(exc) == "NotImplemented":
+            if _code(exc) == "NotImplemented" or _status(exc) == 501:
                 return None
             raise _boto_error(exc, "write") from None
         return True
 
     def put_unless_exists(self, bucket: str, key: str, body: bytes, *, content_type: str,
                           metadata: dict[str, str]) -> bool:
-        """The conditional create for servers without conditional writes (either client's
-        fallback): same key + deterministic content means a racing second PUT rewrites
-        identical bytes, never a second object."""
+        """The create for stores without conditional writes, used only under
+        ETL_UNSAFE_NO_CONDITIONAL_WRITES (either client): a HEAD then a PUT, not atomic. Same
+        key + deterministic content means a racing second PUT mostly rewrites identical
+        bytes; a second run whose outcome differs can overwrite."""
         if self.exists(bucket, key):
             return False
         self._call("write", "put_object", Bucket=bucket, Key=key, Body=body,
@@ -224,9 +249,14 @@ class Storage:
         return True
 
     def get(self, bucket: str, key: str) -> bytes:
+        """The whole object; a body cut short is ``download_incomplete`` (botocore checks
+        the length read against Content-Length), never returned short."""
         resp = self._call("get", "get_object", Bucket=bucket, Key=key)
-        with resp["Body"] as stream:
-            return bytes(stream.read())
+        try:
+            with resp["Body"] as stream:
+                return bytes(stream.read())
+        except _STREAM_ERRORS:
+            raise TransientError("download_incomplete", stage="get") from None
 
     def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -374,14 +404,24 @@ class HotPath:
                                         attributes=attributes,  # type: ignore[arg-type]
                                         use_multipart=False)
             except AlreadyExistsError as exc:
-                if _obstore_status(exc, key) == 409:
+                if _obstore_status(exc, key) == 409 or _obstore_code(exc, key) in _CONFLICT:
                     raise TransientError("storage_conflict", stage="write") from None
                 return False
             except Exception as exc:
-                if _obstore_code(exc, key) == "NotImplemented":
+                if _obstore_code(exc, key) == "NotImplemented" \
+                        or _obstore_status(exc, key) == 501:
                     return None
                 raise _obstore_error(exc, "write", key) from None
         return True
+
+
+def _created(answer: bool | None) -> bool:
+    """A conditional create's answer; a 501 (no conditional writes) is refused here: the
+    start-up check allows the HEAD-then-PUT fallback only under the unsafe setting. A
+    retry, not a quarantine: the file is fine, the store is not (the DLQ after the last)."""
+    if answer is None:
+        raise TransientError("conditional_writes_unsupported", stage="write")
+    return answer
 
 
 def make_hot_path(settings: Settings, *, pool: int | None = None) -> HotPath | None:
@@ -414,18 +454,23 @@ class AsyncStorage:
         metrics.BYTES_DOWNLOADED.inc(dl.size)  # counted here: quarantined files count too
         return dl
 
+    async def create(self, bucket: str, key: str, body: bytes, *, content_type: str,
+                     metadata: dict[str, str]) -> bool | None:
+        """The conditional create on the hot-path client, no fallback: True created, False
+        it exists, None the server has no conditional writes (501)."""
+        if self.hot is not None:
+            return await self.hot.create(bucket, key, body, content_type=content_type,
+                                         metadata=metadata)
+        return await self.call(self.sync.create, bucket, key, body,
+                               content_type=content_type, metadata=metadata)
+
     async def put_if_absent(self, bucket: str, key: str, body: bytes, *, content_type: str,
                             metadata: dict[str, str]) -> bool:
-        if self.hot is not None:
-            created = await self.hot.create(bucket, key, body, content_type=content_type,
-                                            metadata=metadata)
-        else:
-            created = await self.call(self.sync.create, bucket, key, body,
-                                      content_type=content_type, metadata=metadata)
-        if created is None:  # no conditional writes on this server
+        if self.sync.unsafe_check_then_put:  # ETL_UNSAFE_NO_CONDITIONAL_WRITES, see check
             return await self.call(self.sync.put_unless_exists, bucket, key, body,
                                    content_type=content_type, metadata=metadata)
-        return created
+        return _created(await self.create(bucket, key, body, content_type=content_type,
+                                          metadata=metadata))
 
     async def put(self, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
         await self.call(self.sync.put, bucket, key, body, content_type=content_type)
@@ -441,3 +486,87 @@ class AsyncStorage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- the start-up check: does the store honour If-None-Match? --------------------------
+PROBE_KEY = "conditional-write-probe"
+
+
+class ConditionalWrites(enum.StrEnum):
+    """The probe's verdict on the store."""
+
+    HONOURED = "honoured"  # the second create was refused (412)
+    IGNORED = "ignored"  # the second create overwrote: If-None-Match is ignored
+    NOT_IMPLEMENTED = "not_implemented"  # 501 to If-None-Match
+
+
+async def probe_conditional_writes(storage: AsyncStorage, bucket: str, prefix: str
+                                   ) -> ConditionalWrites:
+    """Create ``{prefix}conditional-write-probe`` twice with ``If-None-Match: *``, on the
+    worker's own hot-path client; the second create must be refused.
+
+    Why a fixed key, never deleted: the worker needs only PutObject under the prefix (no
+    DeleteObject), one 6-byte object per bucket stays, and a store that honours the header
+    refuses even the first create once it exists. Errors are raised in the taxonomy
+    (a 409 from a worker starting at the same moment is ``storage_conflict``).
+    """
+    key = f"{prefix}{PROBE_KEY}"
+    answers = [await storage.create(bucket, key, b"probe\n", content_type="text/plain",
+                                    metadata={"etl-probe": "conditional-write"})
+               for _ in range(2)]
+    if None in answers:
+        return ConditionalWrites.NOT_IMPLEMENTED
+    return ConditionalWrites.IGNORED if answers[1] else ConditionalWrites.HONOURED
+
+
+async def check_conditional_writes(storage: AsyncStorage, settings: Settings, *,
+                                   stop: asyncio.Event | None = None
+                                   ) -> ConditionalWrites | None:
+    """The worker's start-up gate: raise ``ConfigError`` (exit 2) unless the store honours
+    ``If-None-Match: *``, or ETL_UNSAFE_NO_CONDITIONAL_WRITES=true accepts HEAD-then-PUT
+    (logged loudly, and ``storage`` switched to it). Waits while the store cannot answer
+    (down, access denied: retried until ``stop``); None if stopped before an answer."""
+    verdict = await _probe_until_answered(storage, settings, stop)
+    if verdict is None or verdict is ConditionalWrites.HONOURED:
+        if verdict is not None:
+            log.info("conditional_writes_honoured", bucket=settings.bucket)
+        return verdict
+    if not settings.unsafe_no_conditional_writes:
+        raise ConfigError(
+            f"ETL_UNSAFE_NO_CONDITIONAL_WRITES: the object store does not honour "
+            f"If-None-Match: * (probe under ETL_PROBE_PREFIX in ETL_BUCKET: {verdict}); "
+            "results would not be exactly-once. Use a store with conditional writes (AWS "
+            "S3, a current MinIO), or set ETL_UNSAFE_NO_CONDITIONAL_WRITES=true to accept "
+            "a HEAD-then-PUT that a race can overwrite")
+    storage.sync.unsafe_check_then_put = True
+    log.warning("unsafe_no_conditional_writes", verdict=str(verdict), bucket=settings.bucket,
+                hint="ETL_UNSAFE_NO_CONDITIONAL_WRITES=true: results are written HEAD-then-"
+                     "PUT, not atomic; concurrent or repeated runs can overwrite a result")
+    return verdict
+
+
+async def _probe_until_answered(storage: AsyncStorage, settings: Settings,
+                                stop: asyncio.Event | None) -> ConditionalWrites | None:
+    """The probe, retried with backoff while the store cannot answer; a refusal that no
+    retry fixes (no such bucket, a rejected request) is a configuration error."""
+    delay = 0.5
+    while stop is None or not stop.is_set():
+        try:
+            return await probe_conditional_writes(storage, settings.bucket,
+                                                  settings.probe_prefix)
+        except Exception as exc:
+            disposition, reason = classify(exc)
+            if disposition is not Disposition.RETRY:
+                detail = getattr(exc, "detail", "")
+                raise ConfigError(
+                    f"ETL_BUCKET: the start-up probe could not write under ETL_PROBE_PREFIX "
+                    f"({reason}{': ' + detail if detail else ''})") from None
+            log.warning("storage_probe_retry", reason=reason, retry_in=delay,
+                        hint="the worker needs s3:PutObject under ETL_PROBE_PREFIX")
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 5.0)
+    return None

@@ -108,8 +108,9 @@ def span(
     name: str, *, kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None, parent: otel_context.Context | None = None,
 ) -> Iterator[trace.Span | None]:
-    """A current span, or ``None`` when tracing is off. Errors: class name only."""
-    if _tracer is None:
+    """A current span, or ``None`` when tracing is off or quieted (``quiet``). Errors:
+    class name only."""
+    if _tracer is None or not _instrumentation_enabled():
         yield None
         return
     with _tracer.start_as_current_span(
@@ -137,6 +138,12 @@ def stage_span(name: str) -> contextlib.AbstractContextManager[Any]:
 def pipeline_hook() -> Any:
     """``stage_span`` when tracing is on, else ``None`` (the pipeline then skips spans)."""
     return stage_span if _tracer is not None else None
+
+
+def _instrumentation_enabled() -> bool:
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    return bool(is_instrumentation_enabled())
 
 
 def quiet() -> contextlib.AbstractContextManager[Any]:

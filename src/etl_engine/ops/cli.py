@@ -12,9 +12,13 @@ from collections import Counter
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from etl_engine import __version__
 from etl_engine.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # imported when a command runs: `etl-engine --help` stays light
+    from etl_engine.adapters.storage import Storage
 
 
 def _settings() -> Settings:
@@ -167,20 +171,30 @@ def _progress(label: str, done: int, total: int) -> None:
 # --- compact ---------------------------------------------------------------------------
 def cmd_compact(args: argparse.Namespace) -> int:
     from etl_engine.adapters.storage import Storage, make_client
-    from etl_engine.ops.compact import compact_month
+    from etl_engine.ops.compact import CompactionContended, compact_month, legacy_journals
+    from etl_engine.ops.conditional import Unsupported
 
     s = _settings()
+    storage = Storage(make_client(s))
     try:
-        done = compact_month(Storage(make_client(s)), s, args.month)
+        done = compact_month(storage, s, args.month)
     except ValueError as exc:
         print(f"etl-engine compact: {exc}", file=sys.stderr)
         return 2
+    except (CompactionContended, Unsupported) as exc:
+        print(f"etl-engine compact: {exc}", file=sys.stderr)
+        return 1
     for r in done:
         note = (f"  ({r.superseded} replaced by a later export of the same day)"
                 if r.superseded else "")
-        print(f"{r.category:<24} {r.records:>7} records  {r.bytes:>10} bytes  {r.key}{note}")
+        print(f"{r.category:<24} {r.records:>7} records  {r.bytes:>10} bytes  "
+              f"{r.inputs:>6} inputs  {r.state:<9}  {r.key}{note}")
     if not done:
         print(f"no training records for {args.month}")
+    for key in legacy_journals(storage, s, args.month):
+        print(f"etl-engine compact: an older journal is still under {s.training_prefix}: {key} "
+              f"(a reader of {s.training_prefix} counts its records twice; delete it)",
+              file=sys.stderr)
     return 0
 
 
@@ -247,7 +261,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if not args.all and not args.ids:
         print("etl-engine dlq replay: give message ids or --all", file=sys.stderr)
         return 2
-    done = asyncio.run(dlq.replay(s, None if args.all else args.ids))
+    from etl_engine.adapters.storage import Storage, make_client
+
+    done = asyncio.run(dlq.replay(s, None if args.all else args.ids, Storage(make_client(s))))
     for key, rk in done:
         _say(f"replayed {key} -> {s.exchange} {rk}")
     missing = [] if args.all else sorted(set(args.ids) - {k for k, _ in done})
@@ -282,10 +298,40 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             return 1
         _say_json(reason if args.reveal else q.masked(reason), indent=True)
         return 0
-    results = asyncio.run(q.release(s, storage, args.keys))
-    for key, result in results:
-        _say(f"{result}: {key}")
-    return 0 if all(r == "released" for _, r in results) else 1
+    return _release(s, storage, args)
+
+
+def _release(s: Settings, storage: Storage, args: argparse.Namespace) -> int:
+    """``quarantine release``: only against the fleet's dedup store (see ``_fleet_dedup``)."""
+    from etl_engine.ops import quarantine as q
+
+    s = _fleet_dedup(s, args.dedup_url)
+    results = asyncio.run(q.release(s, storage, args.keys, timeout_s=args.timeout,
+                                    check_dedup=not args.skip_dedup_check))
+    for r in results:
+        _say(f"{r.status}: {r.key}" + (f"  ({r.detail})" if r.detail else ""))
+    return 0 if all(r.status is q.ReleaseStatus.RELEASED for r in results) else 1
+
+
+def _fleet_dedup(s: Settings, dedup_url: str) -> Settings:
+    """Release clears the input's done-marker: in any store but the workers' it would clear
+    nothing, and they would answer ``duplicate``. So the store must be named (unset, the
+    code's default is a local SQLite file no worker of a fleet reads); that it is the
+    workers' store is then checked per key by asking it (``quarantine.known_to_store``)."""
+    if dedup_url:
+        try:
+            return load_settings(dedup_url=dedup_url)
+        except ConfigError as exc:
+            print(f"etl-engine quarantine release: --dedup-url: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    default = type(s).model_fields["dedup_url"].default
+    if "dedup_url" not in s.model_fields_set or s.dedup_url == default:
+        print("etl-engine quarantine release: ETL_DEDUP_URL is not set (or is the default "
+              f"local {default}): set it to the workers' dedup store, or pass --dedup-url URL. "
+              "Release clears the input's done-marker there; in another store it clears "
+              "nothing and the workers answer duplicate.", file=sys.stderr)
+        raise SystemExit(2)
+    return s
 
 
 # --- config -----------------------------------------------------------------------------
@@ -388,8 +434,17 @@ def _add_quarantine_parser(sub: argparse._SubParsersAction) -> None:
     qa_show.add_argument("key", help="quarantine key (with or without the prefix; the "
                          "masked key from list works too)")
     _reveal_argument(qa_show)
-    qa_rel = qa_sub.add_parser("release", help="clear dedup, re-publish, delete the copy")
+    qa_rel = qa_sub.add_parser("release", help="clear dedup, re-publish, wait for the new "
+                               "outcome, then delete the copy (kept if quarantined again)")
     qa_rel.add_argument("keys", nargs="+", metavar="KEY")
+    qa_rel.add_argument("--timeout", "--wait", dest="timeout", type=float, default=120.0,
+                        metavar="SECONDS", help="how long to wait for the new outcomes "
+                        "(default 120); on timeout the quarantine is kept")
+    qa_rel.add_argument("--dedup-url", default="", metavar="URL",
+                        help="the workers' dedup store (default: ETL_DEDUP_URL, required)")
+    qa_rel.add_argument("--skip-dedup-check", action="store_true",
+                        help="release even when the dedup store has no record of the input "
+                        "(only after the fleet's store was flushed)")
     qa.set_defaults(fn=cmd_quarantine)
 
 

@@ -1,9 +1,23 @@
 """Monthly compaction: one sorted JSONL journal per training category and month.
 
 Reads the per-message objects ``training/{category}/{YYYY}/{MM}/{DD}/*.jsonl`` and writes
-``training/{category}/{YYYY}/{MM}/health_journal_{YYYY}_{MM}.jsonl``. Lines are sorted by
-(period start, idempotency key, line), so running it twice writes the same bytes. The
-per-message objects are left in place: they stay the exactly-once record of each input.
+``{ETL_COMPACTED_PREFIX}{category}/{YYYY}/{MM}/health_journal_{YYYY}_{MM}.jsonl``
+(``compacted/`` by default): outside ``training/``, so a reader of ``training/`` counts each
+record once. Lines are sorted by (period start, idempotency key, line), so the same inputs
+give the same bytes. The per-message objects are left in place: they stay the exactly-once
+record of each input.
+
+Safe to run twice and concurrently. A journal says which inputs it covers, in its S3 user
+metadata: ``inputs`` (count), ``inputs-sha256`` (digest of the sorted input keys),
+``last-input`` and ``records``. A run lists the inputs; when the digest matches, the journal is
+already complete and nothing is written. Otherwise it rebuilds the journal from every input
+(never appends, so no record twice) and writes it with a precondition: ``If-None-Match: *``
+for a new journal, ``If-Match: <etag read at the start>`` to replace one. Of two concurrent
+runs only one write can succeed; the other re-reads and finds the journal complete, or
+rebuilds. After a write the inputs are listed again, and inputs written during the run get
+another round, so later writes are not left out (an input written after the run ends is
+added by the next run: the digest no longer matches). S3 replaces an object atomically, so a
+reader always sees one complete snapshot.
 
 Later exports of the same day: the app exports a day while it is still going, so one day
 can have a partial record (exported at 10 a.m.) and a later, complete one. Per subject,
@@ -18,18 +32,34 @@ be told apart.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
+from etl_engine import __version__
 from etl_engine.adapters.storage import Storage
 from etl_engine.domain.record_types import TRAINING_CATEGORY
+from etl_engine.ops import conditional
 from etl_engine.settings import Settings
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+# Rounds per category: a write that lost to a concurrent run, or inputs written meanwhile,
+# cost one more; a journal still contended after this many is reported, never half-written.
+MAX_ROUNDS = 8
+
+
+class JournalState(StrEnum):
+    WRITTEN = "written"  # this run wrote (created or replaced) the journal
+    UNCHANGED = "unchanged"  # the journal already covered exactly these inputs
+
+
+class CompactionContended(RuntimeError):
+    """Other runs kept replacing the journal (or inputs kept arriving): run it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +69,36 @@ class CompactResult:
     records: int
     bytes: int
     superseded: int = 0  # records replaced by a later export of the same days
+    inputs: int = 0  # per-input objects the journal covers
+    state: JournalState = JournalState.WRITTEN
+
+
+@dataclass(frozen=True, slots=True)
+class _Coverage:
+    """What an existing journal covers (its metadata) and which version it is (ETag)."""
+
+    etag: str
+    digest: str
+    inputs: int
+    records: int
+    size: int
 
 
 def journal_key(settings: Settings, category: str, year: str, month: str) -> str:
+    return (f"{settings.compacted_prefix}{category}/{year}/{month}/"
+            f"health_journal_{year}_{month}.jsonl")
+
+
+def legacy_journal_key(settings: Settings, category: str, year: str, month: str) -> str:
+    """Where journals were written before ETL_COMPACTED_PREFIX: under training/, where a
+    recursive reader counts their records a second time (delete them)."""
     return (f"{settings.training_prefix}{category}/{year}/{month}/"
             f"health_journal_{year}_{month}.jsonl")
+
+
+def inputs_digest(keys: list[str]) -> str:
+    """SHA-256 of the sorted input keys: equal digests, same inputs (they are write-once)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
 def _sort_key(line: bytes) -> tuple[str, str, bytes]:
@@ -158,6 +213,70 @@ def _days_lost(metas: list[dict[str, Any]], winners: dict[_DayKey, int],
     return lost
 
 
+def _input_keys(storage: Storage, settings: Settings, prefix: str) -> list[str]:
+    """The per-input records of a month: ``{prefix}{DD}/{name}.jsonl``, sorted."""
+    depth = prefix.count("/") + 1
+    return sorted(k for k in storage.list_keys(settings.bucket, prefix)
+                  if k.endswith(".jsonl") and k.count("/") == depth)
+
+
+def _coverage(storage: Storage, settings: Settings, key: str) -> _Coverage | None:
+    found = conditional.head(storage, settings.bucket, key)
+    if found is None:
+        return None
+    meta = found.metadata
+    return _Coverage(found.etag, meta.get("inputs-sha256", ""), _int(meta.get("inputs")),
+                     _int(meta.get("records")), found.size)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _build(storage: Storage, settings: Settings, inputs: list[str]) -> tuple[bytes, int, int]:
+    """(journal body, records kept, records superseded) from every input."""
+    lines: list[bytes] = []
+    for key in inputs:
+        body = storage.get(settings.bucket, key)
+        lines.extend(ln for ln in body.splitlines() if ln.strip())
+    kept, superseded = latest_exports(lines)
+    merged = sorted(kept, key=_sort_key)
+    return b"\n".join(merged) + b"\n", len(merged), superseded
+
+
+def compact_category(storage: Storage, settings: Settings, category: str, year: str,
+                     month: str) -> CompactResult | None:
+    """One category's journal for a month (see the module docstring); None: no inputs."""
+    prefix = f"{settings.training_prefix}{category}/{year}/{month}/"
+    target = journal_key(settings, category, year, month)
+    written: CompactResult | None = None
+    for _ in range(MAX_ROUNDS):
+        current = _coverage(storage, settings, target)
+        inputs = _input_keys(storage, settings, prefix)
+        if not inputs:
+            return written
+        digest = inputs_digest(inputs)
+        if current is not None and current.digest == digest:
+            return written or CompactResult(category, target, current.records, current.size,
+                                            inputs=current.inputs,
+                                            state=JournalState.UNCHANGED)
+        body, records, superseded = _build(storage, settings, inputs)
+        meta = {"inputs": str(len(inputs)), "inputs-sha256": digest,
+                "last-input": inputs[-1], "records": str(records),
+                "compacted-by": f"etl-engine-{__version__}"}
+        etag = conditional.put(storage, settings.bucket, target, body,
+                               replaces=current.etag if current else None,
+                               content_type="application/x-ndjson", metadata=meta)
+        if etag is not None:
+            written = CompactResult(category, target, records, len(body), superseded,
+                                    inputs=len(inputs))
+        # Either way, look again: inputs written meanwhile, or the run that won the race.
+    raise CompactionContended(f"{target}: still changing after {MAX_ROUNDS} rounds; run again")
+
+
 def compact_month(storage: Storage, settings: Settings, month: str) -> list[CompactResult]:
     match = _MONTH.match(month)
     if not match:
@@ -165,20 +284,18 @@ def compact_month(storage: Storage, settings: Settings, month: str) -> list[Comp
     year, mon = match.groups()
     out: list[CompactResult] = []
     for category in sorted(set(TRAINING_CATEGORY.values())):
-        prefix = f"{settings.training_prefix}{category}/{year}/{mon}/"
-        target = journal_key(settings, category, year, mon)
-        lines: dict[str, list[bytes]] = defaultdict(list)
-        for key in storage.list_keys(settings.bucket, prefix):
-            if key == target or not key.endswith(".jsonl") or key.count("/") != prefix.count(
-                    "/") + 1:
-                continue
-            body = storage.get(settings.bucket, key)
-            lines[key] = [ln for ln in body.splitlines() if ln.strip()]
-        if not lines:
-            continue
-        kept, superseded = latest_exports([ln for group in lines.values() for ln in group])
-        merged = sorted(kept, key=_sort_key)
-        body = b"\n".join(merged) + b"\n"
-        storage.put(settings.bucket, target, body, content_type="application/x-ndjson")
-        out.append(CompactResult(category, target, len(merged), len(body), superseded))
+        result = compact_category(storage, settings, category, year, mon)
+        if result is not None:
+            out.append(result)
     return out
+
+
+def legacy_journals(storage: Storage, settings: Settings, month: str) -> list[str]:
+    """Journals an older version left under training/ for ``month`` (to be deleted)."""
+    match = _MONTH.match(month)
+    if not match:
+        raise ValueError("month must look like YYYY-MM")
+    year, mon = match.groups()
+    keys = (legacy_journal_key(settings, c, year, mon)
+            for c in sorted(set(TRAINING_CATEGORY.values())))
+    return [k for k in keys if storage.exists(settings.bucket, k)]

@@ -6,6 +6,15 @@ this process dies halfway. Replay publishes a copy to the work exchange with pub
 confirms and acks the DLQ copy only once the broker confirmed the copy; a crash in
 between leaves both, and the idempotency key (kept, like ``traceparent``) turns the
 second one into a duplicate. So replaying twice is safe.
+
+The copy is the same message: its body bytes (idempotency key, user, content hash: the
+binding the worker checks), message id and correlation id are kept; only the failure
+headers are dropped and the attempt reset. The input's outcome record says
+``dead_letter``, and a worker obeys a record (it would answer ``duplicate`` and the input
+would end with no outcome once the DLQ copy is acked), so before publishing, replay
+deletes that record (only the version read, and only when it is bound to this very
+message: a key-conflict newcomer never reopens the first input's outcome) and its DLQ
+marker. A crash after that leaves the DLQ copy unacked: the input still has its entry.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry.trace import SpanKind
 
+from etl_engine.adapters.storage import Storage, make_client
 from etl_engine.adapters.topology import (
     ATTEMPT_HEADER,
     LEASE_WAIT_HEADER,
@@ -29,9 +39,12 @@ from etl_engine.adapters.topology import (
     STAGE_HEADER,
     copy_message,
 )
+from etl_engine.domain import outcomes, registry
+from etl_engine.domain.messages import HealthDataMessage, parse_message
 from etl_engine.domain.messages import routing_key as make_routing_key
+from etl_engine.errors import PoisonMessage
 from etl_engine.observability import telemetry
-from etl_engine.ops import display
+from etl_engine.ops import conditional, display
 from etl_engine.settings import Settings
 
 ROUTING_PREFIX = "health.processing."
@@ -227,7 +240,45 @@ def replay_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
     return headers
 
 
-async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, str]]:
+def _parsed(settings: Settings, message: AbstractIncomingMessage) -> HealthDataMessage | None:
+    """The body as the worker parses it (same checks); None for a message it refuses."""
+    try:
+        return parse_message(
+            message.body, amqp_message_id=message.message_id,
+            allowed_buckets=settings.allowed_bucket_set, supported_types=registry.names(),
+            raw_prefix=settings.raw_prefix, max_bytes=settings.max_message_bytes,
+            amqp_correlation_id=message.correlation_id,
+            require_hash=settings.require_content_hash, scheme=settings.idempotency_scheme)
+    except PoisonMessage:
+        return None
+
+
+def reopen(storage: Storage, settings: Settings, message: AbstractIncomingMessage) -> bool:
+    """Delete the input's ``dead_letter`` outcome record and DLQ marker, if the record is
+    bound to this message (see the module docstring). True when it did."""
+    msg = _parsed(settings, message)
+    if msg is None:
+        return False  # never parsed, so never recorded
+    key = outcomes.outcome_key(settings.outcome_prefix, msg.idempotency_key)
+    found = conditional.get(storage, settings.bucket, key)
+    if found is None:
+        return False
+    with contextlib.suppress(orjson.JSONDecodeError):
+        record = orjson.loads(found[0])
+        bound = outcomes.binding(msg.bucket, msg.key, msg.record_type, msg.content_hash)
+        if isinstance(record, dict) and record.get("kind") == "dead_letter" \
+                and record.get("binding") == bound:
+            if conditional.delete(storage, settings.bucket, key,
+                                  found[1]) is conditional.Deleted.CHANGED:
+                return False
+            storage.delete(settings.bucket, outcomes.dlq_marker_key(
+                settings.outcome_prefix, msg.idempotency_key))
+            return True
+    return False
+
+
+async def replay(settings: Settings, ids: list[str] | None, storage: Storage | None = None
+                 ) -> list[tuple[str, str]]:
     """Replay the messages named by ``ids`` (``None``: all). Returns (id as named, else as
     ``list`` shows it, routing key).
 
@@ -236,6 +287,7 @@ async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, s
     """
     wanted = set(ids or [])
     done: list[tuple[str, str]] = []
+    storage = storage or Storage(make_client(settings))
     async with _dlq(settings, confirms=True) as (channel, queue, count):
         exchange = await channel.get_exchange(settings.exchange, ensure=True)
         for msg in await _fetch(queue, count):
@@ -244,6 +296,7 @@ async def replay(settings: Settings, ids: list[str] | None) -> list[tuple[str, s
                 continue  # left unacked: returns to the DLQ when the connection closes
             rk = replay_routing_key(msg)
             headers = replay_headers(msg)
+            reopen(storage, settings, msg)
             with telemetry.span(
                 f"publish {settings.exchange}", kind=SpanKind.PRODUCER,
                 parent=telemetry.extract(headers),

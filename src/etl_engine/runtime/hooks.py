@@ -94,7 +94,9 @@ class OutcomeObserver(PipelineObserver):
         _count(outcome, record_type, seconds)
         _count_failure(outcome)
         # message_id, correlation_id, record_type, worker_id, attempt, trace_id: bound by
-        # the worker for this delivery (from the parsed message when it parsed).
+        # the worker for this delivery (from the parsed message when it parsed). A
+        # duplicate also names the outcome the input has (``recorded_as``), when known.
+        extra = {"recorded_as": outcome.recorded_kind} if outcome.recorded_kind else {}
         log.log(
             _INFO if outcome.kind in ("processed", "duplicate") else _WARNING,
             "message_settled",
@@ -102,6 +104,7 @@ class OutcomeObserver(PipelineObserver):
             reason=outcome.reason,
             stage=outcome.stage,
             duration_ms=round(seconds * 1000, 2),
+            **extra,
         )
 
 

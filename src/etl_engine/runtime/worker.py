@@ -6,6 +6,10 @@ Settling is the only place that talks back to the broker:
     lease_busy   -> publish to the first delay tier (attempt unchanged), then ack
     dead_letter  -> publish to the DLQ with the reason, then ack
 A publish is confirmed before the ack, so a crash in between duplicates, never loses.
+A copy the broker does not confirm within ETL_PUBLISH_CONFIRM_TIMEOUT_S, nacks or returns
+(unroutable) is never acked: the delivery is nacked back to its queue (settle_failed).
+A consumer the broker cancels (queue deleted) is re-declared and consumed again; until
+then /ready fails (consumer).
 Connection loss: in-flight deliveries are abandoned (the broker redelivers them) and the
 loop reconnects with backoff, declaring the topology and consuming afresh.
 """
@@ -27,7 +31,14 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry.trace import SpanKind
 
 from etl_engine.adapters.dedup import OUTCOME_TTL_S, DedupStore, open_store
-from etl_engine.adapters.storage import AsyncStorage, Storage, make_client, make_hot_path
+from etl_engine.adapters.publisher import ConfirmGate, PublishFailed, PublishFailure
+from etl_engine.adapters.storage import (
+    AsyncStorage,
+    Storage,
+    check_conditional_writes,
+    make_client,
+    make_hot_path,
+)
 from etl_engine.adapters.topology import (
     ATTEMPT_HEADER,
     FAILED_DELIVERIES_HEADER,
@@ -37,7 +48,10 @@ from etl_engine.adapters.topology import (
     Topology,
     copy_message,
     declare,
+    header_int,
+    legacy_retry_queues,
 )
+from etl_engine.domain import outcomes
 from etl_engine.domain.messages import HealthDataMessage
 from etl_engine.observability import metrics, telemetry
 from etl_engine.observability.logs import error_class, get_logger, hash_user_id
@@ -48,8 +62,12 @@ from etl_engine.runtime.sidecar import Sidecar, beat
 from etl_engine.settings import ConfigError, Settings
 
 log = get_logger("etl.worker")
-MAX_LEASE_WAITS = 200
-FINAL_OUTCOMES = frozenset({"processed", "duplicate", "quarantined", "dead_letter"})
+MAX_LEASE_WAITS = outcomes.MAX_LEASE_WAITS
+# Pause before nacking a delivery whose copy the broker refused, so the redelivery does not
+# spin through the delivery limit in milliseconds.
+REFUSED_PAUSE_S = 1.0
+NACK_TIMEOUT_S = 5.0
+FINAL_OUTCOMES = outcomes.FINAL
 
 
 @dataclass
@@ -79,10 +97,7 @@ class WorkerState:
 
 
 def _attempt(headers: dict[str, Any]) -> int:
-    try:
-        return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
-    except (TypeError, ValueError):
-        return 1
+    return max(1, header_int(headers, ATTEMPT_HEADER, 1)[0])
 
 
 def _delivery(message: AbstractIncomingMessage) -> Delivery:
@@ -96,17 +111,24 @@ def _delivery(message: AbstractIncomingMessage) -> Delivery:
         routing_key=message.routing_key or "",
         attempt=_attempt(headers),
         failed_deliveries=_failed_deliveries(headers),
+        lease_waits=header_int(headers, LEASE_WAIT_HEADER)[0],
     )
 
 
 def _failed_deliveries(headers: dict[str, Any]) -> int:
     """Unsettled deliveries so far: this copy's (the quorum queue's x-delivery-count) plus
     those of the copies republished before it (our header)."""
-    total = 0
-    for name in (FAILED_DELIVERIES_HEADER, "x-delivery-count"):
-        with contextlib.suppress(TypeError, ValueError):
-            total += max(0, int(headers.get(name, 0) or 0))
-    return total
+    return sum(header_int(headers, name)[0]
+               for name in (FAILED_DELIVERIES_HEADER, "x-delivery-count"))
+
+
+COUNTER_HEADERS = (ATTEMPT_HEADER, LEASE_WAIT_HEADER, FAILED_DELIVERIES_HEADER,
+                   "x-delivery-count")
+
+
+def _junk_headers(headers: dict[str, Any]) -> list[str]:
+    """Counter headers that are not a small non-negative integer (read as their default)."""
+    return [name for name in COUNTER_HEADERS if not header_int(headers, name)[1]]
 
 
 class Worker:
@@ -145,6 +167,11 @@ class Worker:
         self._topology: Topology | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._consumer = ""
+        self._gate = ConfirmGate(settings.publish_confirm_timeout_s)
+        self._broker_tasks: set[asyncio.Task[None]] = set()  # re-consume, re-declare
+        self._heal: asyncio.Task[None] | None = None
+        self._healed_at = 0.0
+        self._legacy_checked = False
 
     # --- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -181,11 +208,14 @@ class Worker:
             asyncio.create_task(self._beat(), name="heartbeat"),
         ]
         try:
+            # Refuse to run (ConfigError) on a store that ignores If-None-Match.
+            with telemetry.quiet():  # a start-up check, not a trace of anyone's upload
+                await check_conditional_writes(self.storage, self.settings, stop=self._stop)
             await self._connection_loop()
         finally:
-            for task in background:
+            for task in [*background, *self._broker_tasks]:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *self._broker_tasks, return_exceptions=True)
             await sidecar.stop()
             self.compute.close()
             self.storage.close()
@@ -248,6 +278,9 @@ class Worker:
         self._consumer = await self._topology.work.consume(
             self._on_message, consumer_tag=self._consumer_tag()
         )
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
+        await self._warn_legacy_queues(connection)
         self.state.broker_connected = True
         self.state.consuming = True
         metrics.DEPENDENCY_UP.labels("rabbitmq").set(1)
@@ -258,6 +291,93 @@ class Worker:
 
     def _consumer_tag(self) -> str:
         return f"etl-{self.state.worker_id}-{time.time_ns()}"
+
+    async def _warn_legacy_queues(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        """Once per process: say which classic retry queues of an older release remain."""
+        if self._legacy_checked:
+            return
+        self._legacy_checked = True
+        try:
+            found = await asyncio.wait_for(legacy_retry_queues(connection, self.settings), 10)
+        except Exception as exc:
+            log.info("legacy_retry_queue_check_failed", error=error_class(exc))
+            return
+        for name, ready in found:
+            log.warning("legacy_retry_queue", queue=name, ready=ready,
+                        hint="a classic retry queue of an older release: it returns what it "
+                             "holds to the work queue after its TTL; once every worker runs "
+                             "this release and it is empty: rabbitmqctl delete_queue NAME")
+
+    def _on_consumer_cancel(self, frame: Any) -> None:
+        """The broker cancelled our consumer (the queue was deleted, or a queue-side
+        failure): fail readiness at once and consume again on a fresh declaration."""
+        if frame.consumer_tag != self._consumer or self._stop.is_set():
+            return
+        self.state.consuming = False
+        log.warning("consumer_cancelled_by_broker", queue=self.settings.queue,
+                    in_flight=len(self._tasks))
+        self._spawn(self._reconsume(self._channel))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._broker_tasks.add(task)
+        task.add_done_callback(self._broker_tasks.discard)
+        return task
+
+    async def _reconsume(self, channel: aio_pika.abc.AbstractChannel | None) -> None:
+        """Declare the topology again (recreating a deleted queue) and consume on the same
+        channel, so in-flight deliveries can still be settled. If that fails, close the
+        channel: the connection loop reconnects with backoff, /ready failing meanwhile."""
+        topo = self._topology
+        if channel is None or topo is None:
+            return
+        try:
+            async with asyncio.timeout(15):
+                await asyncio.sleep(0.2)  # let the deletion or failover finish
+                await self._declare_aside()
+                tag = await topo.work.consume(self._on_message,
+                                              consumer_tag=self._consumer_tag())
+        except Exception as exc:
+            log.warning("reconsume_failed", error=error_class(exc))
+            await _quiet_close(channel)
+            return
+        if channel is not self._channel or self._stop.is_set():
+            return  # a reconnect or shutdown overtook us; that path owns the state
+        self._consumer = tag
+        self.state.consuming = True
+        log.info("consuming", queue=self.settings.queue, reconsumed=True,
+                 prefetch=self.settings.effective_prefetch)
+        self.observers.consuming()
+
+    async def _declare_aside(self) -> None:
+        """Declare the topology on a channel of its own: a declaration the broker refuses
+        closes that channel, not the one holding our deliveries."""
+        connection = self._connection
+        if connection is None:
+            raise ConnectionError("not connected")
+        side = await connection.channel()
+        try:
+            await declare(side, self.settings)
+        finally:
+            await _quiet_close(side)
+
+    def _heal_topology(self) -> asyncio.Task[None] | None:
+        """After an unroutable copy (a retry queue or the DLQ deleted): declare again, at
+        most every 5 s; returns the declaration to wait for, if one runs."""
+        if self._heal is not None and not self._heal.done():
+            return self._heal
+        if time.monotonic() - self._healed_at < 5 or self._connection is None:
+            return None
+        self._healed_at = time.monotonic()
+        self._heal = self._spawn(self._redeclare())
+        return self._heal
+
+    async def _redeclare(self) -> None:
+        try:
+            await asyncio.wait_for(self._declare_aside(), 10)
+            log.info("topology_redeclared")
+        except Exception as exc:
+            log.warning("topology_redeclare_failed", error=error_class(exc))
 
     def _mark_disconnected(self) -> None:
         self.state.broker_connected = False
@@ -319,6 +439,9 @@ class Worker:
             record_type=_record_type_hint(delivery.routing_key),
             worker_id=self.state.worker_id, attempt=delivery.attempt, trace_id=None,
         )
+        if junk := _junk_headers(delivery.headers):
+            # A publisher's counter we cannot read: its default is used (names only logged).
+            log.warning("hostile_header", headers=junk)
         self.state.in_flight += 1
         metrics.IN_FLIGHT.inc()
         try:
@@ -326,9 +449,11 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Settling failed (channel gone): leave it unacked, the broker redelivers.
+            # Anything that escaped settling: give the delivery back now rather than hold
+            # its prefetch slot until the channel closes or the consumer timeout.
             self.state.last_error_class = error_class(exc)
-            log.warning("settle_failed", error=error_class(exc))
+            log.warning("settle_failed", error=error_class(exc),
+                        requeued=await _nack(message))
         finally:
             self.state.in_flight -= 1
             metrics.IN_FLIGHT.dec()
@@ -356,20 +481,14 @@ class Worker:
                          "etl.attempt": delivery.attempt,
                          "etl.record_type": outcome.message.record_type
                          if outcome.message else None})
-            await self._settle(message, delivery, outcome)
-            self._note(outcome)
-            self.observers.settled(outcome, time.perf_counter() - started)
+            if await self._settle(message, delivery, outcome):
+                self._note(outcome)
+                self.observers.settled(outcome, time.perf_counter() - started)
 
     async def _run_pipeline(self, delivery: Delivery) -> Outcome:
-        """The pipeline within the message's time limit."""
-        try:
-            # asyncio.timeout, not wait_for: no second task per message.
-            async with asyncio.timeout(self.settings.message_timeout_s):
-                return await self.pipeline.run(delivery)
-        except TimeoutError:
-            if delivery.attempt >= self.settings.max_attempts:
-                return Outcome("dead_letter", reason="attempts_exhausted:message_timeout")
-            return Outcome("retry", reason="message_timeout")
+        """The pipeline bounds the message by ``ETL_MESSAGE_TIMEOUT_S`` itself and decides
+        every outcome (``domain.outcomes.decide``); the worker only settles it."""
+        return await self.pipeline.run(delivery)
 
     def _note(self, outcome: Outcome) -> None:
         """What the sidecar reports about the outcomes so far."""
@@ -380,30 +499,17 @@ class Worker:
 
     async def _settle(
         self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
-    ) -> None:
-        headers = dict(delivery.headers)
-        # A republished copy starts a new broker count: carry the total in our header.
-        headers.pop("x-delivery-count", None)
-        headers[FAILED_DELIVERIES_HEADER] = delivery.failed_deliveries
-        if outcome.kind == "retry":
-            tier = min(delivery.attempt - 1, len(self.settings.retry_delays) - 1)
-            headers[ATTEMPT_HEADER] = delivery.attempt + 1
-            headers[REASON_HEADER] = outcome.reason or ""
-            await self._republish(message, self.settings.retry_queue_name(tier), headers)
-        elif outcome.kind == "lease_busy":
-            waits = int(headers.get(LEASE_WAIT_HEADER, 0) or 0) + 1
-            if waits > MAX_LEASE_WAITS:
-                outcome.kind, outcome.reason = "dead_letter", "lease_wait_exceeded"
-            else:
-                headers[LEASE_WAIT_HEADER] = waits
-                await self._republish(message, self.settings.retry_queue_name(0), headers)
-        if outcome.kind == "dead_letter":
-            headers[REASON_HEADER] = outcome.reason or "unknown"
-            headers[STAGE_HEADER] = outcome.stage or ""
-            headers["x-etl-worker"] = self.state.worker_id
-            headers["x-etl-original-routing-key"] = delivery.routing_key
-            headers["x-etl-dead-lettered-at"] = int(time.time())
-            await self._republish(message, self.settings.dlq_name, headers)
+    ) -> bool:
+        """Publish the outcome's copy (retry tier or DLQ) if it has one, record it, ack.
+
+        False: the copy was not confirmed (timeout, nack, returned, channel gone) and the
+        delivery went back to its queue instead; it is never acked without its copy.
+        """
+        try:
+            await self._publish_outcome(message, delivery, outcome)
+        except PublishFailed as exc:
+            await self._requeue(message, exc)
+            return False
         if outcome.kind in FINAL_OUTCOMES and not outcome.recorded:
             # Recorded before the ack: a crash in between redelivers the message and it is
             # recorded again when it settles; a crash after the ack would lose it for good.
@@ -418,27 +524,82 @@ class Worker:
                 "settle", message.exchange or "", queue=self.settings.queue,
                 message_id=message.message_id)):
             await message.ack()
+        return True
+
+    async def _requeue(self, message: AbstractIncomingMessage, exc: PublishFailed) -> None:
+        """Nack the delivery back to its queue after its copy failed. A missing queue is
+        declared again first, and after a refusal we pause, so that the redelivery can
+        succeed (each nack counts towards the work queue's delivery limit)."""
+        self.state.last_error_class = f"settle_failed:{exc.failure.value}"
+        if exc.failure is PublishFailure.UNROUTABLE:
+            heal = self._heal_topology()
+            if heal is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(heal), 10)
+        elif exc.failure in (PublishFailure.NACKED, PublishFailure.ERROR):
+            await asyncio.sleep(REFUSED_PAUSE_S)
+        log.warning("settle_failed", reason=exc.failure.value, target=exc.routing_key,
+                    requeued=await _nack(message))
+
+    async def _publish_outcome(
+        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        """The retry or dead-letter copy of ``outcome``, confirmed; nothing for the rest."""
+        headers = dict(delivery.headers)
+        # A republished copy starts a new broker count: carry the total in our header.
+        headers.pop("x-delivery-count", None)
+        headers[FAILED_DELIVERIES_HEADER] = delivery.failed_deliveries
+        if outcome.kind == "retry":
+            tier = min(delivery.attempt - 1, len(self.settings.retry_delays) - 1)
+            headers[ATTEMPT_HEADER] = delivery.attempt + 1
+            headers[REASON_HEADER] = outcome.reason or ""
+            await self._republish(message, self.settings.retry_queue_name(tier), headers)
+        elif outcome.kind == "lease_busy":  # past MAX_LEASE_WAITS the pipeline dead-letters
+            headers[LEASE_WAIT_HEADER] = delivery.lease_waits + 1
+            await self._republish(message, self.settings.retry_queue_name(0), headers)
+        if outcome.kind == "dead_letter":
+            headers[REASON_HEADER] = outcome.reason or "unknown"
+            headers[STAGE_HEADER] = outcome.stage or ""
+            headers["x-etl-worker"] = self.state.worker_id
+            headers["x-etl-original-routing-key"] = delivery.routing_key
+            headers["x-etl-dead-lettered-at"] = int(time.time())
+            await self._republish(message, self.settings.dlq_name, headers)
+            await self._mark_dead_lettered(outcome)
+
+    async def _mark_dead_lettered(self, outcome: Outcome) -> None:
+        """After the confirmed DLQ publish, before the ack: the marker tells a later delivery
+        of the input that the DLQ has it. Best effort: without it that delivery publishes
+        once more (at least once; a crash right here does the same)."""
+        if outcome.dlq_marker is None:
+            return
+        try:
+            async with asyncio.timeout(10):
+                await self.storage.put_if_absent(self.settings.bucket, outcome.dlq_marker, b"",
+                                                 content_type="text/plain", metadata={})
+        except Exception as exc:
+            log.warning("dlq_marker_failed", error=error_class(exc))
 
     async def _republish(
         self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]
     ) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closed:
-            raise ConnectionError("channel closed")
+        channel, topology = self._channel, self._topology
+        if channel is None or channel.is_closed or topology is None:
+            raise PublishFailed(PublishFailure.CHANNEL_CLOSED, routing_key)
         with telemetry.span(f"publish {routing_key}", kind=SpanKind.PRODUCER,
                             attributes=telemetry.messaging_attributes(
-                                "publish", "", routing_key=routing_key,
+                                "publish", self.settings.dlx_name, routing_key=routing_key,
                                 message_id=message.message_id)):
             # The retried / dead-lettered copy continues this trace (replay keeps it).
             telemetry.inject(headers)
-            await self._publish_copy(channel, message, routing_key, headers)
+            await self._publish_copy(topology.dlx, message, routing_key, headers)
 
     async def _publish_copy(
-        self, channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage,
+        self, exchange: aio_pika.abc.AbstractExchange, message: AbstractIncomingMessage,
         routing_key: str, headers: dict[str, Any],
     ) -> None:
+        """Through the DLX, where each retry queue and the DLQ is bound by its name."""
         out = copy_message(message, headers)
-        await channel.default_exchange.publish(out, routing_key=routing_key, mandatory=True)
+        await self._gate.publish(exchange, out, routing_key)
 
     # --- background ------------------------------------------------------------------------
     def _dedup_error(self, exc: BaseException) -> None:
@@ -507,6 +668,9 @@ def serve(settings: Settings, observers: Sequence[PipelineObserver] = ()) -> int
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main())
+    except ConfigError as exc:  # found at start (the storage probe): like a bad setting
+        print(f"etl-engine: {exc}", file=sys.stderr)
+        return 2
     finally:
         telemetry.shutdown()
     return 0
@@ -544,6 +708,18 @@ def _bind_message(msg: HealthDataMessage) -> None:
         message_id=msg.message_id, correlation_id=msg.correlation_id,
         record_type=msg.record_type, user=hash_user_id(msg.user_id),
     )
+
+
+async def _nack(message: AbstractIncomingMessage) -> bool:
+    """Nack with requeue unless already settled; False if it could not be sent (then the
+    channel is gone and the broker requeues the delivery by itself)."""
+    if message.processed:
+        return False
+    try:
+        await asyncio.wait_for(message.nack(requeue=True), NACK_TIMEOUT_S)
+    except Exception:
+        return False
+    return True
 
 
 async def _quiet_close(conn: Any) -> None:
