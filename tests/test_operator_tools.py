@@ -342,3 +342,30 @@ def test_worker_refuses_bad_config_naming_the_variable(variable: str, value: str
     check = subprocess.run([sys.executable, "-m", "etl_engine.ops.cli", "config", "check"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert check.returncode == 2 and variable in check.stderr
+
+
+def test_dlq_replay_keeps_an_entry_whose_record_it_cannot_reopen(settings) -> None:  # type: ignore[no-untyped-def]
+    """The tool's settings may not parse what the fleet parsed (here: the fleet runs opaque
+    keys, the operator's shell the default scheme). Replaying anyway would be answered
+    ``duplicate`` by the still-recorded dead-letter and acked: the input lost. Kept."""
+    from types import SimpleNamespace
+
+    from etl_engine.domain import outcomes
+    from etl_engine.ops.dlq import Reopen, reopen
+
+    rt, path = sample_files()[0]
+    u = upload(settings, rt, path)
+    body = {**u.message(), "idempotency_key": f"opaque-{uuid.uuid4().hex}"}
+    storage = storage_for(settings)
+    record_key = outcomes.outcome_key(settings.outcome_prefix, body["idempotency_key"])
+    storage.put(settings.bucket, record_key, orjson.dumps({
+        "kind": "dead_letter", "outcome_id": "o1",
+        "binding": outcomes.binding(u.bucket, u.key, u.record_type, None)}),
+        content_type="application/json")
+    message = SimpleNamespace(body=orjson.dumps(body), message_id=None, correlation_id=None,
+                              headers={})
+    assert reopen(storage, settings, message) is Reopen.KEPT  # type: ignore[arg-type]
+    assert storage.exists(settings.bucket, record_key)
+    other = {**body, "key": upload(settings, rt, path).key}  # another upload: a newcomer
+    message.body = orjson.dumps(other)
+    assert reopen(storage, settings, message) is Reopen.NO_RECORD  # type: ignore[arg-type]

@@ -545,9 +545,10 @@ async def test_attempts_exhausted_is_recorded_and_the_dlq_marker_stops_a_second_
     rig.store.fail_next("download", ConnectionResetError("injected"))
     out = await rig.run(u.message(), attempt=last)
     assert (out.kind, out.reason) == ("dead_letter", "attempts_exhausted:io_error")
-    marker = outcomes.dlq_marker_key(rig.settings.outcome_prefix, u.idempotency_key)
-    assert out.dlq_marker == marker
     record = rig.record(u)
+    marker = outcomes.dlq_marker_key(rig.settings.outcome_prefix, u.idempotency_key,
+                                     record["outcome_id"])
+    assert out.dlq_marker == marker
     assert (record["kind"], record["reason"], record["stage"]) == (
         "dead_letter", "attempts_exhausted:io_error", None)  # a builtin error: no stage
     # a parallel retry chain's copy before the worker confirmed the publish: the DLQ gets
@@ -615,7 +616,8 @@ async def test_a_lease_waited_out_too_long_is_dead_lettered_once_and_the_holder_
 ) -> None:
     u = rig.upload()
     await rig.dedup.claim(u.idempotency_key, "stuck-worker", 60_000)
-    waits = outcomes.MAX_LEASE_WAITS
+    waits = rig.pipeline.max_lease_waits  # outlasts any live holder (lease_wait_limit)
+    assert waits > outcomes.MAX_LEASE_WAITS  # 2 x (300 s timeout + 60 + lease) at a 1 s tier
     assert (await rig.run(u.message(), lease_waits=waits - 1)).kind == "lease_busy"
     out = await rig.run(u.message(), lease_waits=waits)
     assert (out.kind, out.reason) == ("dead_letter", "lease_wait_exceeded")

@@ -280,7 +280,7 @@ async def test_a_recorded_dead_letter_is_published_once(settings) -> None:  # ty
         "dead_letter", "delivery_limit", "consume")
     assert keys(settings, settings.outcome_prefix) == sorted([
         outcome_key(settings.outcome_prefix, u.idempotency_key),
-        dlq_marker_key(settings.outcome_prefix, u.idempotency_key)])
+        dlq_marker_key(settings.outcome_prefix, u.idempotency_key, record["outcome_id"])])
     assert results(settings) == []
 
 

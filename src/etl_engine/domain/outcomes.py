@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ RECORD_SCHEMA = 1
 KEY_CONFLICT = "idempotency_key_conflict"
 RECORD_INVALID = "outcome_record_invalid"
 REASON_SUFFIX = ".reason.json"  # a quarantined copy's reason file: ``<copy>.reason.json``
+_MAX_FILE_NAME = 200  # bytes of a quarantined copy's file name kept as is
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=-]{1,200}$")
 
 
@@ -73,14 +75,23 @@ class Decision:
     stage: str | None
 
 
+def lease_wait_limit(message_timeout_s: float, lease_ttl_s: float, first_delay_s: float
+                     ) -> int:
+    """Waits that outlast any live holder: a holder renews its lease for at most its own
+    message timeout plus settling (60 s), so the limit covers that twice over, and never
+    fewer than ``MAX_LEASE_WAITS``. Past it the holder is a crash loop, not slow work."""
+    outlast = 2 * (message_timeout_s + 60 + lease_ttl_s)
+    return max(MAX_LEASE_WAITS, math.ceil(outlast / max(first_delay_s, 0.001)))
+
+
 def decide(failure: Failure, *, attempt: int, max_attempts: int, lease_waits: int = 0,
-           parsed: bool = True) -> Decision:
+           parsed: bool = True, max_lease_waits: int = MAX_LEASE_WAITS) -> Decision:
     """The one mapping from a failure to an outcome kind.
 
     - committed: the outcome is recorded, so it must be completed, never replaced: retry
       (at any attempt; a DLQ entry would be a second outcome).
-    - lease held elsewhere: wait (``lease_busy``) up to ``MAX_LEASE_WAITS`` republished
-      copies, then the DLQ (``lease_wait_exceeded``).
+    - lease held elsewhere: wait (``lease_busy``) up to ``max_lease_waits`` republished
+      copies (``lease_wait_limit``), then the DLQ (``lease_wait_exceeded``).
     - a bad file (quarantine disposition) of a parsed message: quarantined; without a
       parsed message there is nothing to quarantine it under: the DLQ.
     - a bad message: the DLQ, no retries.
@@ -90,7 +101,7 @@ def decide(failure: Failure, *, attempt: int, max_attempts: int, lease_waits: in
     if failure.committed:
         return Decision(OutcomeKind.RETRY, reason, stage)
     if failure.lease_busy:
-        if lease_waits >= MAX_LEASE_WAITS:
+        if lease_waits >= max_lease_waits:
             return Decision(OutcomeKind.DEAD_LETTER, "lease_wait_exceeded", stage)
         return Decision(OutcomeKind.LEASE_BUSY, "lease_busy", stage)
     if failure.disposition is Disposition.QUARANTINE and parsed:
@@ -104,8 +115,9 @@ def decide(failure: Failure, *, attempt: int, max_attempts: int, lease_waits: in
 
 # --- where an input's outcome lives -----------------------------------------------------------
 def key_name(idempotency_key: str) -> str:
-    """The idempotency key as one safe path segment (its SHA-256 when it is not one)."""
-    if _SAFE_KEY.match(idempotency_key):
+    """The idempotency key as one safe path segment (its SHA-256 when it is not one: a dot
+    segment such as ``..`` is refused by S3 servers, so it is hashed too)."""
+    if _SAFE_KEY.match(idempotency_key) and idempotency_key.strip("."):
         return idempotency_key
     return hashlib.sha256(idempotency_key.encode()).hexdigest()
 
@@ -115,17 +127,23 @@ def outcome_key(outcome_prefix: str, idempotency_key: str) -> str:
     return f"{outcome_prefix}{key_name(idempotency_key)}.json"
 
 
-def dlq_marker_key(outcome_prefix: str, idempotency_key: str) -> str:
+def dlq_marker_key(outcome_prefix: str, idempotency_key: str, outcome_id: str) -> str:
     """Created after a recorded dead-letter's DLQ publish was confirmed: a later delivery
-    of the input finds it and does not publish again."""
-    return f"{outcome_prefix}{key_name(idempotency_key)}.dlq"
+    of the input finds it and does not publish again. Named by the record's ``outcome_id``:
+    a marker left by an outcome an operator reopened (``dlq replay``) never vouches for the
+    next record's publish."""
+    return f"{outcome_prefix}{key_name(idempotency_key)}.{key_name(outcome_id)}.dlq"
 
 
 def quarantine_key(quarantine_prefix: str, record_type: str, idempotency_key: str,
                    raw_key: str) -> str:
     """Per input, not per object: ``{prefix}{RecordType}/{name}/{file name}``; its reason
     file is this plus ``REASON_SUFFIX``. Two inputs naming one object never share it."""
-    file_name = raw_key.rsplit("/", 1)[-1] or "upload"
+    file_name = raw_key.rsplit("/", 1)[-1]
+    if not file_name.strip(".") or len(file_name.encode()) > _MAX_FILE_NAME:
+        # S3 keys stop at 1,024 bytes and refuse dot segments: a name that would make the
+        # path unwritable (and the quarantine a retry forever) becomes a digest
+        file_name = hashlib.sha256(file_name.encode()).hexdigest()[:32] + ".avro"
     return f"{quarantine_prefix}{record_type}/{key_name(idempotency_key)}/{file_name}"
 
 

@@ -264,13 +264,17 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from etl_engine.adapters.storage import Storage, make_client
 
     done = asyncio.run(dlq.replay(s, None if args.all else args.ids, Storage(make_client(s))))
+    kept = [k for k, rk in done if rk == dlq.KEPT_ROUTE]
     for key, rk in done:
-        _say(f"replayed {key} -> {s.exchange} {rk}")
+        if rk == dlq.KEPT_ROUTE:
+            _say(f"kept {key}: {rk}", err=True)
+        else:
+            _say(f"replayed {key} -> {s.exchange} {rk}")
     missing = [] if args.all else sorted(set(args.ids) - {k for k, _ in done})
     for key in missing:
         _say(f"not found in {s.dlq_name}: {key}", err=True)
-    print(f"{len(done)} message(s) replayed")
-    return 1 if missing else 0
+    print(f"{len(done) - len(kept)} message(s) replayed")
+    return 1 if missing or kept else 0
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ marker. A crash after that leaves the DLQ copy unacked: the input still has its 
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -52,7 +53,7 @@ REPLAYED_HEADER = "x-etl-replayed"
 # Headers describing the failure: dropped from a replayed copy (it starts afresh).
 _FAILURE_HEADERS = frozenset({
     ATTEMPT_HEADER, LEASE_WAIT_HEADER, REASON_HEADER, STAGE_HEADER, "x-etl-worker",
-    "x-etl-original-routing-key", "x-etl-dead-lettered-at", "x-death",
+    "x-etl-original-routing-key", "x-etl-dead-lettered-at", "x-etl-outcome-id", "x-death",
     "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
     "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
     "x-delivery-count", "x-etl-failed-deliveries",
@@ -253,28 +254,64 @@ def _parsed(settings: Settings, message: AbstractIncomingMessage) -> HealthDataM
         return None
 
 
-def reopen(storage: Storage, settings: Settings, message: AbstractIncomingMessage) -> bool:
+class Reopen(enum.Enum):
+    """What ``reopen`` did with the input's outcome record."""
+
+    REOPENED = "reopened"  # this message's dead_letter record (and marker) deleted
+    NO_RECORD = "no_record"  # nothing recorded for it: the copy is decided afresh
+    KEPT = "kept"  # a record the tool may not reopen: replaying would be acked unprocessed
+
+
+def reopen(storage: Storage, settings: Settings, message: AbstractIncomingMessage) -> Reopen:
     """Delete the input's ``dead_letter`` outcome record and DLQ marker, if the record is
-    bound to this message (see the module docstring). True when it did."""
+    bound to this message (see the module docstring)."""
     msg = _parsed(settings, message)
     if msg is None:
-        return False  # never parsed, so never recorded
+        # The tool's settings may not parse what the fleet's did (another scheme, bucket
+        # list, prefix): a record under the body's own key must not be left behind.
+        return Reopen.KEPT if _recorded_under_body_key(storage, settings, message) else (
+            Reopen.NO_RECORD)
     key = outcomes.outcome_key(settings.outcome_prefix, msg.idempotency_key)
     found = conditional.get(storage, settings.bucket, key)
     if found is None:
-        return False
+        return Reopen.NO_RECORD
     with contextlib.suppress(orjson.JSONDecodeError):
         record = orjson.loads(found[0])
         bound = outcomes.binding(msg.bucket, msg.key, msg.record_type, msg.content_hash)
-        if isinstance(record, dict) and record.get("kind") == "dead_letter" \
-                and record.get("binding") == bound:
-            if conditional.delete(storage, settings.bucket, key,
-                                  found[1]) is conditional.Deleted.CHANGED:
-                return False
-            storage.delete(settings.bucket, outcomes.dlq_marker_key(
-                settings.outcome_prefix, msg.idempotency_key))
-            return True
-    return False
+        if not isinstance(record, dict) or record.get("binding") != bound:
+            return Reopen.NO_RECORD  # another input's record: this copy conflicts again
+        if record.get("kind") != "dead_letter":
+            return Reopen.NO_RECORD  # its outcome (a result, a quarantine) stands: a duplicate
+        if conditional.delete(storage, settings.bucket, key,
+                              found[1]) is conditional.Deleted.CHANGED:
+            return Reopen.KEPT
+        storage.delete(settings.bucket, outcomes.dlq_marker_key(
+            settings.outcome_prefix, msg.idempotency_key, str(record.get("outcome_id", ""))))
+        return Reopen.REOPENED
+    return Reopen.KEPT
+
+
+def _recorded_under_body_key(storage: Storage, settings: Settings,
+                             message: AbstractIncomingMessage) -> bool:
+    try:
+        body = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        return False
+    ikey = body.get("idempotency_key") if isinstance(body, dict) else None
+    if not isinstance(ikey, str) or not ikey:
+        return False
+    found = conditional.get(storage, settings.bucket,
+                            outcomes.outcome_key(settings.outcome_prefix, ikey))
+    if found is None:
+        return False
+    try:
+        record = orjson.loads(found[0])
+    except orjson.JSONDecodeError:
+        return True
+    bound = record.get("binding") if isinstance(record, dict) else None
+    # the fleet recorded this very upload (same object): not a conflicting newcomer
+    return isinstance(bound, dict) and (bound.get("bucket"), bound.get("key")) == (
+        body.get("bucket"), body.get("key"))
 
 
 async def replay(settings: Settings, ids: list[str] | None, storage: Storage | None = None
@@ -287,6 +324,7 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
     """
     wanted = set(ids or [])
     done: list[tuple[str, str]] = []
+    kept: list[str] = []
     storage = storage or Storage(make_client(settings))
     async with _dlq(settings, confirms=True) as (channel, queue, count):
         exchange = await channel.get_exchange(settings.exchange, ensure=True)
@@ -296,7 +334,9 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
                 continue  # left unacked: returns to the DLQ when the connection closes
             rk = replay_routing_key(msg)
             headers = replay_headers(msg)
-            reopen(storage, settings, msg)
+            if reopen(storage, settings, msg) is Reopen.KEPT:
+                kept.append(key)
+                continue  # left unacked: a replay now would be answered "duplicate"
             with telemetry.span(
                 f"publish {settings.exchange}", kind=SpanKind.PRODUCER,
                 parent=telemetry.extract(headers),
@@ -309,7 +349,13 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
             await msg.ack()  # only now: the copy is safely in the work queue
             shown = describe(msg).id  # masked if the publisher put a user id into it
             done.append((next((w for w in (key, msg.message_id) if w in wanted), shown), rk))
+    for key in kept:
+        done.append((key, KEPT_ROUTE))
     return done
+
+
+KEPT_ROUTE = "(kept in the DLQ: its outcome record could not be reopened; check ETL_* "
+"settings match the fleet's)"
 
 
 def age(ts: int | None) -> str:

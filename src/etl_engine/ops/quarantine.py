@@ -322,7 +322,8 @@ def _complete(storage: Storage, settings: Settings, p: _Pending) -> bool:
     if kind == "processed":
         return storage.exists(settings.bucket, str(p.new.get("result_key")))
     if kind == "dead_letter":
-        marker = outcomes.dlq_marker_key(settings.outcome_prefix, p.ikey)
+        marker = outcomes.dlq_marker_key(settings.outcome_prefix, p.ikey,
+                                         str(p.new.get("outcome_id", "")))
         return storage.exists(settings.bucket, marker)
     qkey = str(p.new.get("quarantine_key"))
     found = conditional.head(storage, settings.bucket, qkey + REASON_SUFFIX)

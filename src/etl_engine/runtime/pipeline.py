@@ -84,6 +84,7 @@ class Outcome:
     recorded: bool = False  # the outcome by message id was written with the done marker
     recorded_kind: OutcomeKind | None = None
     dlq_marker: str | None = None
+    outcome_id: str | None = None  # the recorded outcome a DLQ copy belongs to
 
     def __post_init__(self) -> None:
         self.kind = OutcomeKind(self.kind)
@@ -154,6 +155,8 @@ class Pipeline:
         self._on_dedup_error = on_dedup_error or (lambda exc: None)
         self._span = tracer_span
         self.in_flight: set[str] = set()
+        self.max_lease_waits = outcomes.lease_wait_limit(
+            settings.message_timeout_s, settings.lease_ttl_s, settings.retry_delays[0] / 1000)
 
     def _stage(self, name: str) -> Any:
         """A trace span around a stage, when tracing is on."""
@@ -481,12 +484,14 @@ class Pipeline:
                            own: bool) -> Outcome:
         """The worker publishes it, then creates the DLQ marker; a later delivery finds
         the marker and publishes nothing (without it: once more, at least once)."""
-        marker = outcomes.dlq_marker_key(self.settings.outcome_prefix, msg.idempotency_key)
+        marker = outcomes.dlq_marker_key(self.settings.outcome_prefix, msg.idempotency_key,
+                                         str(record.get("outcome_id", "")))
         if not own and await self.storage.exists(self.settings.bucket, marker):
             return Outcome(OutcomeKind.DUPLICATE, message=msg,
                            recorded_kind=OutcomeKind.DEAD_LETTER)
         return Outcome(OutcomeKind.DEAD_LETTER, reason=record.get("reason"),
-                       stage=record.get("stage"), message=msg, dlq_marker=marker)
+                       stage=record.get("stage"), message=msg, dlq_marker=marker,
+                       outcome_id=str(record.get("outcome_id", "")) or None)
 
     # --- the one place failures become outcomes -------------------------------------------
     async def _after_failure(self, exc: BaseException, run: _Run,
@@ -525,7 +530,8 @@ class Pipeline:
             failure = Failure(disposition, reason, stage, committed=run.committed)
         return outcomes.decide(failure, attempt=delivery.attempt,
                                max_attempts=self.settings.max_attempts,
-                               lease_waits=delivery.lease_waits, parsed=run.msg is not None)
+                               lease_waits=delivery.lease_waits, parsed=run.msg is not None,
+                               max_lease_waits=self.max_lease_waits)
 
     # --- dedup, best effort: outcomes stay exactly-once without it ------------------------
     async def _claim(self, msg: HealthDataMessage) -> tuple[ClaimState, str | None]:

@@ -563,6 +563,8 @@ class Worker:
             headers["x-etl-worker"] = self.state.worker_id
             headers["x-etl-original-routing-key"] = delivery.routing_key
             headers["x-etl-dead-lettered-at"] = int(time.time())
+            if outcome.outcome_id:  # two copies of one recorded outcome are one outcome
+                headers["x-etl-outcome-id"] = outcome.outcome_id
             await self._republish(message, self.settings.dlq_name, headers)
             await self._mark_dead_lettered(outcome)
 
