@@ -2,15 +2,20 @@
 # The fault-injection and adversarial-input suite (tests/chaos, and the chaos-marked
 # resource-limit scenarios of tests/security), then its figures.
 #
-#   scripts/chaos.sh                          CI variant (small message counts, ~5 min)
-#   scripts/chaos.sh --long                   soak: larger counts, longer kill storms
+#   scripts/chaos.sh                          CI variant (small message counts, ~7 min)
+#   scripts/chaos.sh --long                   long suite: larger counts, longer kill storms,
+#                                             and the soak (20,000 inputs, SIGKILLs, 5xx)
+#   scripts/chaos.sh --soak                   the soak alone (ETL_CHAOS_SOAK_INPUTS=N: fewer)
 #   scripts/chaos.sh -m "chaos and not disruptive"   skip the RabbitMQ / Redis restarts
 #   scripts/chaos.sh -k storm                 any other pytest arguments pass through
 #
-# Needs RabbitMQ and Redis on 127.0.0.1 (./scripts/manage-etl-stack.sh start); the tests
-# start their own S3 server. Each scenario uses its own queues, bucket and key prefix; the
-# "disruptive" ones restart the local RabbitMQ / Redis briefly and always bring them back.
-# Per-scenario summaries: .run/chaos/<scenario>.json (docs/reliability.md quotes them).
+# Needs RabbitMQ and Redis on 127.0.0.1 (./scripts/manage-etl-stack.sh start) and
+# libfaketime (Debian package faketime; .ci/run installs it) for the clock-skew scenario;
+# the tests start their own S3 server. Each scenario uses its own queues, bucket and key
+# prefix; the "disruptive" ones restart the local RabbitMQ / Redis briefly or raise a
+# broker memory alarm, and always put them back. The ledger fails a scenario unless every
+# input has exactly one outcome (tests/chaos/ledger.py). Per-scenario summaries:
+# .run/chaos/<scenario>.json (docs/reliability.md quotes them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,11 +23,13 @@ PY=.venv/bin/python
 [[ -x $PY ]] || { echo "chaos: no .venv (run ./scripts/setup-etl-dev.sh)" >&2; exit 2; }
 
 LONG=0
+MARKS="chaos and not soak"
 ARGS=()
 for arg in "$@"; do
   case "$arg" in
-    --long) LONG=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --long) LONG=1; MARKS="chaos" ;;
+    --soak) LONG=1; MARKS="chaos and soak" ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) ARGS+=("$arg") ;;
   esac
 done
@@ -39,12 +46,12 @@ rm -rf .run/chaos
 mkdir -p .run/chaos
 export ETL_CHAOS_LONG=$LONG
 TIMEOUT=300
-[[ $LONG == 1 ]] && TIMEOUT=1800
-echo "== chaos suite ($([[ $LONG == 1 ]] && echo long || echo CI) variant)"
+[[ $LONG == 1 ]] && TIMEOUT=3600
+echo "== chaos suite ($([[ $LONG == 1 ]] && echo long || echo CI) variant: -m \"$MARKS\")"
 start=$SECONDS
 set +e
-"$PY" -m pytest tests/chaos tests/security -m chaos -s -q -p no:cacheprovider --timeout "$TIMEOUT" \
-  ${ARGS[@]+"${ARGS[@]}"}
+"$PY" -m pytest tests/chaos tests/security -m "$MARKS" -s -q -p no:cacheprovider \
+  --timeout "$TIMEOUT" ${ARGS[@]+"${ARGS[@]}"}
 rc=$?
 set -e
 echo

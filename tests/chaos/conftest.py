@@ -14,18 +14,21 @@ import pytest
 
 from helpers import delete_topology
 
-from .harness import Chaos
+from .harness import LONG, Chaos
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    wanted = "chaos" in (config.getoption("markexpr") or "") or any(
-        "chaos" in str(arg) for arg in config.args)
-    if wanted:
-        return
-    drop = [i for i in items if i.get_closest_marker("chaos")]
+    """Chaos scenarios only when asked for; the soak (``soak``) only when named in ``-m``
+    or with ``ETL_CHAOS_LONG=1`` (``scripts/chaos.sh --long`` / ``--soak``)."""
+    markexpr = config.getoption("markexpr") or ""
+    wanted = "chaos" in markexpr or any("chaos" in str(arg) for arg in config.args)
+    soak = "soak" in markexpr or LONG
+    drop = [i for i in items if (not wanted and i.get_closest_marker("chaos"))
+            or (not soak and i.get_closest_marker("soak"))]
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = [i for i in items if not i.get_closest_marker("chaos")]
+        gone = set(drop)
+        items[:] = [i for i in items if i not in gone]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,22 +267,31 @@ class Chaos:
     def bodies(self, uploads: list[Upload], n: int, prefix: str = "") -> list[dict[str, Any]]:
         """``n`` distinct inputs cycling over ``uploads``: the upload service's messages, each
         a user of its own with a server-side copy of the file (the idempotency key is per
-        user and file), plus a message id to track it by."""
+        user and file), plus a message id to track it by. Copies run 16 at a time."""
         prefix = prefix or uuid.uuid4().hex[:8]
         out = []
+        copies = []
         for i in range(n):
             u = uploads[i % len(uploads)]
             user = f"{prefix}-{i:05d}"
             key = upload_key(self.settings, u.record_type, user)
-            self.storage.client.copy_object(Bucket=self.settings.bucket, Key=key,
-                                            CopySource={"Bucket": u.bucket, "Key": u.key})
+            copies.append((key, u))
             out.append({**u.message(), "user_id": user, "key": key,
                         "idempotency_key": upload_idempotency_key(user, u.sha256),
                         "message_id": str(uuid.uuid4()), "correlation_id": f"c-{prefix}-{i}"})
+
+        def copy(item: tuple[str, Upload]) -> None:
+            key, u = item
+            self.storage.client.copy_object(Bucket=self.settings.bucket, Key=key,
+                                            CopySource={"Bucket": u.bucket, "Key": u.key})
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(copy, copies))
         return out
 
-    async def publish(self, bodies: list[dict[str, Any]], *, expect: str = "processed",
-                      reason: str | None = None) -> None:
+    async def publish(self, bodies: list[dict[str, Any]], *,
+                      expect: str | tuple[str, ...] = "processed",
+                      reason: str | tuple[str, ...] | None = None) -> None:
         for b in bodies:
             self.ledger.add(b, expect=expect, reason=reason)
         async with Publisher(self.settings) as pub:
@@ -324,6 +334,7 @@ class Chaos:
         self.summary.update(figures)
         for k, v in figures.items():
             print(f"  {k}: {v}")
+        assert self.verdict is not None, "amend() after finish()"
         write_summary(self.name, self.verdict, self.summary)
 
     async def finish(self, *, drain_timeout: float = 120.0, outcomes: bool = True,

@@ -1,6 +1,9 @@
 """Print the figures of the last chaos run (``.run/chaos/*.json``) as one table.
 
     python tests/chaos/summary.py [--markdown]
+
+Columns: ok / quar / dlq / lost per class, dup = duplicated + bad_result, two = inputs with
+more than one outcome (tests/chaos/ledger.py); the exit code is 1 unless every one passed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import sys
 from pathlib import Path
 
 RUN_DIR = Path(__file__).resolve().parents[2] / ".run" / "chaos"
-COLUMNS = ["scenario", "inputs", "msgs", "ok", "quar", "dlq", "lost", "dup", "faults",
+COLUMNS = ["scenario", "inputs", "msgs", "ok", "quar", "dlq", "lost", "dup", "two", "faults",
            "redeliv", "drain_s", "total_s", "result"]
 
 
@@ -22,7 +25,8 @@ def rows() -> list[list[str]]:
         out.append([
             d["scenario"], str(d["inputs"]), str(d["messages"]), str(o["processed"]),
             str(o["quarantined"]), str(o["dead_lettered"]), str(o["lost"]),
-            str(o["duplicated"] + o["bad_result"]), str(f.get("faults_injected", "")),
+            str(o["duplicated"] + o["bad_result"]), str(o.get("two_outcomes", 0)),
+            str(f.get("faults_injected", "")),
             str(f.get("redeliveries_seen", "")), str(f.get("time_to_drain_s", "")),
             str(f.get("elapsed_s", "")), "PASS" if d["passed"] and f.get("drained") else "FAIL",
         ])
@@ -45,9 +49,9 @@ def main() -> int:
     for r in data:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     total = {k: sum(int(r[i]) for r in data) for i, k in enumerate(COLUMNS)
-             if k in ("inputs", "msgs", "lost", "dup")}
+             if k in ("inputs", "msgs", "lost", "dup", "two")}
     print(f"\n{len(data)} scenarios, {total['inputs']} inputs, {total['msgs']} messages, "
-          f"lost {total['lost']}, duplicated {total['dup']}")
+          f"lost {total['lost']}, duplicated {total['dup']}, two_outcomes {total['two']}")
     return 0 if all(r[-1] == "PASS" for r in data) else 1
 
 
