@@ -27,14 +27,16 @@ __all__ = ["SHIPPED", "SPECS", "RecordTypeSpec", "canonical_name", "find", "get"
 _SPECS: dict[str, RecordTypeSpec] = {}
 _BY_KEY: dict[str, str] = {}  # lower-case name -> name (see ``canonical_name``)
 _ordered: tuple[RecordTypeSpec, ...] = ()
+_names: tuple[str, ...] = ()  # of _ordered: every message's parse asks for it
 
 SPECS: Mapping[str, RecordTypeSpec] = MappingProxyType(_SPECS)
 """Every known type by name: a live, read-only view."""
 
 
 def _reorder() -> None:
-    global _ordered
+    global _ordered, _names
     _ordered = tuple(sorted(_SPECS.values(), key=lambda s: (s.order, s.name)))
+    _names = tuple(s.name for s in _ordered)
 
 
 def register(spec: RecordTypeSpec, *, replace: bool = False) -> RecordTypeSpec:
@@ -76,7 +78,7 @@ def specs() -> tuple[RecordTypeSpec, ...]:
 
 def names() -> tuple[str, ...]:
     """Every known type name, by ``order`` then name."""
-    return tuple(s.name for s in _ordered)
+    return _names
 
 
 @lru_cache(maxsize=1024)

@@ -28,6 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import (
+    is_instrumentation_enabled,
+    suppress_instrumentation,
+)
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -110,7 +114,7 @@ def span(
 ) -> Iterator[trace.Span | None]:
     """A current span, or ``None`` when tracing is off or quieted (``quiet``). Errors:
     class name only."""
-    if _tracer is None or not _instrumentation_enabled():
+    if _tracer is None or not is_instrumentation_enabled():
         yield None
         return
     with _tracer.start_as_current_span(
@@ -140,18 +144,10 @@ def pipeline_hook() -> Any:
     return stage_span if _tracer is not None else None
 
 
-def _instrumentation_enabled() -> bool:
-    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-
-    return bool(is_instrumentation_enabled())
-
-
 def quiet() -> contextlib.AbstractContextManager[Any]:
     """No library spans inside: background checks would each start a one-span trace."""
     if _tracer is None:
         return contextlib.nullcontext()
-    from opentelemetry.instrumentation.utils import suppress_instrumentation
-
     return suppress_instrumentation()
 
 
