@@ -22,6 +22,7 @@ import orjson
 
 from etl_engine.adapters.publisher import Publisher, Upload, upload_file
 from etl_engine.adapters.storage import Storage, make_client
+from etl_engine.domain.lineage import record_id
 from etl_engine.runtime.hooks import PipelineObserver
 from etl_engine.runtime.worker import Worker
 from etl_engine.settings import Settings
@@ -153,6 +154,11 @@ def keys(settings: Settings, prefix: str) -> list[str]:
     return sorted(storage_for(settings).list_keys(settings.bucket, prefix))
 
 
+def rid(settings: Settings, idempotency_key: str) -> str:
+    """An input's record id: its result's file name (a keyed pseudonym of its key)."""
+    return record_id(settings.lineage_key.get_secret_value().encode(), idempotency_key)
+
+
 def results(settings: Settings) -> list[str]:
     return keys(settings, settings.training_prefix)
 
@@ -258,7 +264,8 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
-                raise AssertionError("worker did not exit")
+                raise AssertionError(
+                    f"worker did not exit: {self.log_path.read_text()[-3000:]}")
             await asyncio.sleep(0.05)
         self._log.close()
         return self.proc.returncode

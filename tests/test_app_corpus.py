@@ -19,11 +19,12 @@ import pytest
 from etl_devtools.app_corpus import PREFIX, corpus
 from etl_devtools.samples import app_writer_schema, generate_samples
 from etl_engine.domain.avro import needs_resolution, scan_container
-from etl_engine.domain.model import DomainConfig, Lineage
+from etl_engine.domain.lineage import pseudonymous
+from etl_engine.domain.model import DomainConfig
 from etl_engine.domain.record_types import reader_schema
 from etl_engine.ops.compact import compact_month, latest_exports
 from etl_engine.runtime.compute import Limits, run_cpu_stages
-from helpers import storage_for
+from helpers import rid, storage_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CLINICAL = (ROOT / "docs" / "clinical.md").read_text()
@@ -46,11 +47,17 @@ def _export_ms(path: Path) -> int:
         return max(r["appRecordFetchTimeEpochMillis"] for r in fastavro.reader(fo))
 
 
+LINEAGE_KEY = b"app-corpus-lineage-key"
+
+
 def process(record_type: str, path: Path, subject: str = "subject-1") -> dict[str, Any]:
     """The worker's CPU stages, one minute after the file's export, uploaded then too."""
     when = datetime.fromtimestamp(_export_ms(path) / 1000, UTC) + timedelta(minutes=1)
-    lineage = Lineage("health-data", f"raw/{record_type}/{path.name}", "m", "c", record_type,
-                      f"ik-{path.stem}", when.isoformat(), subject)
+    lineage = pseudonymous(LINEAGE_KEY, bucket="health-data",
+                           key=f"raw/{record_type}/{path.name}", record_type=record_type,
+                           idempotency_key=f"ik-{path.stem}", user_id=subject,
+                           message_id="m", correlation_id="c",
+                           upload_timestamp_utc=when.isoformat())
     result = run_cpu_stages(path.read_bytes(), lineage, LIMITS, DomainConfig(), when)
     assert result.output is not None, (path.name, result.quarantine_reason, result.report)
     return result.output.record
@@ -235,8 +242,8 @@ def test_latest_export_of_a_day_wins(records: dict[str, dict[str, Any]]) -> None
     kept, superseded = latest_exports(lines)
     assert superseded == 1 and len(kept) == 2
     winner = orjson.loads(kept[0])
-    assert winner["metadata"]["idempotency_key"] == late["metadata"]["idempotency_key"]
-    assert winner["metadata"]["supersedes"] == [early["metadata"]["idempotency_key"]]
+    assert winner["metadata"]["record_id"] == late["metadata"]["record_id"]
+    assert winner["metadata"]["supersedes"] == [early["metadata"]["record_id"]]
 
 
 async def test_compaction_over_real_s3_says_what_it_replaced(
@@ -245,13 +252,14 @@ async def test_compaction_over_real_s3_says_what_it_replaced(
     for name in ("StepsRecord/app_steps_0919_1725.avro", "StepsRecord/app_steps_0920_1040.avro"):
         record = records[name]
         key = (f"{settings.training_prefix}physical_activity/2025/09/19/"
-               f"{record['metadata']['idempotency_key']}.jsonl")
+               f"{record['metadata']['record_id']}.jsonl")
         storage.put(settings.bucket, key, orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
                     + b"\n", content_type="application/x-ndjson")
     [result] = compact_month(storage, settings, "2025-09")
     assert (result.records, result.superseded) == (1, 1)
     [line] = storage.get(settings.bucket, result.key).splitlines()
-    assert orjson.loads(line)["metadata"]["supersedes"] == ["ik-app_steps_0919_1725"]
+    early = records["StepsRecord/app_steps_0919_1725.avro"]["metadata"]["record_id"]
+    assert orjson.loads(line)["metadata"]["supersedes"] == [early]
 
 
 # --- end to end: the real worker, broker, Redis and S3 server ---------------------------------
@@ -279,7 +287,8 @@ async def test_the_worker_turns_every_app_export_into_a_record(
     storage = storage_for(settings)
     partial = {}
     for u in uploads:
-        [key] = [k for k in results(settings) if k.endswith(f"/{u.idempotency_key}.jsonl")]
+        name = f"/{rid(settings, u.idempotency_key)}.jsonl"
+        [key] = [k for k in results(settings) if k.endswith(name)]
         meta = orjson.loads(storage.get(settings.bucket, key))["metadata"]
         partial[names[u.key]] = meta["partial"]
         assert meta["subject_id"] and "demo-user" not in orjson.dumps(meta).decode()

@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl_engine.domain import narratives
-from etl_engine.domain.model import DomainConfig, Lineage, ValidationReport
+from etl_engine.domain.lineage import pseudonymous
+from etl_engine.domain.model import DomainConfig, ValidationReport
 from etl_engine.domain.transform import compute_statistics, transform
 from helpers import flat_items
 
@@ -178,8 +179,10 @@ def run_case(name: str, seed: str | None = None) -> dict[str, Any]:
     records = build()
     report = ValidationReport(rtype, len(records), records, 1.0,
                               {"completeness": 1.0, "validity": 1.0, "consistency": 1.0})
-    lineage = Lineage("health-data", f"raw/{name}.avro", f"msg-{name}", f"corr-{name}", rtype,
-                      seed or f"idem-{name}")
+    lineage = pseudonymous(b"test-lineage-key", bucket="health-data", key=f"raw/{name}.avro",
+                           record_type=rtype, idempotency_key=seed or f"idem-{name}",
+                           user_id="user-1", message_id=f"msg-{name}",
+                           correlation_id=f"corr-{name}")
     return transform(report, lineage, config=CFG, processed_at=PROCESSED).record
 
 

@@ -25,7 +25,16 @@ from etl_engine.errors import Disposition, PermanentError, TransientError
 from etl_engine.runtime.compute import ComputePool
 from etl_engine.runtime.pipeline import Delivery, Outcome, Pipeline, outcome_key, result_key
 from etl_engine.settings import Settings
-from helpers import SAMPLES, sample_files, sealed, storage_for, upload, upload_bytes, upload_key
+from helpers import (
+    SAMPLES,
+    rid,
+    sample_files,
+    sealed,
+    storage_for,
+    upload,
+    upload_bytes,
+    upload_key,
+)
 from support.fakes import ManualClock, MemoryDedup, MemoryObjectStore
 from support.uploads import upload_bytes_to, upload_to
 
@@ -143,7 +152,7 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    settings = Settings(bucket=BUCKET, user_id_hash_key="pipeline-test-hash-key",
+    settings = Settings(bucket=BUCKET, user_id_hash_key="pipeline-test-hash-key", lineage_key="lk",
                         decode_processes=0, max_attempts=3, lease_ttl_s=3)
     store, clock = Tripwire(BUCKET), ManualClock()
     dedup = MemoryDedup(clock)
@@ -160,7 +169,8 @@ async def test_processed_then_duplicate_by_the_done_marker(rig: Rig) -> None:
     u = rig.upload()
     first = await rig.run(u.message())
     assert first.kind == "processed" and first.records > 0 and first.recorded
-    assert first.result_key and first.result_key.endswith(f"/{u.idempotency_key}.jsonl")
+    assert first.result_key
+    assert first.result_key.endswith(f"/{rid(rig.settings, u.idempotency_key)}.jsonl")
     assert set(first.timings) >= {"download", "decode", "validate", "transform", "write"}
     assert (first.bytes_in, first.bytes_out) == (u.size, len(rig.store.get(
         BUCKET, first.result_key)))
@@ -420,7 +430,9 @@ async def test_a_rerun_after_the_done_marker_is_lost_obeys_the_first_outcome(
     again = await rig.run(u.message())
     assert (again.kind, again.recorded_kind, again.result_key) == (
         "duplicate", "processed", first.result_key)
-    assert not any(u.idempotency_key in k for k in rig.artefacts() if k != first.result_key)
+    others = [k for k in rig.artefacts() if k != first.result_key]
+    assert not any(u.idempotency_key in k or rid(rig.settings, u.idempotency_key) in k
+                   for k in others)
     assert rig.store.keys(BUCKET, rig.settings.training_prefix) == [first.result_key]
 
 
@@ -458,7 +470,7 @@ async def test_a_quarantine_then_a_rerun_that_would_now_succeed_stays_quarantine
     await rig.flush_dedup(u)
     again = await rig.run(u.message())
     assert (again.kind, again.recorded_kind) == ("duplicate", "quarantined")
-    assert not any(u.idempotency_key in k for k in
+    assert not any(rid(rig.settings, u.idempotency_key) in k for k in
                    rig.store.keys(BUCKET, rig.settings.training_prefix))
     assert rig.reason_file(u) == reason  # the first reason stands, not rewritten
 
@@ -678,7 +690,7 @@ def test_a_quarantine_without_a_parsed_message_is_dead_lettered() -> None:
 
 
 def test_outcome_keys_are_per_input_and_safe() -> None:
-    s = Settings(user_id_hash_key="k")
+    s = Settings(user_id_hash_key="k", lineage_key="lk")
     assert outcome_key(s, "abc") == "outcomes/abc.json"
     odd = outcome_key(s, "a/../b c")
     assert ".." not in odd and odd.startswith("outcomes/") and odd.endswith(".json")
@@ -688,7 +700,7 @@ def test_outcome_keys_are_per_input_and_safe() -> None:
 
 
 def test_result_key_is_deterministic_and_safe() -> None:
-    s = Settings(user_id_hash_key="k")
+    s = Settings(user_id_hash_key="k", lineage_key="lk")
     d = date(2026, 11, 1)
     assert result_key(s, "physical_activity", d, "abc") == \
         "training/physical_activity/2026/11/01/abc.jsonl"

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_engine.domain.model import DomainConfig, Lineage, TrainingOutput, ValidationReport
+from etl_engine.domain.lineage import pseudonymous
+from etl_engine.domain.model import DomainConfig, TrainingOutput, ValidationReport
 from etl_engine.domain.records import glucose as glucose_mod
 from etl_engine.domain.records import heart_rate as hr_mod
 from etl_engine.domain.stats.common import (
@@ -133,8 +134,10 @@ def report(rtype: str, records: list[Rec], **kw: Any) -> ValidationReport:
                                         "consistency": 1.0}, **kw)
 
 
-LINEAGE = Lineage("health-data", "raw/x.avro", "msg-1", "corr-1", "StepsRecord", "idem-1",
-                  "2024-03-10T00:00:00+00:00")
+LINEAGE = pseudonymous(b"test-lineage-key", bucket="health-data", key="raw/x.avro",
+                       record_type="StepsRecord", idempotency_key="idem-1", user_id="user-1",
+                       message_id="msg-1", correlation_id="corr-1",
+                       upload_timestamp_utc="2024-03-10T00:00:00+00:00")
 PROCESSED = datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
 
 
@@ -654,8 +657,10 @@ def test_transform_output_matches_schema(rtype: str) -> None:
     assert out.category == md["training_category"] == training_category(rtype)
     assert md["processed_at"] == "2024-03-10T12:00:00+00:00"
     assert md["record_type"] == rtype
-    assert (md["bucket"], md["key"], md["message_id"], md["correlation_id"],
-            md["idempotency_key"]) == ("health-data", "raw/x.avro", "msg-1", "corr-1", "idem-1")
+    assert (md["source_id"], md["record_id"], md["subject_id"]) == (
+        LINEAGE.source_id, LINEAGE.record_id, LINEAGE.subject_id)
+    assert not {"bucket", "key", "message_id", "correlation_id", "idempotency_key",
+                "upload_timestamp_utc", "lineage"} & set(md)
     assert md["processor_version"] == CFG.processor_version
     assert md["period_date"] == out.period_date.isoformat()
 

@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 
 from etl_engine.domain import narratives
-from etl_engine.domain.model import DomainConfig, Lineage, ValidationReport
+from etl_engine.domain.lineage import pseudonymous
+from etl_engine.domain.model import DomainConfig, ValidationReport
 from etl_engine.domain.stats.common import percentages
 from etl_engine.domain.transform import compute_statistics, transform
 from helpers import flat_items
@@ -160,7 +161,8 @@ def test_after_midnight_bedtime_belongs_to_previous_evening() -> None:
 def test_transform_names_the_night_of() -> None:
     records = [session("s", BED, samsung_plan(), SAMSUNG)]
     report = ValidationReport("SleepSessionRecord", 1, records, 1.0)
-    lineage = Lineage("b", "raw/s.avro", "m", "c", "SleepSessionRecord", "idem")
+    lineage = pseudonymous(b"k", bucket="b", key="raw/s.avro", record_type="SleepSessionRecord",
+                           idempotency_key="idem", user_id="u")
     out = transform(report, lineage, config=CFG, processed_at=datetime(2025, 9, 22, tzinfo=UTC))
     assert out.record["metadata"]["period_date"] == "2025-09-19"
     assert "September 19, 2025" in out.record["instruction"]

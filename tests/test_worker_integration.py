@@ -19,6 +19,7 @@ from helpers import (
     publish,
     queue_counts,
     results,
+    rid,
     running_worker,
     sample_files,
     sealed,
@@ -42,7 +43,7 @@ async def test_happy_path_every_file_gives_one_result(settings) -> None:  # type
     found = results(settings)
     assert len(found) == len(uploads)
     for u in uploads:
-        mine = [k for k in found if k.endswith(f"/{u.idempotency_key}.jsonl")]
+        mine = [k for k in found if k.endswith(f"/{rid(settings, u.idempotency_key)}.jsonl")]
         assert len(mine) == 1, u.key
         record = orjson.loads(storage_for(settings).get(settings.bucket, mine[0]))
         assert record["metadata"]["record_type"] == u.record_type
@@ -252,7 +253,7 @@ async def test_a_stalled_message_times_out_and_waits_for_storage_to_record_its_o
         proxy.close()
     assert outcomes == {stalled.message_id: "processed"}
     assert await drain_dlq(settings) == []
-    assert len([k for k in results(settings) if stalled.idempotency_key in k]) == 1
+    assert len([k for k in results(settings) if rid(settings, stalled.idempotency_key) in k]) == 1
 
 
 async def test_a_recorded_dead_letter_is_published_once(settings) -> None:  # type: ignore[no-untyped-def]
@@ -304,7 +305,7 @@ async def test_sigkill_after_write_then_restart_leaves_one_result_each(
     found = results(settings)
     assert len(found) == len(uploads)
     for u in uploads:
-        assert sum(k.endswith(f"/{u.idempotency_key}.jsonl") for k in found) == 1
+        assert sum(k.endswith(f"/{rid(settings, u.idempotency_key)}.jsonl") for k in found) == 1
 
 
 async def test_sigterm_drains_in_flight_and_exits_zero(settings, test_env, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,7 @@
 # Sourced by manage-etl-stack.sh and setup-etl-dev.sh: random secrets in .env when it has
 # none. Written into .env only, never into .env.template or a commit.
 #   ETL_USER_ID_HASH_KEY  workers refuse to start without it unless ETL_ENV=development
+#   ETL_LINEAGE_KEY       likewise: the key of the training records' pseudonyms
 #   REDIS_PASSWORD        the compose stack's Redis requires one (deployment/docker-compose.yml)
 
 ensure_env_secret() {  # NAME: set NAME=<64 hex digits> in .env if it is missing or empty
@@ -15,5 +16,6 @@ ensure_env_secret() {  # NAME: set NAME=<64 hex digits> in .env if it is missing
 
 ensure_env_secrets() {
   ensure_env_secret ETL_USER_ID_HASH_KEY
+  ensure_env_secret ETL_LINEAGE_KEY
   ensure_env_secret REDIS_PASSWORD
 }

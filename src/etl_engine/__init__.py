@@ -1,3 +1,3 @@
 """ETL Narrative Engine: Health Connect Avro exports in, clinical narratives out."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

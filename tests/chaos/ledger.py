@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import shutil
 import subprocess
@@ -66,14 +67,14 @@ REASON_SUFFIX = ".reason.json"
 _SAFE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._=-")
 
 
-def result_name(idempotency_key: str) -> str:
-    """The file name the pipeline gives an input's result (``[A-Za-z0-9._=-]{1,200}`` and
-    not only dots as it is, else its SHA-256): restated here so the ledger does not take
-    the worker's word."""
-    if (0 < len(idempotency_key) <= 200 and set(idempotency_key) <= _SAFE_KEY_CHARS
-            and idempotency_key.strip(".")):
-        return idempotency_key
-    return hashlib.sha256(idempotency_key.encode()).hexdigest()
+def result_name(idempotency_key: str, lineage_key: bytes) -> str:
+    """The file name the pipeline gives an input's result: the record id, HMAC-SHA256 of
+    ``record`` NUL key under ETL_LINEAGE_KEY, 32 hex digits (a safe name as it is):
+    restated here so the ledger does not take the worker's word."""
+    message = b"record\x00" + idempotency_key.encode()
+    name = hmac.new(lineage_key, message, hashlib.sha256).hexdigest()[:32]
+    assert set(name) <= _SAFE_KEY_CHARS
+    return name
 
 
 def _text(value: Any) -> str:
@@ -150,6 +151,7 @@ class Observed:
     reason_docs: dict[tuple[str, str], dict[str, Any]]  # (key, version id) -> content
     dead: list[DeadLetter]
     content: dict[str, str | None] = field(default_factory=dict)  # result key -> its ikey
+    lineage_key: bytes = b""  # the workers' ETL_LINEAGE_KEY: names results (result_name)
 
 
 @dataclass
@@ -206,14 +208,14 @@ class Index:
     """Message ids and idempotency keys -> input ids (an idempotency key belongs to the
     first input recorded with it: a conflicting second input is an input of its own)."""
 
-    def __init__(self, entries: dict[str, Entry]) -> None:
+    def __init__(self, entries: dict[str, Entry], lineage_key: bytes) -> None:
         self.entries = entries
         self.by_mid = {m: iid for iid, e in entries.items() for m in e.message_ids}
         self.by_ikey: dict[str, str] = {}
         for iid, e in entries.items():
             if e.ikey is not None:
                 self.by_ikey.setdefault(e.ikey, iid)
-        self.by_name = {result_name(k): iid for k, iid in self.by_ikey.items()}
+        self.by_name = {result_name(k, lineage_key): iid for k, iid in self.by_ikey.items()}
 
     def of(self, message_id: Any, ikey: Any) -> str | None:
         if message_id is not None and str(message_id) in self.by_mid:
@@ -223,7 +225,7 @@ class Index:
 
 def attribute(entries: dict[str, Entry], seen: Observed) -> Attribution:
     """Each artefact to its input (pure: the unit tests feed it synthetic listings)."""
-    index = Index(entries)
+    index = Index(entries, seen.lineage_key)
     ev = {iid: Evidence(releases=e.releases) for iid, e in entries.items()}
     stray_results = []
     for key, h in seen.results.items():
@@ -269,7 +271,7 @@ def _attribute_reasons(index: Index, seen: Observed, ev: dict[str, Evidence]) ->
 
 def content_matches(entries: dict[str, Entry], seen: Observed) -> None:
     """``seen.content``: key -> the ikey if the stored record is the owner's, else None."""
-    index = Index(entries)
+    index = Index(entries, seen.lineage_key)
     for key, ikey in list(seen.content.items()):
         iid = index.by_name.get(key.rsplit("/", 1)[-1].removesuffix(".jsonl"))
         owner = entries[iid].ikey if iid is not None else None
@@ -481,7 +483,7 @@ class Ledger:
                     self._read_reason(key, vid)
         docs = {(k, v): d for (k, v), d in self._reason_docs.items()
                 if (v == "live") != versions}
-        return Observed(results, reasons, docs, list(self.dead))
+        return Observed(results, reasons, docs, list(self.dead), lineage_key=self._lineage_key)
 
     def _read_reason(self, key: str, vid: str) -> None:
         """One reason file's content (``vid`` "live": its current version)."""
@@ -490,19 +492,27 @@ class Ledger:
             resp = self.storage.client.get_object(Bucket=self.s.bucket, Key=key, **extra)
             self._reason_docs[(key, vid)] = json.loads(resp["Body"].read())
 
-    def _content_ikey(self, key: str) -> str | None:
+    @property
+    def _lineage_key(self) -> bytes:
+        return self.s.lineage_key.get_secret_value().encode()
+
+    def _content_record_id(self, key: str) -> str | None:
         try:
             record = orjson.loads(self.storage.get(self.s.bucket, key))
-            return str(record["metadata"]["idempotency_key"])
+            return str(record["metadata"]["record_id"])
         except Exception:
             return None
 
     def _read_contents(self, seen: Observed) -> None:
-        """The idempotency key inside every single live result (the others are judged
-        without reading them)."""
+        """The input named inside every single live result, by its record id (the others
+        are judged without reading them)."""
         keys = [k for k, h in seen.results.items() if h.live and len(h.versions) == 1]
+        ikey_of = {result_name(e.ikey, self._lineage_key): e.ikey
+                   for e in self.entries.values() if e.ikey is not None}
         with ThreadPoolExecutor(8) as pool:
-            seen.content = dict(zip(keys, pool.map(self._content_ikey, keys), strict=True))
+            rids = pool.map(self._content_record_id, keys)
+            seen.content = {k: ikey_of.get(r) if r else None
+                            for k, r in zip(keys, rids, strict=True)}
         content_matches(self.entries, seen)
 
     def outcome_records(self) -> dict[str, int]:

@@ -22,7 +22,7 @@ from .ledger import (
 
 IKEY = "0123456789abcdef"
 MID = "m-1"
-RESULT = f"training/steps/2026/11/01/{IKEY}.jsonl"
+RESULT = f"training/steps/2026/11/01/{result_name(IKEY, b'')}.jsonl"
 REASON = f"quarantine/StepsRecord/{IKEY}/u_20261101_120000_000000.avro.reason.json"
 
 
@@ -177,10 +177,13 @@ def test_queues_not_empty_fail() -> None:
 
 def test_result_name_matches_the_workers_naming() -> None:
     """The ledger restates the name instead of importing it: the same answers."""
+    from etl_engine.domain.lineage import record_id
     from etl_engine.domain.outcomes import key_name
 
     for ikey in (IKEY, "a/b", "x" * 201, "key=1.2_3-4", "é", "..", ".", "a.."):
-        assert key_name(ikey) == result_name(ikey)
+        for lineage_key in (b"", b"k", b"test-lineage-key-123"):
+            name = result_name(ikey, lineage_key)
+            assert key_name(record_id(lineage_key, ikey)) == name
 
 
 def test_the_ledger_functions_fit_a_screen() -> None:

@@ -29,6 +29,7 @@ from helpers import (
     drain_dlq,
     publish,
     results,
+    rid,
     running_worker,
     sample_files,
     sealed,
@@ -180,13 +181,20 @@ def test_hash_key_is_required_unless_development(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "ETL_USER_ID_HASH_KEY" in str(info.value)
+    assert "ETL_LINEAGE_KEY" in str(info.value)
     assert load_settings(env="development").user_id_hash_key.get_secret_value() == ""
-    assert load_settings(user_id_hash_key="k").idempotency_scheme == "upload-service"
+    assert load_settings(env="development").lineage_key.get_secret_value() == ""
+    with pytest.raises(ConfigError) as info:
+        load_settings(user_id_hash_key="k")
+    assert "ETL_LINEAGE_KEY" in str(info.value) and "ETL_USER_ID_HASH_KEY" not in str(info.value)
+    assert load_settings(user_id_hash_key="k", lineage_key="l").idempotency_scheme == \
+        "upload-service"
 
 
 def test_hashless_messages_need_the_opaque_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
     _clean_env(monkeypatch)
     monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "k")
+    monkeypatch.setenv("ETL_LINEAGE_KEY", "lineage-key")
     monkeypatch.setenv("ETL_REQUIRE_CONTENT_HASH", "false")
     with pytest.raises(ConfigError) as info:
         load_settings()
@@ -271,7 +279,8 @@ async def test_hostile_ids_are_dead_lettered_and_never_reach_s3(settings) -> Non
         assert found[label] == "invalid_field", label
     for label in prop_cases:
         assert found[label] == "invalid_property", label
-    assert [k for k in results(settings) if k.endswith(f"/{good.idempotency_key}.jsonl")]
+    good_name = f"/{rid(settings, good.idempotency_key)}.jsonl"
+    assert [k for k in results(settings) if k.endswith(good_name)]
     assert len(results(settings)) == 1, "only the good upload wrote a result"
     _metadata_is_clean(settings)
 
@@ -310,7 +319,8 @@ async def test_a_second_user_cannot_reuse_the_victims_key(settings) -> None:  # 
     assert found == {label: code for label, (_, code) in cases.items()}
     assert outcomes == {victim.message_id: "processed", attacker2.message_id: "processed"}
     names = {k.rsplit("/", 1)[-1] for k in results(settings)}
-    assert names == {f"{victim.idempotency_key}.jsonl", f"{attacker2.idempotency_key}.jsonl"}
+    assert names == {f"{rid(settings, victim.idempotency_key)}.jsonl",
+                     f"{rid(settings, attacker2.idempotency_key)}.jsonl"}
 
 
 @pytest.mark.integration
@@ -327,7 +337,7 @@ async def test_opaque_scheme_accepts_arbitrary_and_hashless_keys(  # type: ignor
     async with running_worker(opaque):
         await publish(opaque, body)
         assert await wait_outcomes(opaque, ["m-opaque-1"]) == {"m-opaque-1": "processed"}
-    assert [k for k in results(opaque) if k.endswith("/ik-opaque-1.jsonl")]
+    assert [k for k in results(opaque) if k.endswith(f"/{rid(opaque, 'ik-opaque-1')}.jsonl")]
 
 
 # --- the whole upload-service name, not a prefix of it ----------------------------------------

@@ -16,7 +16,9 @@ Record = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Lineage:
-    """Where a result came from; copied into the training record's metadata."""
+    """Where a result came from. The training record carries only the pseudonyms
+    (domain/lineage.py), unless ``full`` (a private deployment's ETL_FULL_LINEAGE) adds the
+    raw fields too."""
 
     bucket: str
     key: str
@@ -25,7 +27,10 @@ class Lineage:
     record_type: str
     idempotency_key: str
     upload_timestamp_utc: str | None = None
-    subject_id: str | None = None  # keyed hash of the user id: per-subject compaction
+    subject_id: str | None = None  # keyed pseudonym of the user id: per-subject compaction
+    source_id: str = ""  # keyed pseudonym of bucket + key
+    record_id: str = ""  # keyed pseudonym of the idempotency key: the result's file name
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ class DomainConfig:
     quality_threshold: float = 0.7
     max_future_skew_ms: int = 300_000
     origin_priority: tuple[str, ...] = ()
-    processor_version: str = "0.1.0"
+    processor_version: str = "0.2.0"
 
 
 @dataclass(slots=True)

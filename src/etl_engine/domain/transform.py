@@ -8,9 +8,12 @@ Pure and deterministic: ``processed_at`` is passed in, nothing is read or logged
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
+
+import orjson
 
 from etl_engine.domain import narratives, registry
 from etl_engine.domain.model import DomainConfig, Lineage, Record, TrainingOutput, ValidationReport
@@ -27,7 +30,7 @@ from etl_engine.domain.stats.common import (
 from etl_engine.domain.validation import canonical_record_type
 
 __all__ = ["GENERIC_CATEGORY", "PROCESSORS", "column_sink", "compute_statistics",
-           "training_category", "transform"]
+           "full_lineage", "settings_digest", "training_category", "transform"]
 
 # Every known type's spec by name (a live view of the registry; the old name).
 PROCESSORS: Mapping[str, RecordTypeSpec] = registry.SPECS
@@ -108,6 +111,23 @@ def _warnings(report: ValidationReport, valid: int, origins: int) -> list[str]:
     return out
 
 
+def settings_digest(config: DomainConfig) -> str:
+    """The settings that shape a result, as a short digest: the dataset card tells records
+    made under different settings apart (and lists the settings of the one it knows)."""
+    shaping = {"quality_threshold": config.quality_threshold,
+               "max_future_skew_ms": config.max_future_skew_ms,
+               "origin_priority": list(config.origin_priority)}
+    return hashlib.sha256(orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def full_lineage(lineage: Lineage) -> dict[str, Any]:
+    """The raw lineage, only under ETL_FULL_LINEAGE (names the person: see docs/dataset.md)."""
+    return {"bucket": lineage.bucket, "key": lineage.key, "message_id": lineage.message_id,
+            "correlation_id": lineage.correlation_id,
+            "idempotency_key": lineage.idempotency_key,
+            "upload_timestamp_utc": lineage.upload_timestamp_utc}
+
+
 def transform(
     report: ValidationReport,
     lineage: Lineage,
@@ -140,17 +160,14 @@ def transform(
     )
     when = processed_at if processed_at.tzinfo else processed_at.replace(tzinfo=UTC)
     metadata: dict[str, Any] = {
-        "bucket": lineage.bucket,
-        "key": lineage.key,
-        "message_id": lineage.message_id,
-        "correlation_id": lineage.correlation_id,
-        "record_type": rtype,
-        "idempotency_key": lineage.idempotency_key,
-        "upload_timestamp_utc": lineage.upload_timestamp_utc,
+        "source_id": lineage.source_id,
+        "record_id": lineage.record_id,
         "subject_id": lineage.subject_id,
+        "record_type": rtype,
         "export_time": iso_utc(report.export_ms) if report.export_ms else None,
         "partial": bool(stats.get("partial", report.in_progress_records > 0)),
         "processor_version": config.processor_version,
+        "settings_digest": settings_digest(config),
         "processed_at": when.isoformat(),
         "quality_score": round(report.quality_score, 4),
         "quality_components": {k: round(v, 4) for k, v in sorted(report.components.items())},
@@ -164,5 +181,7 @@ def transform(
         "period_start": iso_utc(first_ms),
         "period_end": iso_utc(last_ms),
     }
+    if lineage.full:  # ETL_FULL_LINEAGE: a private deployment asked for the raw fields
+        metadata["lineage"] = full_lineage(lineage)
     record = {"instruction": question, "output": answer, "metadata": metadata}
     return TrainingOutput(category=category, period_date=first_day, record=record)

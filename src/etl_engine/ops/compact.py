@@ -3,7 +3,7 @@
 Reads the per-message objects ``training/{category}/{YYYY}/{MM}/{DD}/*.jsonl`` and writes
 ``{ETL_COMPACTED_PREFIX}{category}/{YYYY}/{MM}/health_journal_{YYYY}_{MM}.jsonl``
 (``compacted/`` by default): outside ``training/``, so a reader of ``training/`` counts each
-record once. Lines are sorted by (period start, idempotency key, line), so the same inputs
+record once. Lines are sorted by (period start, record id, line), so the same inputs
 give the same bytes. The per-message objects are left in place: they stay the exactly-once
 record of each input.
 
@@ -22,9 +22,9 @@ reader always sees one complete snapshot.
 Later exports of the same day: the app exports a day while it is still going, so one day
 can have a partial record (exported at 10 a.m.) and a later, complete one. Per subject,
 record type and day, the journal keeps the record with the latest export time (then a
-complete one over a partial one, then the larger idempotency key); a record that wins none
+complete one over a partial one, then the larger record id); a record that wins none
 of its days is left out, and each winner lists what it replaced in
-``metadata.supersedes`` (idempotency keys). A record that wins only some of its days stays,
+``metadata.supersedes`` (record ids). A record that wins only some of its days stays,
 and lists the others in ``metadata.superseded_days``: a reader summing days skips those.
 Records without a ``subject_id`` are never merged: without it two people's days could not
 be told apart.
@@ -106,7 +106,13 @@ def _sort_key(line: bytes) -> tuple[str, str, bytes]:
         meta = orjson.loads(line).get("metadata", {})
     except orjson.JSONDecodeError:
         meta = {}
-    return (str(meta.get("period_start", "")), str(meta.get("idempotency_key", "")), line)
+    return (str(meta.get("period_start", "")), _record_id(meta), line)
+
+
+def _record_id(meta: dict[str, Any]) -> str:
+    """The input's id: ``record_id``; records made before pseudonymous lineage carry the
+    idempotency key instead."""
+    return str(meta.get("record_id") or meta.get("idempotency_key") or "")
 
 
 def _days(meta: dict[str, Any]) -> list[str]:
@@ -122,7 +128,7 @@ def _days(meta: dict[str, Any]) -> list[str]:
 
 def _rank(meta: dict[str, Any]) -> tuple[str, bool, str]:
     return (str(meta.get("export_time") or ""), not meta.get("partial", False),
-            str(meta.get("idempotency_key", "")))
+            _record_id(meta))
 
 
 _DayKey = tuple[str, str, str]  # (subject, record type, local day)
@@ -160,12 +166,12 @@ def _day_winners(metas: list[dict[str, Any]]) -> dict[_DayKey, int]:
 
 def _supersedes(metas: list[dict[str, Any]], winners: dict[_DayKey, int],
                 dropped: set[int]) -> dict[int, set[str]]:
-    """Winner index -> idempotency keys of the dropped records it replaced."""
+    """Winner index -> record ids of the dropped records it replaced."""
     replaced: dict[int, set[str]] = defaultdict(set)
     for i in dropped:
         meta = metas[i]
         for key in _day_keys(meta):
-            replaced[winners[key]].add(str(meta.get("idempotency_key", "")))
+            replaced[winners[key]].add(_record_id(meta))
     return replaced
 
 

@@ -1,0 +1,162 @@
+"""``etl-engine lineage`` and ``etl-engine dataset card|pull``: the training data's tools,
+for operators (lineage) and ML engineers (card, pull)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from etl_engine.settings import Settings
+
+
+def _settings() -> Settings:
+    from etl_engine.ops import cli
+
+    return cli._operator_settings()
+
+
+def _storage(s: Settings) -> Any:
+    from etl_engine.adapters.storage import Storage, make_client
+
+    return Storage(make_client(s))
+
+
+def _print_json(value: Any) -> None:
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+# --- lineage ---------------------------------------------------------------------------------
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from etl_engine.ops import lineage
+
+    try:
+        ident = lineage.parse_id(args.id)
+    except lineage.NotAnId as exc:
+        print(f"etl-engine lineage: {exc}", file=sys.stderr)
+        return 2
+    s = _settings()
+    found = [lineage.describe(m, reveal=args.reveal) for m in
+             lineage.find(_storage(s), s, ident)]
+    if args.json:
+        _print_json(found)
+    for item in [] if args.json else found:
+        print("\n".join(f"{k:<18} {v}" for k, v in item.items() if v is not None) + "\n")
+    if not found:
+        print(f"etl-engine lineage: no outcome record under {s.outcome_prefix} names {ident} "
+              "(another bucket or ETL_OUTCOME_PREFIX? a record from before outcome records?)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- dataset ---------------------------------------------------------------------------------
+def cmd_dataset_card(args: argparse.Namespace) -> int:
+    from etl_engine.ops import dataset
+
+    s = _settings()
+    try:
+        dataset.month_parts(args.month)
+    except ValueError as exc:
+        print(f"etl-engine dataset card: {exc}", file=sys.stderr)
+        return 2
+    card = dataset.write_card(_storage(s), s, args.month)
+    if card is None:
+        print(f"etl-engine dataset card: no journals for {args.month} under "
+              f"{s.compacted_prefix}: run `etl-engine compact --month {args.month}` first",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(card)
+    else:
+        print(dataset.render_markdown(card, s))
+    print(f"written: {dataset.card_key(s, args.month, 'md')} and .json", file=sys.stderr)
+    return 0
+
+
+def cmd_dataset_months(args: argparse.Namespace) -> int:
+    from etl_engine.ops import dataset
+
+    s = _settings()
+    months = dataset.months_with_records(_storage(s), s)
+    if args.json:
+        _print_json(months)
+    else:
+        print("\n".join(months))
+    return 0
+
+
+def cmd_dataset_pull(args: argparse.Namespace) -> int:
+    from etl_engine.ops import dataset
+
+    try:
+        months = dataset.months_between(args.month, args.to or args.month)
+        shares = dataset.parse_split(args.split) if args.split else None
+    except ValueError as exc:
+        print(f"etl-engine dataset pull: {exc}", file=sys.stderr)
+        return 2
+    s = _settings()
+    req = dataset.PullRequest(months, Path(args.out), tuple(args.category or ()), shares,
+                              args.by, args.seed)
+    report = dataset.pull(_storage(s), s, req)
+    manifest = {**report.as_dict(), "months": months, "split": args.split, "by": args.by,
+                "seed": args.seed}
+    (req.out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    if args.json:
+        _print_json(manifest)
+    else:
+        _print_pull(report)
+    if report.months_without_journals:
+        print("etl-engine dataset pull: no journals for "
+              + ", ".join(report.months_without_journals)
+              + " (run `etl-engine compact --month YYYY-MM` first)", file=sys.stderr)
+    return 0 if report.files else 1
+
+
+def _print_pull(report: Any) -> None:
+    for path, n in report.files.items():
+        print(f"{n:>8} records  {report.out / path}")
+    for part, n in report.subjects_per_split.items():
+        print(f"{part:>10}: {n} subjects")
+    for card in report.cards:
+        print(f"    card  {card}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    lin = sub.add_parser(
+        "lineage", help="map a training record's source_id or record_id back to its input "
+                        "(operators: reads the outcome records)")
+    lin.add_argument("id", help="source_id or record_id (32 hex digits), or a result's key")
+    lin.add_argument("--reveal", action="store_true",
+                     help="show the user id in the object key (masked by default)")
+    lin.add_argument("--json", action="store_true", help="print JSON")
+    lin.set_defaults(fn=cmd_lineage)
+
+    ds = sub.add_parser("dataset", help="the training data as a dataset: card, local pull")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    card = dsub.add_parser("card", help="write (and print) a month's dataset card")
+    card.add_argument("--month", required=True, help="YYYY-MM")
+    card.add_argument("--json", action="store_true", help="print the card's JSON form")
+    card.set_defaults(fn=cmd_dataset_card)
+
+    months = dsub.add_parser("months", help="list the months that have training records "
+                                            "(one per line: feed them to compact)")
+    months.add_argument("--json", action="store_true", help="print a JSON list")
+    months.set_defaults(fn=cmd_dataset_months)
+
+    pull = dsub.add_parser("pull", help="download compacted months into a local folder")
+    pull.add_argument("--month", required=True, help="YYYY-MM (the first month)")
+    pull.add_argument("--to", help="YYYY-MM: the last month of a range (default: --month)")
+    pull.add_argument("--out", required=True, help="folder to write JSONL files into")
+    pull.add_argument("--category", action="append",
+                      help="only this training category (repeatable; default: all)")
+    pull.add_argument("--split", help="e.g. 80/10/10: train/validation/test percentages")
+    pull.add_argument("--by", choices=("subject", "record"), default="subject",
+                      help="what a split keeps together (default: subject, so no person's "
+                           "days are in two splits)")
+    pull.add_argument("--seed", default="", help="changes which split each subject gets")
+    pull.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    pull.set_defaults(fn=cmd_dataset_pull)
