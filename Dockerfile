@@ -100,9 +100,10 @@ USER 10001:10001
 # Sidecar HTTP server: /live, /ready, /health, /metrics.
 EXPOSE 8004
 
-# Liveness of the worker's event loop (slim has no curl: plain urllib; a 503 raises).
+# Liveness of the worker's event loop: `worker --check live` probes this container's
+# sidecar (ETL_SIDECAR_PORT) and exits 0 on 200, else 1.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:' + os.environ.get('ETL_SIDECAR_PORT', '8004') + '/live', timeout=4).read()"]
+    CMD ["etl-engine", "worker", "--check", "live"]
 
 # SIGTERM: stop consuming, finish in-flight work within ETL_SHUTDOWN_GRACE_S, exit 0.
 # Give the container a stop timeout above that (compose stop_grace_period, Kubernetes

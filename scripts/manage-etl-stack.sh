@@ -60,11 +60,16 @@ CMD="${1:-help}"; shift || true
 # --- environment -----------------------------------------------------------------------------
 # shellcheck source=lib/secrets.sh
 . "$ROOT/scripts/lib/secrets.sh"  # ensure_env_secrets: random keys in .env
+# shellcheck source=lib/local-stack-env.sh
+. "$ROOT/scripts/lib/local-stack-env.sh"  # ensure_local_stack_env: S3 endpoint and keys
 
 load_env() {
   [[ -f .env ]] || { [[ -f .env.template ]] && cp .env.template .env; }
   if [[ -f .env ]]; then
     ensure_env_secrets
+    # native: the local S3 server's endpoint and keys, so .venv/bin/etl-engine (which reads
+    # .env) reaches this stack from any shell
+    if [[ $MODE == native ]]; then ensure_local_stack_env; fi
     # Only ETL_ variables not already set in the environment.
     while IFS='=' read -r name value; do
       [[ "$name" =~ ^ETL_[A-Z0-9_]+$ ]] || continue
@@ -268,7 +273,7 @@ native_status() {
   done
   if [[ -f "$RUN/s3.pid" ]] && alive "$(cat "$RUN/s3.pid")"; then ok "S3 server (pid $(cat "$RUN/s3.pid"))"; fi
   if .venv/bin/etl-engine status --help >/dev/null 2>&1; then
-    .venv/bin/etl-engine status --once $(for p in $(sidecar_ports); do printf -- '--sidecar http://127.0.0.1:%s ' "$p"; done)
+    .venv/bin/etl-engine status --once $(for p in $(sidecar_ports); do printf -- '--targets http://127.0.0.1:%s ' "$p"; done)
   fi
 }
 
@@ -314,7 +319,14 @@ demo() {
   native_start
   say "loading the bundled samples"
   load_sample --run-id "demo-$(date -u +%Y%m%dT%H%M%S)"
+  say "compacting each month into journals, with its dataset card"
+  local month
+  for month in $(.venv/bin/etl-engine dataset months); do
+    .venv/bin/etl-engine compact --month "$month"
+  done
   say "demo finished in $((SECONDS - t0))s; results under s3://${ETL_BUCKET:-health-data}/training/"
+  echo "    the month's journals and dataset cards: s3://${ETL_BUCKET:-health-data}/compacted/;"
+  echo "    load one: .venv/bin/etl-engine dataset pull --month YYYY-MM --out data/ (docs/dataset.md)"
   echo "    the workers keep running: '$0 status', '$0 logs', '$0 stop'"
 }
 
@@ -331,7 +343,7 @@ docker_cmd() {
     logs) compose logs -f "${1:-worker}" ;;
     shell) compose exec worker /bin/sh ;;
     scale) compose up -d --wait --scale "worker=${1:?usage: scale N}" ;;
-    status) compose ps && compose run --rm -T etl-cli status --once --sidecar http://worker:8004 ;;
+    status) compose ps && compose run --rm -T etl-cli status --once --targets http://worker:8004 ;;
     health) for c in $(compose ps -q worker); do docker exec "$c" python -c \
         'import urllib.request;print(urllib.request.urlopen("http://127.0.0.1:8004/health").read().decode())' || true; done ;;
     metrics) for c in $(compose ps -q worker); do docker exec "$c" python -c \
@@ -340,7 +352,9 @@ docker_cmd() {
     load-sample) compose run --rm -T loader load-samples --wait "$@" ;;
     demo) compose up -d --wait --scale "worker=${ETL_WORKERS}" \
         && compose run --rm -T loader load-samples --wait \
-             --run-id "demo-$(date -u +%Y%m%dT%H%M%S)" ;;
+             --run-id "demo-$(date -u +%Y%m%dT%H%M%S)" \
+        && for month in $(compose run --rm -T etl-cli dataset months); do
+             compose run --rm -T etl-cli compact --month "$month"; done ;;
     test) MODE=native; run_tests "$@" ;;
     *) die "unknown command '$CMD' (try: $0 help)" ;;
   esac

@@ -49,12 +49,17 @@ fi
 
 # shellcheck source=lib/secrets.sh
 . "$ROOT/scripts/lib/secrets.sh"  # ensure_env_secrets: random keys in .env
+# shellcheck source=lib/local-stack-env.sh
+. "$ROOT/scripts/lib/local-stack-env.sh"  # ensure_local_stack_env: S3 endpoint and keys
 
 if [[ ! -f .env ]]; then
   say "writing .env from .env.template"
   cp .env.template .env
 fi
 ensure_env_secrets
+# The local stack's S3 endpoint and keys: `.venv/bin/etl-engine ...` reads .env, so it
+# reaches the running stack without `manage-etl-stack.sh shell`.
+ensure_local_stack_env
 
 if [[ $RUN_TESTS == 1 ]]; then
   say "starting the local services"

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 AMQP_URL = os.environ.get("ETL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("ETL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# `etl-engine` reads .env from its working directory (here the repository root, where the
+# stack scripts write one): the commands the tests run see only the environment the tests
+# give them (tests/test_cli.py checks the .env reading itself).
+os.environ["ETL_ENV_FILE"] = ""
 
 
 def _free_port() -> int:
@@ -87,6 +91,7 @@ def test_env(s3_endpoint: str, run_id: str) -> dict[str, str]:
         "ETL_AMQP_HEARTBEAT_S": "5",
         "ETL_LEASE_TTL_S": "3",
         "ETL_USER_ID_HASH_KEY": f"test-hash-key-{run_id}",
+        "ETL_LINEAGE_KEY": f"test-lineage-key-{run_id}",
     }
 
 

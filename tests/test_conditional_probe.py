@@ -147,7 +147,7 @@ async def test_the_worker_refuses_to_start_on_a_store_that_ignores_if_none_match
     shim.if_none_match = "ignore"
     refused = WorkerProcess(test_env, tmp_path / "refused.log", ETL_S3_ENDPOINT_URL=shim.url)
     try:
-        assert await refused.wait_exit(60) == 2
+        assert await refused.wait_exit(60) == 78  # EX_CONFIG, like a bad setting
     finally:
         refused.kill()
     out = (tmp_path / "refused.log").read_text()

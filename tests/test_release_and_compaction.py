@@ -29,6 +29,7 @@ from helpers import (
     publish,
     queue_counts,
     results,
+    rid,
     running_worker,
     sample_files,
     storage_for,
@@ -132,7 +133,7 @@ async def test_release_over_a_slow_s3_path_deletes_only_what_was_replaced(  # ty
             assert f"requarantined: {garbage_q}" in out.stdout
             assert proxy.connections > 0  # the tool did go through the slow path
             await wait_outcome(settings, late.message_id, "processed")
-            assert [k for k in results(settings) if late.idempotency_key in k]
+            assert [k for k in results(settings) if rid(settings, late.idempotency_key) in k]
             storage = storage_for(settings)
             assert not storage.exists(settings.bucket, late_q)
             assert reason_of(settings, late_q) is None
@@ -165,7 +166,7 @@ async def test_release_without_a_new_outcome_keeps_the_evidence_then_finishes(  
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"released: {qkey}" in again.stdout
         assert reason_of(settings, qkey) is None
-        assert len([k for k in results(settings) if late.idempotency_key in k]) == 1
+        assert len([k for k in results(settings) if rid(settings, late.idempotency_key) in k]) == 1
     finally:
         await delete_topology(settings)
 
@@ -182,7 +183,7 @@ async def test_release_refuses_a_dedup_store_that_is_not_the_fleets(  # type: ig
         unset = {k: v for k, v in test_env.items() if k != "ETL_DEDUP_URL"}
         env = {k: v for k, v in os.environ.items() if k != "ETL_DEDUP_URL"}
         out = await asyncio.to_thread(_cli_without, env, unset, "quarantine", "release", qkey)
-        assert out.returncode == 2 and "ETL_DEDUP_URL" in out.stderr, out.stderr
+        assert out.returncode == 78 and "ETL_DEDUP_URL" in out.stderr, out.stderr
         # explicit, but another store (a fresh local file): it knows nothing of the input
         other = f"sqlite:///{tmp_path}/other.sqlite3"
         wrong = await acli(test_env, "quarantine", "release", qkey, "--dedup-url", other)
@@ -259,9 +260,9 @@ async def test_dlq_replay_result_lands_under_the_same_idempotency_key(  # type: 
             assert out.returncode == 0, out.stderr
             await wait_outcome(settings, up.message_id, "processed")  # same message id
         [key] = results(settings)
-        assert key.endswith(f"/{up.idempotency_key}.jsonl")
+        assert key.endswith(f"/{rid(settings, up.idempotency_key)}.jsonl")
         record = orjson.loads(storage_for(settings).get(settings.bucket, key))
-        assert record["metadata"]["idempotency_key"] == up.idempotency_key
+        assert record["metadata"]["record_id"] == rid(settings, up.idempotency_key)
     finally:
         await delete_topology(settings)
 

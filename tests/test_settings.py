@@ -12,6 +12,7 @@ from etl_engine.settings import ConfigError, load_settings, setting_names
 
 def test_defaults_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "k")  # required: no default
+    monkeypatch.setenv("ETL_LINEAGE_KEY", "lineage-key")
     s = load_settings()
     assert s.dlq_name == "health_data_processing.dlq"
     assert s.retry_queue_name(0) == "health_data_processing.retry.q.1000ms"
@@ -44,6 +45,7 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_AMQP_URL", "amqp://etl:hunter2@broker:5672/")
     monkeypatch.setenv("ETL_S3_SECRET_ACCESS_KEY", "very-secret")
     monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "hash-key")
+    monkeypatch.setenv("ETL_LINEAGE_KEY", "lineage-key")
     shown = load_settings().masked()
     assert "hunter2" not in str(shown) and "very-secret" not in str(shown)
     assert shown["ETL_AMQP_URL"] == "amqp://etl:********@broker:5672/"
@@ -53,7 +55,7 @@ def test_config_check_command_fails_fast_naming_the_variable() -> None:
     env = {"ETL_MAX_ATTEMPTS": "lots", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "etl_engine.ops.cli", "config", "check"],
                           env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 78  # EX_CONFIG
     assert "ETL_MAX_ATTEMPTS" in proc.stderr
 
 

@@ -86,3 +86,26 @@ def classify(exc: BaseException) -> tuple[Disposition, str]:
     # An unexpected bug: retry (bounded by ETL_MAX_ATTEMPTS, then the DLQ), so a fix
     # deployed in between can still process it.
     return Disposition.RETRY, f"internal_error:{name}"
+
+
+class ExitCode(enum.IntEnum):
+    """The process exit codes of ``etl-engine`` (README: Exit codes). 69 and 78 are the
+    BSD ``sysexits.h`` codes that supervisors and shells already know."""
+
+    OK = 0
+    FAILURES = 1  # ran, but some of the work failed (load-samples, release, replay)
+    USAGE = 2  # the command line was wrong (argparse's own code)
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: a service refused or could not be reached
+    CONFIG = 78  # EX_CONFIG: the configuration is invalid
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
+
+
+class Unavailable(Exception):
+    """A service the command needs refused it or cannot be reached: exit 69 with one line
+    naming the service and the setting to check (never a traceback)."""
+
+    def __init__(self, service: str, setting: str, detail: str) -> None:
+        super().__init__(f"{service} {detail}: check {setting}")
+        self.service = service
+        self.setting = setting
+        self.detail = detail

@@ -11,7 +11,8 @@ import os
 import re
 import socket
 from functools import cached_property
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,7 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "ETL_"
 # Query parameters that carry credentials in redis://, amqp:// and similar URLs.
@@ -123,23 +129,49 @@ class Settings(BaseSettings):
     env: Literal["production", "development"] = "production"
     worker_id: str = ""  # empty: "{hostname}-{pid}"
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"  # auto: uvloop if installed
+    # NAME=value file (e.g. a mounted ConfigMap) whose values override the environment for
+    # the names it sets, at start and on each reload (SIGHUP, POST /admin/config/reload)
+    config_file: str = ""
     sidecar_host: str = "127.0.0.1"  # containers set 0.0.0.0 (the kubelet probes the pod IP)
     sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: any free port (logged)
     # connections held at once; a new one beyond it closes the oldest
     sidecar_max_connections: int = Field(64, ge=1, le=4096)
     admin_token: SecretStr = SecretStr("")  # empty: no admin routes; else 32+ characters
+    # broker URL of the admin API's DLQ reads (a user that may read the DLQ); empty: amqp_url
+    admin_amqp_url: SecretStr = SecretStr("")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     otlp_endpoint: str = ""  # empty: tracing disabled
+    # share of the traces this worker starts that are kept (a publisher's traceparent decides
+    # for its own trace); reloadable
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
     # required unless env=development: unkeyed hashes of guessable ids are reversible
     user_id_hash_key: SecretStr = Field(SecretStr(""), validate_default=True)
+    # key of the training records' pseudonyms (source_id, subject_id, record_id); required
+    # unless env=development. Another key than the log hashes: logs and training data must
+    # not join. Changing it changes every new record's ids (docs/dataset.md).
+    lineage_key: SecretStr = Field(SecretStr(""), validate_default=True)
+    # true: training records also carry the raw lineage (bucket, key, message and
+    # correlation ids) -- only for a private deployment; the worker warns at start
+    full_lineage: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence, highest first: arguments (command-line flags), ETL_CONFIG_FILE, the
+        environment, a dotenv file (the CLI's .env), the defaults."""
+        return (init_settings, ConfigFileSource(settings_cls, init_settings, dotenv_settings),
+                env_settings, dotenv_settings, file_secret_settings)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("user_id_hash_key")
+    @field_validator("user_id_hash_key", "lineage_key")
     @classmethod
     def _hash_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         if not value.get_secret_value() and info.data.get("env") != "development":
@@ -254,7 +286,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 shown = "********" if value.get_secret_value() else ""
-                if name == "amqp_url":
+                if name in ("amqp_url", "admin_amqp_url"):
                     shown = _mask_url(value.get_secret_value())
                 out[ENV_PREFIX + name.upper()] = shown
             elif name in ("dedup_url", "s3_endpoint_url", "otlp_endpoint"):
@@ -262,6 +294,65 @@ class Settings(BaseSettings):
             else:
                 out[ENV_PREFIX + name.upper()] = str(value)
         return out
+
+
+CONFIG_FILE_VAR = ENV_PREFIX + "CONFIG_FILE"
+_CONFIG_FILE_MAX_BYTES = 64 * 1024
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """``ETL_CONFIG_FILE``: plain ``ETL_NAME=value`` lines (``#`` comments, blank lines; no
+    quotes, as in .env.template), e.g. a ConfigMap mounted as a file. The names it sets
+    override the environment; it is read again on every reload. A name that is not a
+    setting, a line that is not NAME=value or an unreadable file is a ConfigError naming
+    the file and line: a typo must not pass silently."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource,
+                 dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init, self._dotenv = init, dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole file at once
+
+    def _path(self) -> str:
+        given = getattr(self._init, "init_kwargs", {}).get("config_file")
+        if given is None:
+            given = next((v for k, v in os.environ.items() if k.upper() == CONFIG_FILE_VAR),
+                         None)
+        if given is None:
+            given = self._dotenv().get("config_file")
+        return str(given or "")
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._path()
+        return read_config_file(path) if path else {}
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """field name -> value of an ETL_CONFIG_FILE (see ``ConfigFileSource``)."""
+    where = f"{CONFIG_FILE_VAR} {path}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or type(exc).__name__})"
+                          ) from None
+    if len(data) > _CONFIG_FILE_MAX_BYTES:
+        raise ConfigError(f"{where}: larger than {_CONFIG_FILE_MAX_BYTES} bytes")
+    known = set(Settings.model_fields)
+    out: dict[str, str] = {}
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        field = name[len(ENV_PREFIX):].lower() if name.upper().startswith(ENV_PREFIX) else ""
+        if not sep or not field:
+            raise ConfigError(f"{where}:{n}: not an ETL_NAME=value line")
+        if field not in known or field == "config_file":
+            raise ConfigError(f"{where}:{n}: {name} is not a setting it may set")
+        out[field] = value.strip()
+    return out
 
 
 def _is_loopback(url: str) -> bool:
@@ -294,8 +385,15 @@ def _mask_param(match: re.Match[str]) -> str:
     return match.group(1) + "********"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment; raise ConfigError naming each bad ``ETL_`` variable."""
+def load_settings(env_file: str | os.PathLike[str] | None = None,
+                  **overrides: object) -> Settings:
+    """Read the environment; raise ConfigError naming each bad ``ETL_`` variable.
+
+    ``env_file``: a dotenv file (the CLI's ``.env``) read beneath the environment: a
+    variable set in the environment wins over the file. ``overrides`` (command-line flags)
+    win over both."""
+    if env_file is not None:
+        overrides["_env_file"] = env_file
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -63,7 +63,7 @@ def main() -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"faulty_worker: {exc}", file=sys.stderr)
-        return 2
+        return 78  # EX_CONFIG, as etl-engine worker
     return serve(settings, [crash])
 
 

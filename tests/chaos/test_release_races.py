@@ -85,7 +85,7 @@ async def test_release_refuses_another_dedup_store_and_keeps_the_evidence(chaos:
     chaos.figures.update({"release_without_dedup_url_exit": unset_rc,
                           "release_other_store_exit": other_rc,
                           "evidence_versions": after["versions"]})
-    assert unset_rc != 0 and "ETL_DEDUP_URL" in unset_out, unset_out
+    assert unset_rc == 78 and "ETL_DEDUP_URL" in unset_out, unset_out  # EX_CONFIG
     assert other_rc != 0, other_out
     assert after["versions"] == before["versions"], "the evidence was touched"
     assert all(live and n == 1 for n, _, live in after["versions"].values())

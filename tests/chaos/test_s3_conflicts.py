@@ -65,7 +65,8 @@ async def test_store_ignoring_if_none_match_refuses_to_start(chaos: Chaos, shim:
     refused = chaos.fleet.start("refused", ETL_S3_ENDPOINT_URL=shim.url)
     code = await refused.wait_exit(60)
     said = refused.log_path.read_text(errors="replace")
-    assert code != 0, "a worker started on a store that ignores If-None-Match"
+    assert code == 78, f"a worker on a store that ignores If-None-Match exited {code}, not " \
+        "78 (EX_CONFIG)"
     assert "ETL_UNSAFE_NO_CONDITIONAL_WRITES" in said, said[-2000:]
     assert await chaos.ledger.ready_count() == 1, "the refused worker touched the queue"
     # The operator's explicit opt-in starts it, and it says so.

@@ -91,6 +91,7 @@ def operator_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in [n for n in list(__import__("os").environ) if n.startswith("ETL_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("ETL_USER_ID_HASH_KEY", "test-hash-key")
+    monkeypatch.setenv("ETL_LINEAGE_KEY", "lineage-key")
 
     def configure(*_: Any, user_hash_key: str = "", **__: Any) -> None:
         # only the hash key: structlog bound to pytest's capture would outlive this test

@@ -260,6 +260,7 @@ def base_env(plan: Plan, s3_url: str, amqp: str, redis_url: str) -> dict[str, st
         "ETL_LOG_FORMAT": "json",
         "ETL_OTLP_ENDPOINT": "",
         "ETL_USER_ID_HASH_KEY": "bench",
+        "ETL_LINEAGE_KEY": "bench-lineage",
         "ETL_SIDECAR_HOST": "127.0.0.1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
@@ -732,9 +733,12 @@ def _pace(plan: Plan, run: _FleetRun, throughput: float) -> _Paced:
 
 def _exactly_once(run: _FleetRun, batches: dict[str, int]) -> dict[str, int]:
     """One result object per accepted message, nothing else (``batches``: tag -> count)."""
+    from etl_engine.domain.lineage import record_id
+
     keys = _results(run.env, run.out_bucket)
     stems = Counter(k.rsplit("/", 1)[-1].removesuffix(".jsonl") for k in keys)
-    expected = {_idempotency_key(run.fleet.inputs, tag, i)
+    lineage_key = run.env["ETL_LINEAGE_KEY"].encode()  # results are named by record id
+    expected = {record_id(lineage_key, _idempotency_key(run.fleet.inputs, tag, i))
                 for tag, n in batches.items() for i in range(n)}
     lost = len(expected - set(stems))
     duplicated = sum(c - 1 for c in stems.values() if c > 1) + len(set(stems) - expected)
@@ -1424,6 +1428,8 @@ def _measure(plan: Plan, args: argparse.Namespace, env: dict[str, str], inputs: 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.charts_from:
+        return _charts(Path(args.charts_from), Path(args.charts or ROOT / "docs" / "img"))
     plan = make_plan(args)
     started = datetime.now(UTC)
     t_start = time.monotonic()
@@ -1468,6 +1474,17 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     say(f"figures written to {out}")
+    if args.charts:
+        _charts(out, Path(args.charts))
+    return 0
+
+
+def _charts(figures: Path, out_dir: Path) -> int:
+    """Draw a figures file's charts (``bench_charts``) and say where they went."""
+    from etl_devtools.bench_charts import render_file
+
+    for path in render_file(figures, out_dir):
+        say(f"chart written to {path}")
     return 0
 
 
@@ -1502,6 +1519,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "request)")
     p.add_argument("--cache-dir", default="", help=f"large files cache ({DEFAULT_CACHE})")
     p.add_argument("--json", default="", help="write the figures here (.run/bench-ID.json)")
+    p.add_argument("--charts", default="", metavar="DIR",
+                   help="also draw the figures as SVG charts into DIR (docs/img for "
+                        "docs/performance.md; etl_devtools.bench_charts)")
+    p.add_argument("--charts-from", default="", metavar="FIGURES_JSON",
+                   help="no run: draw the charts of a figures file written by --json (into "
+                        "--charts DIR, default docs/img)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import http.client
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import boto3
@@ -263,6 +263,13 @@ class Storage:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield item["Key"]
+
+    def list_modified(self, bucket: str, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """(key, last modified) of every object under ``prefix``, in key order."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"], item["LastModified"]
 
     def delete(self, bucket: str, key: str) -> None:
         self.client.delete_object(Bucket=bucket, Key=key)
@@ -522,7 +529,7 @@ async def probe_conditional_writes(storage: AsyncStorage, bucket: str, prefix: s
 async def check_conditional_writes(storage: AsyncStorage, settings: Settings, *,
                                    stop: asyncio.Event | None = None
                                    ) -> ConditionalWrites | None:
-    """The worker's start-up gate: raise ``ConfigError`` (exit 2) unless the store honours
+    """The worker's start-up gate: raise ``ConfigError`` (exit 78) unless the store honours
     ``If-None-Match: *``, or ETL_UNSAFE_NO_CONDITIONAL_WRITES=true accepts HEAD-then-PUT
     (logged loudly, and ``storage`` switched to it). Waits while the store cannot answer
     (down, access denied: retried until ``stop``); None if stopped before an answer."""

@@ -47,6 +47,11 @@ REASON_HEADER = "x-etl-reason"
 STAGE_HEADER = "x-etl-stage"
 # Deliveries that ended unsettled (crash, lost connection) over all republished copies.
 FAILED_DELIVERIES_HEADER = "x-etl-failed-deliveries"
+# The operator tools' copies: ``dlq replay`` counts its replays, ``quarantine release``
+# marks the re-published message. Such a copy is not a fresh upload (the freshness SLO
+# leaves it out: it keeps the upload's original timestamp).
+REPLAYED_HEADER = "x-etl-replayed"
+RELEASED_HEADER = "x-etl-released"
 # Our counters in headers stay far below this; a bigger value is hostile (and would not
 # encode again as an AMQP long when the copy is republished).
 HEADER_INT_MAX = 2**31 - 1

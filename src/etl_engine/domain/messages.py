@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -46,22 +46,67 @@ _UPLOAD_STAMP = re.compile(r"\d{8}_\d{6}_\d{6}\.avro")
 _NAMESPACE = uuid.UUID("5b1f2a8e-6d0c-4c59-9a55-1f0f5b7c2e11")
 
 
+# The checks ``_token``, ``_hash`` and ``check_fields`` make, as JSON Schema patterns: the
+# published contract (``message_json_schema``) states them; validation stays the code's.
+ID_PATTERN = "^[\\x21-\\x7e]{1,128}$"
+TEXT_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
+HASH_PATTERN = "^[0-9a-fA-F]{64}$"
+
+
+_ID_X: dict[str, Any] = {"pattern": ID_PATTERN}
+_TEXT_X: dict[str, Any] = {"pattern": TEXT_PATTERN}
+_HASH_X: dict[str, Any] = {"pattern": HASH_PATTERN}
+
+
 class HealthDataMessage(BaseModel):
+    """The upload announcement (schemas/message.schema.json is generated from this)."""
+
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    idempotency_key: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    bucket: str = Field(min_length=1, max_length=63)
-    key: str = Field(min_length=1)
-    record_type: str = Field(min_length=1, max_length=64)
-    user_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    correlation_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    upload_timestamp_utc: datetime | None = None
-    content_hash: str | None = None
-    file_size_bytes: int | None = Field(default=None, ge=0)
-    record_count: int | None = Field(default=None, ge=0)
-    message_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    priority: Literal["low", "normal", "high"] = "normal"
-    retry_count: int = Field(default=0, ge=0)
+    idempotency_key: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, json_schema_extra=_ID_X, description=(
+            "The identity of the work. Default scheme (upload-service): the first 16 hex "
+            "digits of SHA-256 of '{user_id}:{file_hash}'; with ETL_IDEMPOTENCY_SCHEME=opaque "
+            "any 1-128 visible ASCII characters."))
+    bucket: str = Field(
+        min_length=1, max_length=63, json_schema_extra=_TEXT_X, description=(
+            "Bucket of the uploaded object; must be one of the workers' "
+            "ETL_ALLOWED_BUCKETS."))
+    key: str = Field(
+        min_length=1, json_schema_extra={**_TEXT_X, "maxLength": MAX_KEY_BYTES}, description=(
+            "Object key under raw/ (ETL_RAW_PREFIX), at most 1024 bytes, no '..', no leading "
+            "'/', no '//': raw/{RecordType}/{YYYY}/{MM}/{DD}/{user_id}_"
+            "{YYYYmmdd_HHMMSS_ffffff}.avro (the file name must start with '{user_id}_')."))
+    record_type: str = Field(
+        min_length=1, max_length=64, json_schema_extra=_TEXT_X, description=(
+            "Health Connect record type of the file (publish these names; the worker also "
+            "accepts them in another letter case)."))
+    user_id: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, json_schema_extra=_TEXT_X,
+        description="The uploading user; never logged or traced in clear.")
+    correlation_id: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, json_schema_extra=_ID_X,
+        description="The upload's correlation id, carried into logs and traces.")
+    upload_timestamp_utc: datetime | None = Field(
+        default=None, json_schema_extra={**_TEXT_X, "maxLength": 64},
+        description="When the upload finished, ISO-8601.")
+    content_hash: str | None = Field(
+        default=None, json_schema_extra=_HASH_X, description=(
+            "Hex SHA-256 of the object, verified after download (our name for file_hash; "
+            "if both are sent they must agree)."))
+    file_size_bytes: int | None = Field(
+        default=None, ge=0, description="Size of the object in bytes, checked against it.")
+    record_count: int | None = Field(
+        default=None, ge=0,
+        description="Records in the file, as the uploader counted them (informational).")
+    message_id: str | None = Field(
+        default=None, max_length=MAX_ID_CHARS, json_schema_extra=_ID_X, description=(
+            "Optional id of this announcement; else the AMQP message-id, else a UUID "
+            "derived from the idempotency key."))
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal",
+        description="Optional; also routable as health.processing.{record_type}.{priority}.")
+    retry_count: int = Field(default=0, ge=0, description="Optional; informational.")
 
     @field_validator("content_hash")
     @classmethod
@@ -242,3 +287,39 @@ def routing_key(record_type: str, priority: str = "normal") -> str:
 def upload_routing_key(record_type: str) -> str:
     """The upload service's routing key: ``health.processing.{record_type lower-cased}``."""
     return f"health.processing.{record_type.lower()}"
+
+
+def message_json_schema(record_types: Sequence[str]) -> dict[str, Any]:
+    """The announcement's JSON Schema (draft 2020-12), generated from ``HealthDataMessage``:
+    what a publisher must send under the default settings. ``file_hash`` is the upload
+    service's name of ``content_hash``; one of them is required (ETL_REQUIRE_CONTENT_HASH);
+    unknown fields are allowed (and ignored)."""
+    schema = HealthDataMessage.model_json_schema(mode="validation")
+    props: dict[str, Any] = schema["properties"]
+    for prop in props.values():
+        prop.pop("title", None)
+        prop.pop("default", None)
+    props["record_type"]["enum"] = list(record_types)
+    props["file_hash"] = {**props["content_hash"], "description": (
+        "Hex SHA-256 of the object, verified after download (the upload service's name; "
+        "required unless content_hash is sent).")}
+    ordered = {name: props[name] for name in (
+        "idempotency_key", "bucket", "key", "record_type", "user_id", "correlation_id",
+        "upload_timestamp_utc", "file_hash", "content_hash", "file_size_bytes",
+        "record_count", "message_id", "priority", "retry_count")}
+    assert ordered.keys() == props.keys(), sorted(set(props) ^ set(ordered))
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:etl-narrative-engine:schemas:message",
+        "title": "HealthDataMessage",
+        "description": (
+            "An upload announcement on the health_data_exchange topic exchange, routing key "
+            "health.processing.{record_type lower case} (docs/asyncapi.yaml). Generated from "
+            "src/etl_engine/domain/messages.py by `python -m etl_devtools.contract`; do not "
+            "edit by hand."),
+        "type": "object",
+        "properties": ordered,
+        "required": schema["required"],
+        "anyOf": [{"required": ["file_hash"]}, {"required": ["content_hash"]}],
+        "additionalProperties": True,
+    }

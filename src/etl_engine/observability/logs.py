@@ -16,45 +16,86 @@ from structlog.types import EventDict
 _HASH_KEY = b""
 
 
+# Our events by method name -> level; the gate below compares them with the current level.
+_LEVELS = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40,
+           "exception": 40, "critical": 50, "fatal": 50}
+_min_level = logging.INFO
+# One list object for the life of the process: cached loggers keep a reference to it, so a
+# new renderer (set_format) reaches them too.
+_PROCESSORS: list[structlog.types.Processor] = []
+_HANDLER = logging.StreamHandler(sys.stderr)
+
+
 def configure(level: str = "INFO", fmt: str = "json", *, user_hash_key: str = "") -> None:
-    """Our events and library (stdlib ``logging``) records, rendered the same way."""
+    """Our events and library (stdlib ``logging``) records, rendered the same way.
+
+    Level and format can change later (``set_level``, ``set_format``: a configuration
+    reload): structlog's filtering loggers fix the level when first used, so the level is
+    a gate at the head of the processors instead (one comparison per event)."""
     global _HASH_KEY
     _HASH_KEY = user_hash_key.encode()[:64]
-    numeric = logging.getLevelName(level)
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    _PROCESSORS[:] = [
+        _level_gate,
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _STAMP,
+        scrub_exception,
+        _renderer(fmt),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            stamp,
-            scrub_exception,
-            renderer,
-        ],
-        # Drops below-level events before any processor runs: cheap on the hot path.
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        processors=_PROCESSORS,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries (aio-pika, botocore, ...) log through stdlib logging: same renderer, so
     # production output stays one JSON object per line, and tracebacks are scrubbed too.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+    _HANDLER.setFormatter(_stdlib_formatter(_PROCESSORS[-1]))
+    logging.getLogger().handlers[:] = [_HANDLER]
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Events below ``level`` are dropped from now on (libraries: WARNING at least)."""
+    global _min_level
+    numeric = logging.getLevelName(level.upper())
+    _min_level = numeric
+    logging.getLogger().setLevel(max(numeric, logging.WARNING))
+
+
+def set_format(fmt: str) -> None:
+    """``json`` or ``console`` from the next event on, ours and the libraries'."""
+    if not _PROCESSORS:
+        return
+    _PROCESSORS[-1] = _renderer(fmt)
+    _HANDLER.setFormatter(_stdlib_formatter(_PROCESSORS[-1]))
+
+
+def _level_gate(_logger: object, name: str, event: EventDict) -> EventDict:
+    if _LEVELS.get(name, logging.INFO) < _min_level:
+        raise structlog.DropEvent
+    return event
+
+
+def _renderer(fmt: str) -> structlog.types.Processor:
+    return (structlog.processors.JSONRenderer() if fmt == "json"
+            else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+
+
+_STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def _stdlib_formatter(renderer: structlog.types.Processor) -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.add_logger_name,
             structlog.processors.add_log_level,
-            stamp,
+            _STAMP,
             scrub_exception,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    ))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(max(numeric, logging.WARNING))
+    )
 
 
 def scrub_exception(_logger: object, _name: str, event: EventDict) -> EventDict:

@@ -88,6 +88,29 @@ EVENT_LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+# The freshness SLO (docs/slo.md): an accepted upload settled (result, quarantine or DLQ)
+# within 60 s of its announcement; 60 must stay a bucket bound.
+PUBLISH_TO_SETTLE = Histogram(
+    "etl_publish_to_settle_seconds",
+    "From the message's upload_timestamp_utc to the settle of its first final outcome "
+    "(processed, quarantined or dead-lettered; replays and releases not counted). A clock "
+    "behind the publisher's reads as 0.",
+    ["outcome"],
+    buckets=(1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+CONFIG_VERSION = Gauge(
+    "etl_config_version",
+    "Configuration version of this worker: 1 at start, +1 for each reload that changed a "
+    "setting (POST /admin/config/reload, SIGHUP).",
+    registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "etl_config_reloads_total",
+    "Configuration reloads, by result: applied, unchanged, refused (a setting needs a "
+    "restart; the others were applied), invalid (nothing changed).",
+    ["result"], registry=REGISTRY,
+)
 BUILD = Info("etl_build", "Build information.", registry=REGISTRY)
 BUILD.info({"version": __version__})
 

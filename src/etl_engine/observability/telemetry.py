@@ -53,15 +53,20 @@ _SAFE_DESCRIPTION = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # "Class:reason_cod
 
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
+_root_sampler: Any = None  # the swappable ratio sampler of the traces this process starts
 
 
 # --- set-up -------------------------------------------------------------------------------
 def configure(
     endpoint: str, service_name: str, *, instance_id: str = "",
-    exporter: SpanExporter | None = None,
+    exporter: SpanExporter | None = None, sample_ratio: float = 1.0,
 ) -> bool:
-    """Install the SDK once per process; returns whether tracing is on."""
-    global _provider, _tracer
+    """Install the SDK once per process; returns whether tracing is on.
+
+    ``sample_ratio``: share of the traces this process starts that are kept (by trace id);
+    a span under a remote parent (a publisher's traceparent) follows the parent's
+    decision. ``set_sample_ratio`` changes it at run time (a configuration reload)."""
+    global _provider, _tracer, _root_sampler
     if _provider is not None:
         return True
     if not endpoint and exporter is None:
@@ -72,11 +77,14 @@ def configure(
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased
 
     attrs = {"service.name": service_name, "service.version": __version__}
     if instance_id:
         attrs["service.instance.id"] = instance_id
-    provider = TracerProvider(resource=Resource.create(attrs))
+    _root_sampler = _swappable_ratio(sample_ratio)
+    provider = TracerProvider(resource=Resource.create(attrs),
+                              sampler=ParentBased(root=_root_sampler))
     inner = exporter or OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=5)
     provider.add_span_processor(
         BatchSpanProcessor(_scrubbing(inner), schedule_delay_millis=2000)
@@ -87,6 +95,32 @@ def configure(
     _provider = provider
     _tracer = provider.get_tracer(SCOPE, __version__)
     return True
+
+
+def set_sample_ratio(ratio: float) -> None:
+    """The new share of root traces kept, from the next trace on (no-op with tracing off)."""
+    if _root_sampler is not None:
+        _root_sampler.set_ratio(ratio)
+
+
+def _swappable_ratio(ratio: float) -> Any:
+    """A trace-id ratio sampler whose ratio can be replaced atomically (one attribute)."""
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult, TraceIdRatioBased
+
+    class SwappableRatio(Sampler):
+        def __init__(self) -> None:
+            self.inner = TraceIdRatioBased(ratio)
+
+        def set_ratio(self, value: float) -> None:
+            self.inner = TraceIdRatioBased(value)
+
+        def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+            return self.inner.should_sample(*args, **kwargs)
+
+        def get_description(self) -> str:
+            return f"SwappableRatio{{{self.inner.rate}}}"
+
+    return SwappableRatio()
 
 
 def traces_url(endpoint: str) -> str:

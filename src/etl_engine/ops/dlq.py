@@ -21,35 +21,43 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry.trace import SpanKind
 
+from etl_engine.adapters.operator_reads import (  # noqa: F401  (names the tools import)
+    ROUTING_PREFIX,
+    DeadLetter,
+    describe,
+    fetch,
+    message_key,
+    open_dlq,
+    replay_routing_key,
+)
+from etl_engine.adapters.operator_reads import body_of as _body
+from etl_engine.adapters.operator_reads import int_of as _int
 from etl_engine.adapters.storage import Storage, make_client
 from etl_engine.adapters.topology import (
     ATTEMPT_HEADER,
     LEASE_WAIT_HEADER,
     REASON_HEADER,
+    REPLAYED_HEADER,
     STAGE_HEADER,
     copy_message,
 )
 from etl_engine.domain import outcomes, registry
 from etl_engine.domain.messages import HealthDataMessage, parse_message
-from etl_engine.domain.messages import routing_key as make_routing_key
 from etl_engine.errors import PoisonMessage
 from etl_engine.observability import telemetry
 from etl_engine.ops import conditional, display
 from etl_engine.settings import Settings
 
-ROUTING_PREFIX = "health.processing."
-REPLAYED_HEADER = "x-etl-replayed"
 # Headers describing the failure: dropped from a replayed copy (it starts afresh).
 _FAILURE_HEADERS = frozenset({
     ATTEMPT_HEADER, LEASE_WAIT_HEADER, REASON_HEADER, STAGE_HEADER, "x-etl-worker",
@@ -58,94 +66,6 @@ _FAILURE_HEADERS = frozenset({
     "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
     "x-delivery-count", "x-etl-failed-deliveries",
 })
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One dead-lettered message, described without its personal fields."""
-
-    id: str
-    message_id: str | None
-    reason: str
-    stage: str
-    attempts: int
-    record_type: str | None
-    routing_key: str  # where a replay sends it
-    dead_lettered_at: int | None
-    worker: str | None
-    size: int
-    replayed: int
-
-
-def message_key(message: AbstractIncomingMessage) -> str:
-    """The id operators select by: the message id, else a digest of the body."""
-    return message.message_id or "sha-" + hashlib.sha256(message.body).hexdigest()[:16]
-
-
-def _body(message: AbstractIncomingMessage) -> dict[str, Any] | None:
-    with contextlib.suppress(orjson.JSONDecodeError):
-        data = orjson.loads(message.body)
-        return data if isinstance(data, dict) else None
-    return None
-
-
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _str(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def replay_routing_key(message: AbstractIncomingMessage) -> str:
-    """The original topic routing key, else one built from the body, else a catch-all."""
-    headers = message.headers or {}
-    original = _str(headers.get("x-etl-original-routing-key")) or ""
-    if original.startswith(ROUTING_PREFIX):
-        return original
-    deaths = headers.get("x-death")  # dead-lettered by the broker itself
-    for death in deaths if isinstance(deaths, list) else []:
-        keys = death.get("routing-keys") if isinstance(death, dict) else None
-        for key in keys if isinstance(keys, list) else []:
-            if (text := _str(key) or "").startswith(ROUTING_PREFIX):
-                return text
-    body = _body(message)
-    if body and isinstance(body.get("record_type"), str):
-        priority = body.get("priority")
-        return make_routing_key(body["record_type"],
-                                priority if priority in ("low", "normal", "high") else "normal")
-    return ROUTING_PREFIX + "unknown"
-
-
-def describe(message: AbstractIncomingMessage, *, reveal: bool = False) -> DeadLetter:
-    """The list row of a message; the body's user id masked wherever it shows, unless
-    ``reveal`` (a publisher may have put it into the message id or a header)."""
-    headers = message.headers or {}
-    body = _body(message) or {}
-    if not reveal:
-        return DeadLetter(**display.mask(asdict(describe(message, reveal=True)),
-                                         display.user_ids_in(body)))
-    reason = _str(headers.get(REASON_HEADER)) or _str(headers.get("x-first-death-reason"))
-    attempts = _int(headers.get(ATTEMPT_HEADER), 0) or _int(headers.get("x-delivery-count"), 0)
-    record_type = body.get("record_type")
-    return DeadLetter(
-        id=message_key(message),
-        message_id=message.message_id,
-        reason=reason or "unknown",
-        stage=_str(headers.get(STAGE_HEADER)) or "",
-        attempts=attempts or 1,
-        record_type=record_type if isinstance(record_type, str) else None,
-        routing_key=replay_routing_key(message),
-        dead_lettered_at=_int(headers.get("x-etl-dead-lettered-at"), 0) or None,
-        worker=_str(headers.get("x-etl-worker")),
-        size=len(message.body),
-        replayed=_int(headers.get(REPLAYED_HEADER), 0),
-    )
 
 
 def masked_body(message: AbstractIncomingMessage) -> Any:
@@ -157,32 +77,30 @@ def masked_body(message: AbstractIncomingMessage) -> Any:
     return display.mask(body, display.user_ids_in(body))
 
 
+class QueueAbsent(Exception):
+    """The DLQ does not exist yet: no worker has declared the topology, so nothing can
+    have been dead-lettered."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the dead-letter queue {name} does not exist yet (a worker "
+                         "declares it when it starts): nothing has been dead-lettered")
+        self.name = name
+
+
 @contextlib.asynccontextmanager
 async def _dlq(settings: Settings, *, confirms: bool = False
                ) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue, int]]:
-    """The DLQ (passively: a tool never creates queues) and its ready count.
-
-    Closing the connection on the way out returns every fetched, unacked message.
-    """
-    conn = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
-    try:
-        channel = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
-        queue = await channel.declare_queue(settings.dlq_name, passive=True)
-        count = queue.declaration_result.message_count or 0
-        yield channel, queue, count
-    finally:
-        with contextlib.suppress(Exception):
-            await conn.close()
+    """The DLQ and its ready count (``operator_reads.open_dlq``, shared with the sidecar's
+    admin API); the tools' seam. QueueAbsent when no worker has declared it yet."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            opened = await stack.enter_async_context(open_dlq(settings, confirms=confirms))
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise QueueAbsent(settings.dlq_name) from None
+        yield opened
 
 
-async def _fetch(queue: AbstractQueue, limit: int) -> list[AbstractIncomingMessage]:
-    out: list[AbstractIncomingMessage] = []
-    while len(out) < limit:
-        msg = await queue.get(no_ack=False, fail=False, timeout=10)
-        if msg is None:
-            break
-        out.append(msg)
-    return out
+_fetch = fetch
 
 
 async def list_dead_letters(settings: Settings, *, limit: int = 1000, reveal: bool = False

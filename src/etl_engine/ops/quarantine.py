@@ -39,6 +39,7 @@ import orjson
 from etl_engine.adapters.dedup import OUTCOME_TTL_S, open_store
 from etl_engine.adapters.ports import DedupStore
 from etl_engine.adapters.storage import Storage
+from etl_engine.adapters.topology import RELEASED_HEADER
 from etl_engine.domain import outcomes
 from etl_engine.domain.messages import derive_message_id
 from etl_engine.errors import PermanentError
@@ -47,7 +48,6 @@ from etl_engine.ops import conditional, display
 from etl_engine.settings import Settings
 
 REASON_SUFFIX = ".reason.json"
-RELEASED_HEADER = "x-etl-released"
 # The outcome by message id a release leaves in the dedup store until the worker records
 # the new one over it (so a ``duplicate`` answer is seen at once).
 OUTCOME_PENDING = "release_pending"

@@ -4,6 +4,11 @@ Queue depths and consumer counts come from passive declares (no management plugi
 needed); worker figures from each sidecar's ``/health`` and ``/metrics``. Rates are
 deltas between two samples: the deliver rate is what the workers settled, the publish
 rate is that plus the growth of the work queue.
+
+Without ``--targets`` the sidecars are found on this host: every port of the native
+stack's range (8004 onwards, one per worker) that answers ``/health`` like a sidecar,
+looked up again on every refresh, so a scaled fleet shows whole. ``check`` is
+``etl-engine worker --check``: one probe of this host's sidecar, for health checks.
 """
 
 from __future__ import annotations
@@ -11,20 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl_engine.ops.display import safe
+from etl_engine.ops.display import safe, safe_data
 from etl_engine.settings import Settings
-
-LOCAL_SIDECAR = "http://127.0.0.1:8004"
-_CLEAR = "\x1b[H\x1b[2J"
 
 
 @dataclass(slots=True)
@@ -160,25 +166,23 @@ def _delta_buckets(now: dict[float, float], before: dict[float, float]) -> dict[
     return delta if delta and max(delta.values()) > 0 else now
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}/s"
-
-
-def render(current: Snapshot, previous: Snapshot | None) -> str:
+def report(current: Snapshot, previous: Snapshot | None) -> dict[str, Any]:
+    """The figures of one sample (rates from the previous one): what ``--json`` prints
+    and the text view shows."""
     dt = current.at - previous.at if previous else 0.0
-    lines = [f"etl-engine status   {time.strftime('%Y-%m-%d %H:%M:%S')}"
-             + (f"   (rates over {dt:.1f} s)" if dt else ""), ""]
-    if current.broker_error:
-        lines.append(f"broker unreachable ({current.broker_error})")
-    lines.append(f"{'queue':<14} {'name':<44} {'ready':>8} {'consumers':>10}")
-    for q in current.queues:
-        ready = "absent" if q.messages is None else str(q.messages)
-        consumers = "-" if q.consumers is None else str(q.consumers)
-        lines.append(f"{q.role:<14} {q.name:<44} {ready:>8} {consumers:>10}")
+    return {
+        "at": datetime.fromtimestamp(current.at, UTC).isoformat(timespec="seconds"),
+        "interval_s": round(dt, 3) if dt else None,
+        "broker_error": current.broker_error,
+        "queues": [{"role": q.role, "name": q.name, "ready": q.messages,
+                    "consumers": q.consumers} for q in current.queues],
+        **_fleet_rates(current, previous, dt),
+        "workers": [_worker_row(w, previous, dt) for w in current.workers],
+    }
+
+
+def _fleet_rates(current: Snapshot, previous: Snapshot | None, dt: float
+                 ) -> dict[str, float | None]:
     deliver = publish = None
     if previous and dt > 0:
         before = {w.url: w for w in previous.workers if not w.error}
@@ -186,56 +190,197 @@ def render(current: Snapshot, previous: Snapshot | None) -> str:
                    if not w.error and w.url in before]
         if settled:
             deliver = max(0.0, sum(settled)) / dt
-            work_now = current.queues[0].messages
-            work_before = previous.queues[0].messages
+            work_now = current.queues[0].messages if current.queues else None
+            work_before = previous.queues[0].messages if previous.queues else None
             if work_now is not None and work_before is not None:
                 publish = max(0.0, deliver + (work_now - work_before) / dt)
-    lines += ["", f"deliver rate (settled by workers) {_rate(deliver)}   "
-                  f"publish rate (est.) {_rate(publish)}", ""]
+    return {"deliver_rate": deliver, "publish_rate": publish}
+
+
+def _worker_row(w: WorkerFigures, previous: Snapshot | None, dt: float) -> dict[str, Any]:
+    if w.error:
+        return {"url": w.url, "error": w.error}
+    last = next((p for p in previous.workers if p.url == w.url), None) if previous else None
+    rate: float | None
+    if last and not last.error and dt > 0:
+        rate = (w.outcomes.get("processed", 0) - last.outcomes.get("processed", 0)) / dt
+        buckets = _delta_buckets(w.buckets, last.buckets)
+    else:
+        rate = w.outcomes.get("processed", 0) / w.uptime_s if w.uptime_s else None
+        buckets = w.buckets
+    p50, p95 = histogram_quantile(0.5, buckets), histogram_quantile(0.95, buckets)
+    return {
+        "url": w.url, "error": None, "worker_id": w.worker_id, "status": w.status,
+        "processed_per_s": rate, "in_flight": w.in_flight,
+        "processed": w.outcomes.get("processed", 0),
+        "duplicate": w.outcomes.get("duplicate", 0),
+        "quarantined": w.outcomes.get("quarantined", 0),
+        "dead_lettered": w.outcomes.get("dead_lettered", 0) + w.outcomes.get("rejected", 0),
+        "p50_ms": None if p50 is None else p50 * 1000,
+        "p95_ms": None if p95 is None else p95 * 1000,
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}/s"
+
+
+def render(current: Snapshot, previous: Snapshot | None, *, discovered: bool = False) -> str:
+    doc = report(current, previous)
+    dt = doc["interval_s"]
+    lines = [f"etl-engine status   {time.strftime('%Y-%m-%d %H:%M:%S')}"
+             + (f"   (rates over {dt:.1f} s)" if dt else ""), ""]
+    if doc["broker_error"]:
+        lines.append(f"broker unreachable ({doc['broker_error']})")
+    lines.append(f"{'queue':<14} {'name':<44} {'ready':>8} {'consumers':>10}")
+    for q in doc["queues"]:
+        ready = "absent" if q["ready"] is None else str(q["ready"])
+        consumers = "-" if q["consumers"] is None else str(q["consumers"])
+        lines.append(f"{q['role']:<14} {q['name']:<44} {ready:>8} {consumers:>10}")
+    lines += ["", f"deliver rate (settled by workers) {_rate(doc['deliver_rate'])}   "
+                  f"publish rate (est.) {_rate(doc['publish_rate'])}", ""]
     lines.append(f"{'worker':<28} {'status':<9} {'proc/s':>7} {'in-flight':>9} {'processed':>9} "
                  f"{'dup':>6} {'quar':>6} {'dlq':>6} {'p50':>8} {'p95':>8}")
-    prev_by_url = {w.url: w for w in previous.workers} if previous else {}
-    for w in current.workers:
-        if w.error:
-            lines.append(f"{w.url:<28} unreachable ({w.error})")
+    for w in doc["workers"]:
+        if w["error"]:
+            lines.append(f"{w['url']:<28} unreachable ({w['error']})")
             continue
-        last = prev_by_url.get(w.url)
-        rate: float | None
-        if last and not last.error and dt > 0:
-            rate = (w.outcomes.get("processed", 0) - last.outcomes.get("processed", 0)) / dt
-            buckets = _delta_buckets(w.buckets, last.buckets)
-        else:
-            rate = w.outcomes.get("processed", 0) / w.uptime_s if w.uptime_s else None
-            buckets = w.buckets
-        dead = w.outcomes.get("dead_lettered", 0) + w.outcomes.get("rejected", 0)
         lines.append(
-            f"{w.worker_id[:28]:<28} {w.status:<9} {_rate(rate).removesuffix('/s'):>7} "
-            f"{w.in_flight:>9.0f} {w.outcomes.get('processed', 0):>9.0f} "
-            f"{w.outcomes.get('duplicate', 0):>6.0f} {w.outcomes.get('quarantined', 0):>6.0f} "
-            f"{dead:>6.0f} {_ms(histogram_quantile(0.5, buckets)):>8} "
-            f"{_ms(histogram_quantile(0.95, buckets)):>8}")
-    if not current.workers:
-        lines.append("(no sidecars given)")
+            f"{w['worker_id'][:28]:<28} {w['status']:<9} "
+            f"{_rate(w['processed_per_s']).removesuffix('/s'):>7} "
+            f"{w['in_flight']:>9.0f} {w['processed']:>9.0f} {w['duplicate']:>6.0f} "
+            f"{w['quarantined']:>6.0f} {w['dead_lettered']:>6.0f} {_ms(w['p50_ms']):>8} "
+            f"{_ms(w['p95_ms']):>8}")
+    if not doc["workers"]:
+        lines.append("(no worker sidecar found on 127.0.0.1 ports "
+                     f"{DISCOVERY_PORTS.start}-{DISCOVERY_PORTS.stop - 1}; --targets URL,...)"
+                     if discovered else "(no sidecars given)")
     # Worker ids, statuses and URLs come from the sidecars: nothing reaches the terminal raw.
     return "\n".join(safe(line) for line in lines)
 
 
-async def run(settings: Settings, sidecars: list[str], *, once: bool, interval: float,
-              window: float = 1.0) -> int:
-    """``once``: two samples ``window`` apart, one report. Else refresh until Ctrl-C."""
+# --- discovery ------------------------------------------------------------------------------
+# Native workers of scripts/manage-etl-stack.sh listen on SIDECAR_BASE_PORT (8004) + i - 1.
+DISCOVERY_PORTS = range(8004, 8004 + 32)
+
+
+def _is_sidecar(port: int, host: str, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+        health = orjson.loads(_get(f"http://{host}:{port}/health", timeout))
+    except (OSError, ValueError):
+        return False
+    return isinstance(health, dict) and "worker_id" in health
+
+
+async def discover(ports: range = DISCOVERY_PORTS, host: str = "127.0.0.1",
+                   timeout: float = 0.5) -> list[str]:
+    """Base URLs of the worker sidecars answering on ``host`` in ``ports``: anything
+    listening there that does not answer ``/health`` like a sidecar is left out."""
+    found = await asyncio.gather(*(asyncio.to_thread(_is_sidecar, p, host, timeout)
+                                   for p in ports))
+    return [f"http://{host}:{p}" for p, ok in zip(ports, found, strict=True) if ok]
+
+
+# --- the command ----------------------------------------------------------------------------
+Targets = Callable[[], Awaitable[list[str]]]
+
+
+def fixed(urls: list[str]) -> Targets:
+    async def given() -> list[str]:
+        return urls
+    return given
+
+
+def _emit_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(safe_data(doc)).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def run(settings: Settings, targets: Targets, *, once: bool, interval: float,
+              window: float = 1.0, as_json: bool = False, discovered: bool = False) -> int:
+    """``once``: two samples ``window`` apart, one report. Else refresh until Ctrl-C
+    (``as_json``: one JSON document a line per refresh)."""
     if once:
-        first = await snapshot(settings, sidecars)
+        first = await snapshot(settings, await targets())
         await asyncio.sleep(window)
-        second = await snapshot(settings, sidecars)
-        print(render(second, first))
+        second = await snapshot(settings, [w.url for w in first.workers] or await targets())
+        if as_json:
+            _emit_json(report(second, first))
+        else:
+            print(render(second, first, discovered=discovered))
         return 0 if second.broker_error is None else 1
+    screen = Screen(sys.stdout, enabled=sys.stdout.isatty() and not as_json)
     previous: Snapshot | None = None
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError), screen:
         while True:
-            current = await snapshot(settings, sidecars)
-            out = render(current, previous)
-            sys.stdout.write((_CLEAR if sys.stdout.isatty() else "") + out + "\n")
-            sys.stdout.flush()
+            current = await snapshot(settings, await targets())
+            if as_json:
+                _emit_json(report(current, previous))
+            else:
+                screen.draw(render(current, previous, discovered=discovered))
             previous = current
             await asyncio.sleep(interval)
     return 0
+
+
+class Screen:
+    """Redraw in place without flicker: the terminal's alternate screen, the cursor
+    hidden, every frame written over the last (home, each line erased to its end, the
+    rest below erased) instead of clearing first. The last frame stays on the normal
+    screen afterwards. Not a terminal: each frame printed after the previous one."""
+
+    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.last = ""
+
+    def __enter__(self) -> Screen:
+        if self.enabled:
+            self.stream.write("\x1b[?1049h\x1b[?25l")
+        return self
+
+    def draw(self, frame: str) -> None:
+        self.last = frame
+        if self.enabled:
+            body = "".join(line + "\x1b[K\n" for line in frame.split("\n"))
+            self.stream.write("\x1b[H" + body + "\x1b[J")
+        else:
+            self.stream.write(frame + "\n\n")
+        self.stream.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.stream.write("\x1b[?25h\x1b[?1049l")
+            if self.last:
+                self.stream.write(self.last + "\n")
+            self.stream.flush()
+
+
+# --- worker --check -------------------------------------------------------------------------
+def probe_address(settings: Settings) -> str:
+    """Where this host reaches its own sidecar: a wildcard bind answers on loopback."""
+    host = settings.sidecar_host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def check(settings: Settings, path: str = "/ready", timeout: float = 4.0) -> tuple[bool, str]:
+    """(healthy, one line) for the sidecar of ``settings`` (``/ready`` or ``/live``)."""
+    if not settings.sidecar_port:
+        return False, "ETL_SIDECAR_PORT=0 (any free port): no fixed port to probe"
+    url = f"http://{probe_address(settings)}:{settings.sidecar_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(4096)
+            return True, f"{url}: {resp.status} {body.decode('utf-8', 'replace').strip()}"
+    except urllib.error.HTTPError as exc:
+        body = exc.read(4096).decode("utf-8", "replace").strip()
+        return False, f"{url}: {exc.code} {body}"
+    except OSError as exc:
+        return False, f"{url}: unreachable ({type(exc).__name__})"

@@ -11,7 +11,9 @@ exception from one fails the delivery at that point like any other error there.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from etl_engine.observability import metrics
@@ -93,6 +95,7 @@ class OutcomeObserver(PipelineObserver):
         record_type = outcome.message.record_type if outcome.message else "unknown"
         _count(outcome, record_type, seconds)
         _count_failure(outcome)
+        _freshness(outcome)
         # message_id, correlation_id, record_type, worker_id, attempt, trace_id: bound by
         # the worker for this delivery (from the parsed message when it parsed). A
         # duplicate also names the outcome the input has (``recorded_as``), when known.
@@ -139,3 +142,26 @@ def _count_failure(outcome: Outcome) -> None:
         metrics.RETRIES.labels(metrics.reason_label(outcome.reason)).inc()
     elif outcome.kind == "lease_busy":
         metrics.LEASE_CONTENTION.inc()
+
+
+# Outcome kinds that settle an accepted upload (the freshness SLO, docs/slo.md).
+_SETTLING = {"processed": "processed", "quarantined": "quarantined",
+             "dead_letter": "dead_lettered"}
+
+
+def _freshness(outcome: Outcome) -> None:
+    """Publish-to-settle of an upload's final outcome, from its ``upload_timestamp_utc``.
+
+    Only the delivery that reports the input's outcome counts (a duplicate does not), and
+    not an operator's copy (a replay or release keeps the original timestamp: hours later
+    it would read as a slow settle). A publisher's clock ahead of ours gives a negative
+    age: 0, never a negative observation."""
+    label = _SETTLING.get(outcome.kind)
+    msg = outcome.message
+    if label is None or msg is None or msg.upload_timestamp_utc is None \
+            or outcome.operator_copy:
+        return
+    sent = msg.upload_timestamp_utc
+    if sent.tzinfo is None:  # ISO-8601 without an offset: the field is UTC by name
+        sent = sent.replace(tzinfo=UTC)
+    metrics.PUBLISH_TO_SETTLE.labels(label).observe(max(0.0, time.time() - sent.timestamp()))

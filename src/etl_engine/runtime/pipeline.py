@@ -26,6 +26,7 @@ import orjson
 
 from etl_engine import __version__
 from etl_engine.adapters.ports import DedupStore, Download, ObjectStore
+from etl_engine.domain import lineage as pseudonyms
 from etl_engine.domain import outcomes, registry
 from etl_engine.domain.messages import HealthDataMessage, header_metadata, parse_message
 from etl_engine.domain.model import DomainConfig, Lineage
@@ -38,7 +39,6 @@ from etl_engine.errors import (
     TransientError,
     classify,
 )
-from etl_engine.observability.logs import hash_user_id
 from etl_engine.runtime import hooks
 from etl_engine.runtime.compute import ComputePool, CpuResult, Limits
 from etl_engine.runtime.hooks import PipelineObserver
@@ -85,15 +85,18 @@ class Outcome:
     recorded_kind: OutcomeKind | None = None
     dlq_marker: str | None = None
     outcome_id: str | None = None  # the recorded outcome a DLQ copy belongs to
+    operator_copy: bool = False  # a dlq replay or quarantine release, not a fresh upload
 
     def __post_init__(self) -> None:
         self.kind = OutcomeKind(self.kind)
 
 
-def result_key(settings: Settings, category: str, day: Any, idempotency_key: str) -> str:
-    """Deterministic per input: the same message can only ever name one object."""
+def result_key(settings: Settings, category: str, day: Any, record_id: str) -> str:
+    """Deterministic per input (``record_id``: the keyed pseudonym of its idempotency key,
+    which a publisher may have chosen and must not show in the dataset); the outcome record
+    keeps the key it chose, so a later delivery writes the same object."""
     return (f"{settings.training_prefix}{category}/{day.year:04d}/{day.month:02d}/"
-            f"{day.day:02d}/{outcomes.key_name(idempotency_key)}.jsonl")
+            f"{day.day:02d}/{outcomes.key_name(record_id)}.jsonl")
 
 
 def quarantine_key(settings: Settings, msg: HealthDataMessage) -> str:
@@ -152,6 +155,7 @@ class Pipeline:
             origin_priority=tuple(settings.origin_priority_list),
             processor_version=__version__,
         )
+        self._lineage_key = settings.lineage_key.get_secret_value().encode()
         self._on_dedup_error = on_dedup_error or (lambda exc: None)
         self._span = tracer_span
         self.in_flight: set[str] = set()
@@ -267,17 +271,14 @@ class Pipeline:
             raise PermanentError("hash_mismatch", stage="verify")
 
     def lineage(self, msg: HealthDataMessage) -> Lineage:
-        return Lineage(
-            bucket=msg.bucket,
-            key=msg.key,
-            message_id=msg.message_id or "",
+        return pseudonyms.pseudonymous(
+            self._lineage_key, bucket=msg.bucket, key=msg.key,
+            record_type=msg.record_type, idempotency_key=msg.idempotency_key,
+            user_id=msg.user_id, message_id=msg.message_id or "",
             correlation_id=msg.correlation_id,
-            record_type=msg.record_type,
-            idempotency_key=msg.idempotency_key,
             upload_timestamp_utc=msg.upload_timestamp_utc.isoformat()
             if msg.upload_timestamp_utc else None,
-            subject_id=hash_user_id(msg.user_id),
-        )
+            full=self.settings.full_lineage)
 
     # --- the outcome record: the commit point ---------------------------------------------
     def _record(self, msg: HealthDataMessage, decision: Decision, delivery: Delivery,
@@ -292,6 +293,9 @@ class Pipeline:
             "stage": decision.stage,
             "binding": outcomes.binding(msg.bucket, msg.key, msg.record_type,
                                         msg.content_hash),
+            # what a training record names its input by (etl-engine lineage looks here)
+            "source_id": pseudonyms.source_id(self._lineage_key, msg.bucket, msg.key),
+            "record_id": pseudonyms.record_id(self._lineage_key, msg.idempotency_key),
             "message_id": msg.message_id,
             "decided_at": datetime.now(UTC).isoformat(),
             "worker_id": self.settings.effective_worker_id,
@@ -310,7 +314,7 @@ class Pipeline:
         return self._record(
             msg, Decision(OutcomeKind.PROCESSED, None, None), delivery,
             result_key=result_key(self.settings, out.category, out.period_date,
-                                  msg.idempotency_key),
+                                  out.record["metadata"]["record_id"]),
             body=body.decode(), records=cpu.records,
             quality_score=cpu.report.get("quality_score"))
 

@@ -1,4 +1,4 @@
-"""The worker's sidecar HTTP server: /live, /ready, /health, /metrics.
+"""The worker's sidecar HTTP server: /live, /ready, /health, /metrics, and the admin API.
 
 A tiny asyncio HTTP/1.1 server on the worker's own event loop: if the loop stalls, /live
 stops answering in time, which is exactly what a liveness probe should see. It reads
@@ -10,6 +10,10 @@ Hardened for a hostile neighbour on its network: it binds 127.0.0.1 unless told 
 (a new one evicts the oldest: idle sockets cannot lock the probes out), gives a request
 head ``IO_TIMEOUT_S`` to arrive and a response as long to be read, and the admin token is
 compared in constant time.
+
+Admin routes (``POST`` actions, ``GET`` reads with a query string) exist only while an admin
+token is set: without one they answer 404 like any unknown path; with a missing or wrong
+bearer token 401. The token can be replaced at run time (``set_admin_token``: a reload).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from prometheus_client import generate_latest
@@ -34,18 +39,24 @@ IO_TIMEOUT_S = 5.0  # to send a request head, and to read the response
 _MAX_REQUEST = 16 * 1024
 
 Response = tuple[int, str, bytes]
-AdminHandler = Callable[[], Awaitable[Response]]
+AdminHandler = Callable[[], Awaitable[Response]]  # POST /admin/...: an action
+ReadHandler = Callable[[Mapping[str, str]], Awaitable[Response]]  # GET /admin/...?query
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 409: "Conflict", 422: "Unprocessable Content",
+            503: "Service Unavailable"}
 
 
 class Sidecar:
     def __init__(self, state: object, *, host: str, port: int, admin_token: str = "",
                  admin_routes: dict[str, AdminHandler] | None = None,
+                 admin_reads: dict[str, ReadHandler] | None = None,
                  max_connections: int = 64, io_timeout_s: float = IO_TIMEOUT_S) -> None:
         self.state = state
         self.host = host
         self.port = port
         self._admin_token = admin_token
-        self._admin = (admin_routes or {}) if admin_token else {}
+        self._admin = dict(admin_routes or {})
+        self._reads = dict(admin_reads or {})
         self._server: asyncio.AbstractServer | None = None
         self._max_connections = max(1, max_connections)
         self._io_timeout = io_timeout_s
@@ -58,6 +69,10 @@ class Sidecar:
                                                   limit=_MAX_REQUEST)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def set_admin_token(self, token: str) -> None:
+        """Rotate the admin token (empty: the admin routes are gone) from the next request."""
+        self._admin_token = token
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -110,6 +125,7 @@ class Sidecar:
             "in_flight": st.in_flight,  # type: ignore[attr-defined]
             "processed": st.processed,  # type: ignore[attr-defined]
             "last_error_class": st.last_error_class,  # type: ignore[attr-defined]
+            "config_version": getattr(st, "config_version", 1),
         }
         return (200 if healthy else 503), "application/json", orjson.dumps(body)
 
@@ -137,12 +153,11 @@ class Sidecar:
             method, target, _ = lines[0].split(" ", 2)
             headers = {k.strip().lower(): v.strip() for k, _, v in
                        (line.partition(":") for line in lines[1:] if line)}
-            status, ctype, body = await self._route(method, target.split("?", 1)[0], headers)
+            status, ctype, body = await self._route(method, target, headers)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ValueError, ConnectionError):
             status, ctype, body = 400, "text/plain", b"bad request\n"
-        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-                  405: "Method Not Allowed", 503: "Service Unavailable"}.get(status, "OK")
+        reason = _REASONS.get(status, "OK")
         try:
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
@@ -155,21 +170,25 @@ class Sidecar:
         except ConnectionError:
             pass
 
-    async def _route(self, method: str, path: str, headers: dict[str, str]) -> Response:
+    async def _route(self, method: str, target: str, headers: dict[str, str]) -> Response:
+        path, _, query = target.partition("?")
         gets = {"/live": self.live, "/ready": self.ready, "/health": self.health,
                 "/metrics": self.metrics}
         if path in gets:
             if method not in ("GET", "HEAD"):
                 return 405, "text/plain", b"method not allowed\n"
             return gets[path]()
+        token = self._admin_token
+        if not token or (path not in self._admin and path not in self._reads):
+            return 404, "text/plain", b"not found\n"
+        if method != ("POST" if path in self._admin else "GET"):
+            return 405, "text/plain", b"method not allowed\n"
+        given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return 401, "text/plain", b"unauthorized\n"
         if path in self._admin:
-            if method != "POST":
-                return 405, "text/plain", b"method not allowed\n"
-            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), self._admin_token.encode()):
-                return 401, "text/plain", b"unauthorized\n"
             return await self._admin[path]()
-        return 404, "text/plain", b"not found\n"
+        return await self._reads[path](dict(parse_qsl(query[:2048])))
 
 
 async def beat(state: Any, interval: float = HEARTBEAT_INTERVAL_S) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry.trace import SpanKind
@@ -53,13 +54,16 @@ from etl_engine.adapters.topology import (
 )
 from etl_engine.domain import outcomes
 from etl_engine.domain.messages import HealthDataMessage
-from etl_engine.observability import metrics, telemetry
+from etl_engine.errors import ExitCode, Unavailable
+from etl_engine.observability import logs, metrics, telemetry
 from etl_engine.observability.logs import error_class, get_logger, hash_user_id
+from etl_engine.runtime.admin import AdminReads
 from etl_engine.runtime.compute import ComputePool
 from etl_engine.runtime.hooks import Observers, OutcomeObserver, PipelineObserver
 from etl_engine.runtime.pipeline import Delivery, Outcome, Pipeline
+from etl_engine.runtime.reload import ConcurrencyLimit, Reloader
 from etl_engine.runtime.sidecar import Sidecar, beat
-from etl_engine.settings import ConfigError, Settings
+from etl_engine.settings import ConfigError, Settings, load_settings
 
 log = get_logger("etl.worker")
 MAX_LEASE_WAITS = outcomes.MAX_LEASE_WAITS
@@ -86,6 +90,7 @@ class WorkerState:
     last_error_class: str | None = None
     processed: int = 0
     sidecar_port: int = 0
+    config_version: int = 1
 
     def components(self) -> dict[str, bool]:
         return {
@@ -140,8 +145,17 @@ class Worker:
     """
 
     def __init__(self, settings: Settings, *, dedup: DedupStore | None = None,
-                 observers: Sequence[PipelineObserver] = ()) -> None:
+                 observers: Sequence[PipelineObserver] = (),
+                 reload_settings: Callable[[], Settings] = load_settings) -> None:
         self.settings = settings
+        # What the broker grants at connect; a reload may lower ETL_CONCURRENCY below it
+        # (``limit``), never raise the prefetch itself.
+        self._prefetch = settings.effective_prefetch
+        self.limit = ConcurrencyLimit(settings.concurrency)
+        self.reloader = Reloader(settings, load=reload_settings, apply=self._apply_config,
+                                 granted_prefetch=self._prefetch)
+        self._sidecar: Sidecar | None = None
+        self._reloads: set[asyncio.Task[Any]] = set()
         self.observers = Observers([OutcomeObserver(), *observers])
         self.state = WorkerState(worker_id=settings.effective_worker_id)
         self.storage = AsyncStorage(
@@ -185,16 +199,22 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        sidecar = Sidecar(
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        admin = AdminReads(self.settings, self.storage.sync)
+        sidecar = self._sidecar = Sidecar(
             self.state, host=self.settings.sidecar_host, port=self.settings.sidecar_port,
             admin_token=self.settings.admin_token.get_secret_value(),
-            admin_routes={"/admin/drain": self._admin_drain},
+            admin_routes={"/admin/drain": self._admin_drain,
+                          "/admin/config/reload": self._admin_reload},
+            admin_reads=admin.routes(),
             max_connections=self.settings.sidecar_max_connections,
         )
         self.state.sidecar_port = await sidecar.start()
         if not self.settings.user_id_hash_key.get_secret_value():
             log.warning("user_id_hash_key_unset",
                         hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
+        _warn_lineage(self.settings)
         if self.settings.idempotency_scheme == "opaque":
             log.warning("idempotency_scheme_opaque",
                         hint="idempotency keys are not bound to user and file: any publisher "
@@ -217,6 +237,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, *self._broker_tasks, return_exceptions=True)
             await sidecar.stop()
+            admin.close()
             self.compute.close()
             self.storage.close()
             with contextlib.suppress(Exception):
@@ -226,6 +247,32 @@ class Worker:
     async def _admin_drain(self) -> tuple[int, str, bytes]:
         self.request_stop()
         return 200, "application/json", b'{"draining": true}'
+
+    # --- configuration reload (runtime/reload.py) ------------------------------------------
+    async def _admin_reload(self) -> tuple[int, str, bytes]:
+        status, body = await self.reloader.reload("http")
+        return status, "application/json", orjson.dumps(body)
+
+    def _sighup(self) -> None:
+        """SIGHUP: the same reload as POST /admin/config/reload (its answer is logged)."""
+        task = asyncio.ensure_future(self.reloader.reload("sighup"))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _apply_config(self, new: Settings, changed: list[str]) -> None:
+        """Swap in the operational settings a reload changed, all before the next await."""
+        if "log_level" in changed:
+            logs.set_level(new.log_level)
+        if "log_format" in changed:
+            logs.set_format(new.log_format)
+        if "concurrency" in changed:
+            self.limit.set(new.concurrency)
+        if "trace_sample_ratio" in changed:
+            telemetry.set_sample_ratio(new.trace_sample_ratio)
+        if "admin_token" in changed and self._sidecar is not None:
+            self._sidecar.set_admin_token(new.admin_token.get_secret_value())
+        self.settings = new
+        self.state.config_version = self.reloader.version
 
     async def _connection_loop(self) -> None:
         backoff = 0.2
@@ -247,6 +294,10 @@ class Worker:
                     return
                 log.warning("broker_connection_lost", in_flight=len(self._tasks))
             except Exception as exc:
+                refused = _refused_at_start(exc) if first else None
+                if refused is not None:  # no retry fixes it: exit 69 (serve)
+                    log.error("broker_refused", error=error_class(exc), hint=str(refused))
+                    raise refused from None
                 self.state.last_error_class = error_class(exc)
                 log.warning("broker_connect_failed", error=error_class(exc), retry_in=backoff)
             self._mark_disconnected()
@@ -272,7 +323,7 @@ class Worker:
         connection.close_callbacks.add(_on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel.close_callbacks.add(_on_close)
-        await channel.set_qos(prefetch_count=self.settings.effective_prefetch)
+        await channel.set_qos(prefetch_count=self._prefetch)
         self._topology = await declare(channel, self.settings)
         self._channel = channel
         self._consumer = await self._topology.work.consume(
@@ -425,9 +476,19 @@ class Worker:
         if message.redelivered:  # a crash or connection loss returned it (ids only)
             log.info("message_redelivered", message_id=message.message_id,
                      delivery_count=(message.headers or {}).get("x-delivery-count"))
-        task = asyncio.create_task(self._handle(message))
+        task = asyncio.create_task(self._limited(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _limited(self, message: AbstractIncomingMessage) -> None:
+        """Handle within ETL_CONCURRENCY (reloadable; the prefetch may hold more). A
+        delivery still waiting when the worker stops is left unacked: it returns."""
+        await self.limit.acquire()
+        try:
+            if not self._stop.is_set():
+                await self._handle(message)
+        finally:
+            self.limit.release()
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
@@ -649,33 +710,69 @@ class Worker:
         await beat(self.state)
 
 
-def serve(settings: Settings, observers: Sequence[PipelineObserver] = ()) -> int:
-    """Run one worker until it is told to stop: ``etl-engine worker``, and any wrapper that
-    adds observers (the chaos tests' crash points) runs exactly this."""
-    from etl_engine.observability import logs
+def _warn_lineage(settings: Settings) -> None:
+    """Loud at start: training records that name their people are a deliberate choice."""
+    if settings.full_lineage:
+        log.warning("full_lineage_enabled",
+                    hint="ETL_FULL_LINEAGE=true: training records carry bucket, object key "
+                         "(with the user id), message and correlation ids; share them with "
+                         "no one who may not see whose data they hold")
+    if not settings.lineage_key.get_secret_value():
+        log.warning("lineage_key_unset",
+                    hint="set ETL_LINEAGE_KEY: unkeyed pseudonyms in training records can "
+                         "be reversed by hashing guessed user ids and object keys")
 
+
+def serve(settings: Settings, observers: Sequence[PipelineObserver] = (),
+          reload_settings: Callable[[], Settings] = load_settings) -> int:
+    """Run one worker until it is told to stop: ``etl-engine worker``, and any wrapper that
+    adds observers (the chaos tests' crash points) runs exactly this. ``reload_settings``
+    builds a reload's candidate: the same loader that built ``settings``."""
     try:
         factory = loop_factory(settings.event_loop)
     except ConfigError as exc:
         print(f"etl-engine: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     logs.configure(settings.log_level, settings.log_format,
                    user_hash_key=settings.user_id_hash_key.get_secret_value())
     telemetry.configure(settings.otlp_endpoint, "etl-worker",
-                        instance_id=settings.effective_worker_id)
+                        instance_id=settings.effective_worker_id,
+                        sample_ratio=settings.trace_sample_ratio)
 
     async def main() -> None:
-        await Worker(settings, observers=observers).run()
+        await Worker(settings, observers=observers, reload_settings=reload_settings).run()
 
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main())
     except ConfigError as exc:  # found at start (the storage probe): like a bad setting
         print(f"etl-engine: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
+    except Unavailable as exc:  # the broker refused our login at start
+        print(f"etl-engine worker: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     finally:
         telemetry.shutdown()
-    return 0
+    return ExitCode.OK
+
+
+def _refused_at_start(exc: BaseException) -> Unavailable | None:
+    """A broker that refuses the credentials, the virtual host or the user's permissions
+    will go on refusing them: before the first connection that is exit 69 (as dramatiq
+    exits on a failed broker connection), not a retry loop. A refused or lost connection
+    is retried: the broker may be starting or restarting."""
+    name, text = type(exc).__name__, str(exc)
+    if name == "ProbableAuthenticationError" or "ACCESS_REFUSED - Login" in text:
+        return Unavailable("RabbitMQ", "ETL_AMQP_URL (user and password)",
+                           "refused the login (ACCESS_REFUSED)")
+    if name == "InvalidFrameError" and "Connection.Close" in text:
+        return Unavailable("RabbitMQ", "ETL_AMQP_URL (the virtual host, and the user's "
+                           "access to it)", "closed the connection during the handshake")
+    if name == "ChannelAccessRefused":
+        return Unavailable("RabbitMQ", "the ETL_AMQP_URL user's permissions "
+                           "(deployment/rabbitmq/permissions.sh)",
+                           "refused the topology (ACCESS_REFUSED)")
+    return None
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
