@@ -12,7 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,13 @@ async def processed(settings, corpus) -> list[dict[str, Any]]:  # type: ignore[n
 
 
 def _stored(settings) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """Each result's body, followed by its S3 user metadata (the ML team reads both)."""
     storage = storage_for(settings)
-    return {k: storage.get(settings.bucket, k) for k in results(settings)}
+    out = {}
+    for k in results(settings):
+        head = storage.client.head_object(Bucket=settings.bucket, Key=k)["Metadata"]
+        out[k] = storage.get(settings.bucket, k) + b"\n" + orjson.dumps(head)
+    return out
 
 
 @pytest.mark.integration
@@ -90,13 +95,13 @@ async def test_no_message_field_reaches_a_training_record(settings, processed) -
             assert not [p for p in PEOPLE if p in key or p in text]
         name = record_id(lineage_key, body["idempotency_key"])
         [mine] = [k for k in stored if k.endswith(f"/{name}.jsonl")]
-        meta = orjson.loads(stored[mine])["metadata"]
+        meta = orjson.loads(stored[mine].splitlines()[0])["metadata"]
         assert meta["source_id"] == source_id(lineage_key, body["bucket"], body["key"])
         assert meta["subject_id"] == subject_id(lineage_key, body["user_id"])
         assert "lineage" not in meta
     subjects = defaultdict(set)
     for raw in stored.values():
-        meta = orjson.loads(raw)["metadata"]
+        meta = orjson.loads(raw.splitlines()[0])["metadata"]
         subjects[meta["subject_id"]].add(meta["source_id"])
     assert len(subjects) == len(PEOPLE)  # stable per person: per-person splits are possible
 
@@ -106,9 +111,10 @@ async def test_no_message_field_reaches_a_training_record(settings, processed) -
 async def test_lineage_maps_a_source_id_back_for_an_operator(
         settings, test_env, processed) -> None:  # type: ignore[no-untyped-def]
     body = processed[0]
+    name = record_id(settings.lineage_key.get_secret_value().encode(), body["idempotency_key"])
     record = orjson.loads(next(iter(
-        raw for k, raw in _stored(settings).items()
-        if k.endswith(f"/{record_id(settings.lineage_key.get_secret_value().encode(), body['idempotency_key'])}.jsonl"))))  # noqa: E501
+        raw.splitlines()[0] for k, raw in _stored(settings).items()
+        if k.endswith(f"/{name}.jsonl"))))
     meta = record["metadata"]
     shown = await asyncio.to_thread(cli, test_env, "lineage", meta["source_id"], "--json",
                                     "--reveal")
@@ -133,8 +139,8 @@ async def test_lineage_maps_a_source_id_back_for_an_operator(
 @pytest.mark.usefixtures("clean_topology")
 async def test_card_and_split_pull_from_the_compacted_month(
         settings, test_env, processed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    months = sorted({k.split("/")[2] + "-" + k.split("/")[3] for k in results(settings)})
-    month = months[0]
+    month = min(k.split("/")[2] + "-" + k.split("/")[3] for k in results(settings)
+                if k.split("/")[1] == "physical_activity")  # the docs' pandas example
     compacted = await asyncio.to_thread(cli, test_env, "compact", "--month", month)
     assert compacted.returncode == 0, compacted.stderr
     assert "dataset card" in compacted.stdout
@@ -166,6 +172,47 @@ async def test_card_and_split_pull_from_the_compacted_month(
     assert all(len(parts) == 1 for parts in where.values()), where  # nobody in two splits
     assert (out / f"dataset_card_{month.replace('-', '_')}.md").read_text() == markdown
     assert orjson.loads((out / "manifest.json").read_bytes())["split"] == "50/25/25"
+    await _pull_again_as_an_ml_reader(test_env, month, out, card)
+
+
+async def _pull_again_as_an_ml_reader(test_env: dict[str, str], month: str, out: Path,
+                                      card: dict[str, Any]) -> None:
+    """Without the operators' keys, into the same folder with other splits: nothing of the
+    first pull is left (a stale test/ file would put people in two splits); then the
+    Arrow-friendly shape loads the way Hugging Face datasets loads it."""
+    reader = {**test_env, "ETL_LINEAGE_KEY": "", "ETL_USER_ID_HASH_KEY": ""}
+    again = await asyncio.to_thread(cli, reader, "dataset", "pull", "--month", month,
+                                    "--out", str(out), "--split", "70/30",
+                                    "--flat")
+    assert again.returncode == 0, again.stderr
+    assert not (out / "test").exists() or not list((out / "test").glob("*.jsonl"))
+    files = sorted(out.glob("*/*.jsonl"))
+    assert {p.parent.name for p in files} <= {"train", "validation"}
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    tables = [pj.read_json(p) for p in files]
+    first = tables[0].schema  # datasets casts every file to the first one's features
+    joined = pa.concat_tables([t.cast(first) for t in tables])
+    assert joined.num_rows == card["records"]
+    assert pa.types.is_string(first.field("metadata").type)
+    assert joined.column("subject_id").null_count == 0
+
+    plain = await asyncio.to_thread(cli, reader, "dataset", "pull", "--month", month,
+                                    "--out", str(out.parent / "data"))
+    assert plain.returncode == 0, plain.stderr
+    _run_the_docs_example("pandas", out.parent)
+
+
+def _run_the_docs_example(heading: str, cwd: Path) -> None:
+    """The python block under ``### {heading}`` in docs/dataset.md, run as it is."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "dataset.md").read_text()
+    section = text.split(f"### {heading}\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "subject_id" in done.stdout
 
 
 # --- pure parts ------------------------------------------------------------------------------
@@ -215,3 +262,39 @@ def test_full_lineage_adds_the_raw_fields_only_when_asked(corpus) -> None:  # ty
     assert "lineage" not in shared and common["key"] not in orjson.dumps(shared).decode()
     assert shared["source_id"] == private["source_id"] == source_id(
         b"key", "health-data", common["key"])
+
+
+def test_compaction_converts_records_made_before_pseudonyms() -> None:
+    from etl_engine.ops.compact import LEGACY_LINEAGE, deidentified
+
+    key = b"lineage-key"
+    upload = "raw/StepsRecord/2025/09/19/ana-garcia-7781_20250919_172600_000000.avro"
+    old = {"instruction": "q", "output": "o", "metadata": {
+        "bucket": "health-data", "key": upload, "message_id": "m-1", "correlation_id": "c-1",
+        "idempotency_key": "9c1e5be0d2f4a871", "upload_timestamp_utc": "2025-09-19T17:26:00",
+        "subject_id": "5d41402abc4b2a76", "partial": True}}
+    meta = orjson.loads(deidentified(orjson.dumps(old), key))["metadata"]
+    assert not set(LEGACY_LINEAGE) & set(meta)
+    assert meta["source_id"] == source_id(key, "health-data", upload)
+    assert meta["record_id"] == record_id(key, "9c1e5be0d2f4a871")
+    assert meta["subject_id"] == subject_id(key, "ana-garcia-7781")  # from the key's name
+    assert meta["partial"] is True
+    odd = {"metadata": {**old["metadata"], "key": "raw/x.avro"}}
+    assert orjson.loads(deidentified(orjson.dumps(odd), key))["metadata"]["subject_id"] is None
+    new = orjson.dumps({"metadata": {"source_id": "a" * 32, "record_id": "b" * 32}})
+    assert deidentified(new, key) == new and deidentified(b"not json", key) == b"not json"
+
+
+def test_card_figures_and_warnings() -> None:
+    q = dataset._quantiles([0.2, 0.8])
+    assert (q["min"], q["median"], q["max"]) == (0.2, 0.5, 0.8)
+    assert dataset._quantiles([0.7])["p10"] == dataset._quantiles([0.7])["p90"] == 0.7
+    tally = dataset._CategoryTally()
+    tally.add({"lineage_key_id": "aaaaaaaa", "lineage": {"key": "raw/x"}})
+    tally.add({"lineage_key_id": "bbbbbbbb"})
+    deid = dataset._deidentification({"c": tally}, tally.key_ids)
+    assert deid["records_with_raw_lineage"] == 1 and len(deid["notes"]) == 2
+    assert dataset._deidentification({}, Counter({"aaaaaaaa": 3}))["notes"] == []
+    for bad in ("2025-09\n", "2025-13", "2025-9"):
+        with pytest.raises(ValueError):
+            dataset.month_parts(bad)

@@ -43,6 +43,12 @@ def record_id(key: bytes, idempotency_key: str) -> str:
     return _mac(key, "record", idempotency_key)
 
 
+def key_id(key: bytes) -> str:
+    """A fingerprint of the lineage key (not the key): records made under different keys
+    cannot be joined by subject, and the dataset tools say so when they meet two."""
+    return _mac(key, "key-id")[:8]
+
+
 def pseudonymous(lineage_key: bytes, *, bucket: str, key: str, record_type: str,
                  idempotency_key: str, user_id: str, message_id: str = "",
                  correlation_id: str = "", upload_timestamp_utc: str | None = None,
@@ -55,5 +61,6 @@ def pseudonymous(lineage_key: bytes, *, bucket: str, key: str, record_type: str,
         subject_id=subject_id(lineage_key, user_id),
         source_id=source_id(lineage_key, bucket, key),
         record_id=record_id(lineage_key, idempotency_key),
+        key_id=key_id(lineage_key),
         full=full,
     )

@@ -30,6 +30,7 @@ class Lineage:
     subject_id: str | None = None  # keyed pseudonym of the user id: per-subject compaction
     source_id: str = ""  # keyed pseudonym of bucket + key
     record_id: str = ""  # keyed pseudonym of the idempotency key: the result's file name
+    key_id: str = ""  # fingerprint of the lineage key the pseudonyms were made with
     full: bool = False
 
 

@@ -163,6 +163,7 @@ def transform(
         "source_id": lineage.source_id,
         "record_id": lineage.record_id,
         "subject_id": lineage.subject_id,
+        "lineage_key_id": lineage.key_id,
         "record_type": rtype,
         "export_time": iso_utc(report.export_ms) if report.export_ms else None,
         "partial": bool(stats.get("partial", report.in_progress_records > 0)),

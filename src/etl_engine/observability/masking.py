@@ -26,6 +26,13 @@ def pseudonym(user_id: str) -> str:
     return HASH_PREFIX + hash_user_id(user_id)
 
 
+def upload_user(key: str) -> str | None:
+    """The user part of an upload key's file name (``{user_id}_{timestamp}.ext``), if any."""
+    stem = key.rpartition("/")[2].rpartition(".")[0]
+    stamped = _UPLOAD_STEM.fullmatch(stem)
+    return stamped.group(1) if stamped else None
+
+
 def mask_key(key: str) -> str:
     """An object key with the user part of its file name replaced by the pseudonym.
 

@@ -43,11 +43,14 @@ import orjson
 
 from etl_engine import __version__
 from etl_engine.adapters.storage import Storage
-from etl_engine.domain.record_types import TRAINING_CATEGORY
+from etl_engine.domain import lineage as pseudonyms
+from etl_engine.domain import registry
+from etl_engine.domain.transform import GENERIC_CATEGORY
+from etl_engine.observability.masking import upload_user
 from etl_engine.ops import conditional
 from etl_engine.settings import Settings
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 # Rounds per category: a write that lost to a concurrent run, or inputs written meanwhile,
 # cost one more; a journal still contended after this many is reported, never half-written.
 MAX_ROUNDS = 8
@@ -82,6 +85,11 @@ class _Coverage:
     inputs: int
     records: int
     size: int
+
+
+def training_categories() -> list[str]:
+    """Every category a record can have: the live registry's, and the generic one."""
+    return sorted({*(spec.category for spec in registry.SPECS.values()), GENERIC_CATEGORY})
 
 
 def journal_key(settings: Settings, category: str, year: str, month: str) -> str:
@@ -242,12 +250,39 @@ def _int(value: str | None) -> int:
         return 0
 
 
+LEGACY_LINEAGE = ("bucket", "key", "message_id", "correlation_id", "idempotency_key",
+                  "upload_timestamp_utc")
+
+
+def deidentified(line: bytes, lineage_key: bytes) -> bytes:
+    """A record written before pseudonymous lineage (0.1.x) with its raw lineage replaced
+    by the pseudonyms a 0.2 worker would give it, so no journal carries a key or an id;
+    the user id comes from the upload key's file name (the upload service's layout),
+    else the record has no subject (and is never merged). Other lines keep their bytes."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    meta = record.get("metadata") if isinstance(record, dict) else None
+    if not isinstance(meta, dict) or not any(f in meta for f in LEGACY_LINEAGE):
+        return line
+    raw = {f: str(meta.pop(f)) for f in LEGACY_LINEAGE if meta.get(f) is not None}
+    user = upload_user(raw.get("key", ""))
+    meta["source_id"] = pseudonyms.source_id(lineage_key, raw.get("bucket", ""),
+                                             raw.get("key", ""))
+    meta["record_id"] = pseudonyms.record_id(lineage_key, raw.get("idempotency_key", ""))
+    meta["subject_id"] = pseudonyms.subject_id(lineage_key, user) if user else None
+    meta["lineage_key_id"] = pseudonyms.key_id(lineage_key)
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
 def _build(storage: Storage, settings: Settings, inputs: list[str]) -> tuple[bytes, int, int]:
     """(journal body, records kept, records superseded) from every input."""
     lines: list[bytes] = []
+    lineage_key = settings.lineage_key.get_secret_value().encode()
     for key in inputs:
         body = storage.get(settings.bucket, key)
-        lines.extend(ln for ln in body.splitlines() if ln.strip())
+        lines.extend(deidentified(ln, lineage_key) for ln in body.splitlines() if ln.strip())
     kept, superseded = latest_exports(lines)
     merged = sorted(kept, key=_sort_key)
     return b"\n".join(merged) + b"\n", len(merged), superseded
@@ -284,12 +319,12 @@ def compact_category(storage: Storage, settings: Settings, category: str, year: 
 
 
 def compact_month(storage: Storage, settings: Settings, month: str) -> list[CompactResult]:
-    match = _MONTH.match(month)
+    match = _MONTH.fullmatch(month)
     if not match:
         raise ValueError("month must look like YYYY-MM")
     year, mon = match.groups()
     out: list[CompactResult] = []
-    for category in sorted(set(TRAINING_CATEGORY.values())):
+    for category in training_categories():
         result = compact_category(storage, settings, category, year, mon)
         if result is not None:
             out.append(result)
@@ -298,10 +333,9 @@ def compact_month(storage: Storage, settings: Settings, month: str) -> list[Comp
 
 def legacy_journals(storage: Storage, settings: Settings, month: str) -> list[str]:
     """Journals an older version left under training/ for ``month`` (to be deleted)."""
-    match = _MONTH.match(month)
+    match = _MONTH.fullmatch(month)
     if not match:
         raise ValueError("month must look like YYYY-MM")
     year, mon = match.groups()
-    keys = (legacy_journal_key(settings, c, year, mon)
-            for c in sorted(set(TRAINING_CATEGORY.values())))
+    keys = (legacy_journal_key(settings, c, year, mon) for c in training_categories())
     return [k for k in keys if storage.exists(settings.bucket, k)]

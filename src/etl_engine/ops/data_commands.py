@@ -14,15 +14,25 @@ from etl_engine.settings import Settings
 
 
 def _settings() -> Settings:
+    """Operators' settings (lineage): the keys are required, user ids masked like logs."""
     from etl_engine.ops import cli
 
     return cli._operator_settings()
 
 
-def _storage(s: Settings) -> Any:
+def _reader_settings() -> Settings:
+    """The ML team's commands (card, months, pull) read journals only: they neither need
+    nor get the operators' keys (placeholders satisfy the validation they never use)."""
+    from etl_engine.ops import cli
+
+    return cli._settings(user_id_hash_key="not-used-by-dataset-commands",
+                         lineage_key="not-used-by-dataset-commands")
+
+
+def _storage(s: Settings, pool: int | None = None) -> Any:
     from etl_engine.adapters.storage import Storage, make_client
 
-    return Storage(make_client(s))
+    return Storage(make_client(s, pool=pool))
 
 
 def _print_json(value: Any) -> None:
@@ -31,7 +41,7 @@ def _print_json(value: Any) -> None:
 
 # --- lineage ---------------------------------------------------------------------------------
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from etl_engine.ops import lineage
+    from etl_engine.ops import cli, lineage
 
     try:
         ident = lineage.parse_id(args.id)
@@ -40,11 +50,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         return 2
     s = _settings()
     found = [lineage.describe(m, reveal=args.reveal) for m in
-             lineage.find(_storage(s), s, ident)]
+             lineage.find(_storage(s, lineage.READERS), s, ident)]
     if args.json:
-        _print_json(found)
+        cli._say_json(found, indent=True)
     for item in [] if args.json else found:
-        print("\n".join(f"{k:<18} {v}" for k, v in item.items() if v is not None) + "\n")
+        cli._say("\n".join(f"{k:<18} {v}" for k, v in item.items() if v is not None) + "\n")
     if not found:
         print(f"etl-engine lineage: no outcome record under {s.outcome_prefix} names {ident} "
               "(another bucket or ETL_OUTCOME_PREFIX? a record from before outcome records?)",
@@ -57,7 +67,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_dataset_card(args: argparse.Namespace) -> int:
     from etl_engine.ops import dataset
 
-    s = _settings()
+    s = _reader_settings()
     try:
         dataset.month_parts(args.month)
     except ValueError as exc:
@@ -80,7 +90,7 @@ def cmd_dataset_card(args: argparse.Namespace) -> int:
 def cmd_dataset_months(args: argparse.Namespace) -> int:
     from etl_engine.ops import dataset
 
-    s = _settings()
+    s = _reader_settings()
     months = dataset.months_with_records(_storage(s), s)
     if args.json:
         _print_json(months)
@@ -95,12 +105,16 @@ def cmd_dataset_pull(args: argparse.Namespace) -> int:
     try:
         months = dataset.months_between(args.month, args.to or args.month)
         shares = dataset.parse_split(args.split) if args.split else None
+        unknown = set(args.category or ()) - set(dataset.categories())
+        if unknown:
+            raise ValueError(f"unknown --category {', '.join(sorted(unknown))} (one of "
+                             f"{', '.join(dataset.categories())})")
     except ValueError as exc:
         print(f"etl-engine dataset pull: {exc}", file=sys.stderr)
         return 2
-    s = _settings()
+    s = _reader_settings()
     req = dataset.PullRequest(months, Path(args.out), tuple(args.category or ()), shares,
-                              args.by, args.seed)
+                              args.by, args.seed, args.flat)
     report = dataset.pull(_storage(s), s, req)
     manifest = {**report.as_dict(), "months": months, "split": args.split, "by": args.by,
                 "seed": args.seed}
@@ -109,6 +123,10 @@ def cmd_dataset_pull(args: argparse.Namespace) -> int:
         _print_json(manifest)
     else:
         _print_pull(report)
+    if len([k for k in report.lineage_key_ids if k != "unknown"]) > 1:
+        print("etl-engine dataset pull: the records were made under more than one lineage key "
+              f"({', '.join(report.lineage_key_ids)}): one person can have two subject_ids, "
+              "so --by subject cannot keep them in one split", file=sys.stderr)
     if report.months_without_journals:
         print("etl-engine dataset pull: no journals for "
               + ", ".join(report.months_without_journals)
@@ -158,5 +176,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       help="what a split keeps together (default: subject, so no person's "
                            "days are in two splits)")
     pull.add_argument("--seed", default="", help="changes which split each subject gets")
+    pull.add_argument("--flat", action="store_true",
+                      help="rows of fixed columns for Arrow and Hugging Face datasets: "
+                           "record_id, subject_id, training_category, record_type, "
+                           "period_date, quality_score, partial, and metadata as a JSON "
+                           "string (its nested shape differs by category and date)")
     pull.add_argument("--json", action="store_true", help="print the manifest as JSON")
     pull.set_defaults(fn=cmd_dataset_pull)

@@ -30,20 +30,19 @@ import orjson
 from etl_engine import __version__
 from etl_engine.adapters.storage import Storage
 from etl_engine.domain.model import DomainConfig
-from etl_engine.domain.record_types import TRAINING_CATEGORY
-from etl_engine.domain.transform import GENERIC_CATEGORY, settings_digest
-from etl_engine.ops.compact import journal_key
+from etl_engine.domain.transform import settings_digest
+from etl_engine.ops.compact import LEGACY_LINEAGE, journal_key, training_categories
 from etl_engine.ops.dataset_card import render
 from etl_engine.settings import Settings
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
 SPLIT_NAMES = ("train", "validation", "test")
 DEFINITIONS = ("docs/clinical.md", "docs/quality-score.md", "docs/dataset.md")
 QUALITY_BINS = 10
 
 
 def month_parts(month: str) -> tuple[str, str]:
-    found = _MONTH.match(month)
+    found = _MONTH.fullmatch(month)
     if not found or not 1 <= int(found.group(2)) <= 12:
         raise ValueError(f"month must look like YYYY-MM, not {month!r}")
     return found.group(1), found.group(2)
@@ -68,11 +67,11 @@ def months_with_records(storage: Storage, settings: Settings) -> list[str]:
         parts = key[len(settings.training_prefix):].split("/")
         if len(parts) == 5 and parts[4].endswith(".jsonl"):
             found.add(f"{parts[1]}-{parts[2]}")
-    return sorted(m for m in found if _MONTH.match(m))
+    return sorted(m for m in found if _MONTH.fullmatch(m))
 
 
 def categories() -> list[str]:
-    return sorted({*TRAINING_CATEGORY.values(), GENERIC_CATEGORY})
+    return training_categories()
 
 
 def card_key(settings: Settings, month: str, ext: str) -> str:
@@ -111,6 +110,16 @@ def month_journals(storage: Storage, settings: Settings, month: str,
     return found
 
 
+def line_metadata(line: bytes) -> dict[str, Any]:
+    """A journal line's metadata; {} for a line that is not a record (kept as it is)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    meta = record.get("metadata") if isinstance(record, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 # --- the card --------------------------------------------------------------------------------
 @dataclass
 class _CategoryTally:
@@ -125,6 +134,8 @@ class _CategoryTally:
     sufficiency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     versions: Counter[str] = field(default_factory=Counter)
     digests: Counter[str] = field(default_factory=Counter)
+    key_ids: Counter[str] = field(default_factory=Counter)
+    raw_lineage: int = 0  # records that name their source (ETL_FULL_LINEAGE, or pre-0.2)
     files: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, meta: dict[str, Any]) -> None:
@@ -139,6 +150,8 @@ class _CategoryTally:
         self.warnings.update(str(w) for w in meta.get("warnings") or ())
         self.versions[str(meta.get("processor_version"))] += 1
         self.digests[str(meta.get("settings_digest") or "unknown")] += 1
+        self.key_ids[str(meta.get("lineage_key_id") or "unknown")] += 1
+        self.raw_lineage += bool("lineage" in meta or any(f in meta for f in LEGACY_LINEAGE))
         stats = meta.get("statistics")
         stats = stats if isinstance(stats, dict) else {}
         self.flags.update(k for k, v in stats.items() if v is True)
@@ -151,12 +164,15 @@ class _CategoryTally:
 
 
 def _quantiles(values: list[float]) -> dict[str, Any]:
+    """Deciles by linear interpolation between ranks (``statistics``' inclusive method)."""
     if not values:
         return {}
     ordered = sorted(values)
-    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)  # noqa: E731
+    deciles = (statistics.quantiles(ordered, n=10, method="inclusive")
+               if len(ordered) > 1 else [ordered[0]] * 9)
     bins = Counter(min(int(v * QUALITY_BINS), QUALITY_BINS - 1) for v in ordered)
-    return {"min": ordered[0], "p10": pick(0.1), "median": pick(0.5), "p90": pick(0.9),
+    return {"min": ordered[0], "p10": round(deciles[0], 4),
+            "median": round(statistics.median(ordered), 4), "p90": round(deciles[8], 4),
             "max": ordered[-1],
             "histogram": [{"from": b / QUALITY_BINS, "to": (b + 1) / QUALITY_BINS,
                            "records": bins[b]} for b in range(QUALITY_BINS) if bins[b]]}
@@ -168,6 +184,7 @@ def _summary(t: _CategoryTally) -> dict[str, Any]:
         "record_types": dict(sorted(t.record_types.items())),
         "quality_score": _quantiles(t.quality),
         "partial_records": t.partial, "records_with_superseded_days": t.superseded_days,
+        "records_with_raw_lineage": t.raw_lineage,
         "warnings": dict(sorted(t.warnings.items())),
         "flags_true": dict(sorted(t.flags.items())),
         "sufficiency": {k: {"min": min(v), "median": round(statistics.median(v), 2),
@@ -183,15 +200,16 @@ def build_card(storage: Storage, settings: Settings, month: str) -> dict[str, An
         tally = tallies.setdefault(category, _CategoryTally())
         count = 0
         for line in journal_lines(storage, settings, key):
-            meta = orjson.loads(line).get("metadata") or {}
-            tally.add(meta if isinstance(meta, dict) else {})
+            tally.add(line_metadata(line))
             count += 1
         tally.files.append({"key": key, "records": count})
     versions: Counter[str] = Counter()
     digests: Counter[str] = Counter()
+    key_ids: Counter[str] = Counter()
     for t in tallies.values():
         versions.update(t.versions)
         digests.update(t.digests)
+        key_ids.update(t.key_ids)
     return {
         "name": "etl-narrative-engine training records", "month": month,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -201,7 +219,7 @@ def build_card(storage: Storage, settings: Settings, month: str) -> dict[str, An
         "processor_versions": dict(sorted(versions.items())),
         "settings": _settings_section(settings, digests),
         "definitions": list(DEFINITIONS),
-        "deidentification": DEIDENTIFICATION,
+        "deidentification": _deidentification(tallies, key_ids),
         "schema": record_schema(),
     }
 
@@ -244,6 +262,23 @@ DEIDENTIFICATION = {
         "metadata.lineage: such data must not leave the private deployment.",
     ],
 }
+
+
+def _deidentification(tallies: dict[str, _CategoryTally], key_ids: Counter[str]
+                      ) -> dict[str, Any]:
+    """The method and its limits, and what this month's records actually are: records that
+    name their source, or pseudonyms made under more than one key, are said up front."""
+    raw = sum(t.raw_lineage for t in tallies.values())
+    notes = []
+    if raw:
+        notes.append(f"{raw} records carry raw lineage (metadata.lineage, from "
+                     "ETL_FULL_LINEAGE=true): they name the person; do not share them.")
+    if len(key_ids) > 1:
+        notes.append(f"Pseudonyms were made under {len(key_ids)} lineage keys "
+                     f"({', '.join(sorted(key_ids))}): one person can have two subject_ids "
+                     "here, so per-person splits can leak across them.")
+    return {**DEIDENTIFICATION, "records_with_raw_lineage": raw,
+            "lineage_key_ids": dict(sorted(key_ids.items())), "notes": notes}
 
 
 def render_markdown(card: dict[str, Any], settings: Settings) -> str:
@@ -305,25 +340,34 @@ class PullReport:
     sources: list[str] = field(default_factory=list)
     months_without_journals: list[str] = field(default_factory=list)
     subjects_per_split: dict[str, int] = field(default_factory=dict)
+    lineage_key_ids: list[str] = field(default_factory=list)
     cards: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "files": self.files, "sources": self.sources,
                 "months_without_journals": self.months_without_journals,
-                "subjects_per_split": self.subjects_per_split, "cards": self.cards}
+                "subjects_per_split": self.subjects_per_split,
+                "lineage_key_ids": self.lineage_key_ids, "cards": self.cards}
 
 
 class Writer:
     """JSONL files under the output folder: ``{category}.jsonl``, or with splits
-    ``{split}/{category}.jsonl``; each opened (and emptied) on its first line of this run."""
+    ``{split}/{category}.jsonl``. What an earlier pull left there in that layout is removed
+    first: a stale file from another seed or split would put people in two splits."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, *, flat: bool = False) -> None:
         self.out = out
+        self.flat = flat
         self._files: dict[Path, Any] = {}
         self._counts: Counter[Path] = Counter()
 
     def __enter__(self) -> Writer:
         self.out.mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, *(self.out / name for name in SPLIT_NAMES)):
+            for old in folder.glob("*.jsonl"):
+                old.unlink()
+        for old in (*self.out.glob("dataset_card_*.md"), self.out / "manifest.json"):
+            old.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -335,11 +379,38 @@ class Writer:
         if path not in self._files:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._files[path] = path.open("wb")
+        if self.flat:
+            line = flat_row(line)
         self._files[path].write(line.rstrip(b"\r\n") + b"\n")
         self._counts[path] += 1
 
     def counts(self) -> dict[str, int]:
         return {str(p.relative_to(self.out)): n for p, n in sorted(self._counts.items())}
+
+
+# Columns of a flat row besides instruction and output: never null, one type each.
+FLAT_COLUMNS: dict[str, Any] = {"record_id": "", "subject_id": "", "training_category": "",
+                                "record_type": "", "period_date": "", "quality_score": 0.0,
+                                "partial": False}
+
+
+def flat_row(line: bytes) -> bytes:
+    """One record as a row of fixed columns, for Arrow (Hugging Face ``datasets``): the key
+    metadata fields as columns that are never null, and the whole metadata as a JSON
+    string. Arrow needs one type per column across files, which nested metadata cannot
+    give: ``statistics`` differs by category and is keyed by date, ``issue_counts`` by
+    reason, and some fields exist on compacted records only."""
+    try:
+        record = orjson.loads(line)
+        meta = record["metadata"]
+        row = {"instruction": str(record["instruction"]), "output": str(record["output"])}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return line
+    for name, empty in FLAT_COLUMNS.items():
+        value = meta.get(name)
+        row[name] = type(empty)(value) if value is not None else empty
+    row["metadata"] = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,13 +421,15 @@ class PullRequest:
     split: tuple[int, ...] | None = None
     by: str = "subject"
     seed: str = ""
+    flat: bool = False
 
 
 def pull(storage: Storage, settings: Settings, req: PullRequest) -> PullReport:
     """Download the months' journals into ``req.out`` (see the module docstring)."""
     report = PullReport(req.out)
     subjects: dict[str, set[str]] = defaultdict(set)
-    with Writer(req.out) as writer:
+    key_ids: set[str] = set()
+    with Writer(req.out, flat=req.flat) as writer:
         for month in req.months:
             journals = month_journals(storage, settings, month, req.categories)
             if not journals:
@@ -364,7 +437,8 @@ def pull(storage: Storage, settings: Settings, req: PullRequest) -> PullReport:
             for category, key in journals:
                 report.sources.append(key)
                 for line in journal_lines(storage, settings, key):
-                    meta = orjson.loads(line).get("metadata") or {}
+                    meta = line_metadata(line)
+                    key_ids.add(str(meta.get("lineage_key_id") or "unknown"))
                     part = (split_of(split_unit(meta, req.by), req.split, req.seed)
                             if req.split else None)
                     writer.write(part, category, line)
@@ -373,14 +447,17 @@ def pull(storage: Storage, settings: Settings, req: PullRequest) -> PullReport:
             report.cards += _pull_card(storage, settings, month, req.out) if journals else []
         report.files = writer.counts()
     report.subjects_per_split = {k: len(v) for k, v in sorted(subjects.items())}
+    report.lineage_key_ids = sorted(key_ids)
     return report
 
 
 def _pull_card(storage: Storage, settings: Settings, month: str, out: Path) -> list[str]:
-    """The month's card beside the data (written now if compaction has not yet)."""
+    """The month's card beside the data: the stored one, else one built now and written
+    only here (a reader of the journals need not be allowed to write next to them)."""
     key = card_key(settings, month, "md")
-    if not storage.exists(settings.bucket, key):
-        write_card(storage, settings, month)
     target = out / f"dataset_card_{month.replace('-', '_')}.md"
-    target.write_bytes(storage.get(settings.bucket, key))
+    if storage.exists(settings.bucket, key):
+        target.write_bytes(storage.get(settings.bucket, key))
+    else:
+        target.write_text(render_markdown(build_card(storage, settings, month), settings))
     return [str(target)]

@@ -46,7 +46,7 @@ def _fields(card: dict[str, Any]) -> list[str]:
 
 
 def _contents(card: dict[str, Any]) -> list[str]:
-    rows = ["| category | records | subjects | partial days | quality p10 / median / p90 |"
+    rows = ["| category | records | subjects | partial records | quality p10 / median / p90 |"
             " record types |", "|---|---:|---:|---:|---|---|"]
     for category, s in card["categories"].items():
         q = s["quality_score"]
@@ -109,7 +109,8 @@ def render(card: dict[str, Any], *, compacted_prefix: str = "compacted/") -> str
         "## Quality score distribution", "", *_quality(card), "",
         "## Sufficiency, partial days and flags", "", *_flags(card),
         "## How it was made", "", *_provenance(card), "",
-        "## De-identification and its limits", "", deid["method"], "",
+        "## De-identification and its limits", "",
+        *[f"**Note:** {note}\n" for note in deid.get("notes", [])], deid["method"], "",
         *[f"- {limit}" for limit in deid["limits"]], "",
         "## Loading", "",
         f"`etl-engine dataset pull --month {card['month']} --out DIR "

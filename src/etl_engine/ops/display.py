@@ -26,6 +26,7 @@ from etl_engine.observability.masking import (  # noqa: F401  (re-exported for t
     mask,
     mask_key,
     pseudonym,
+    upload_user,
     user_ids_in,
 )
 

@@ -24,6 +24,7 @@ import orjson
 
 from etl_engine.adapters.storage import Storage
 from etl_engine.domain import lineage as pseudonyms
+from etl_engine.errors import PermanentError
 from etl_engine.ops import display
 from etl_engine.settings import Settings
 
@@ -69,10 +70,17 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _read(storage: Storage, settings: Settings, key: str) -> dict[str, Any] | None:
+    """One outcome record; None if it is gone (a release deleted it meanwhile) or is not
+    a record. Any other failure (access denied, the store down) is raised: "not found"
+    must mean not found."""
     try:
         record = orjson.loads(storage.get(settings.bucket, key))
-    except Exception:  # deleted meanwhile (a release), or not a record: not an answer
+    except orjson.JSONDecodeError:
         return None
+    except PermanentError as exc:
+        if exc.reason == "object_missing":
+            return None
+        raise
     return record if isinstance(record, dict) else None
 
 
@@ -121,4 +129,5 @@ def describe(match: Match, *, reveal: bool) -> dict[str, Any]:
     }
     if reveal:
         return out
-    return {**out, "key": display.mask_key(str(out["key"])) if out["key"] else None}
+    user = display.upload_user(str(out["key"] or ""))
+    return dict(display.mask(out, {user} if user else set()))
