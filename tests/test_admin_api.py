@@ -164,3 +164,41 @@ async def test_reads_get_the_query_and_answers_are_cached() -> None:
     assert calls == 1 and len(answers) == 5, "concurrent requests share one read"
     await reads._cached(("k", 0), "dlq", slow)
     assert calls == 1, "answered from the cache"
+
+
+async def test_dlq_bodies_are_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Up to 1,000 bodies parsed and masked: on the parse thread, while the loop (probes,
+    heartbeats, acks) keeps running."""
+    import threading
+    import time
+
+    from etl_engine.runtime import admin
+
+    threads: list[int] = []
+
+    def describe(message: object) -> str:
+        threads.append(threading.get_ident())
+        time.sleep(0.01)  # CPU work, as a big body's JSON parse
+        return f"row {message}"
+
+    monkeypatch.setattr(admin.reads, "describe", describe)
+    reads = admin.AdminReads.__new__(admin.AdminReads)
+    reads._parse = admin.ThreadPoolExecutor(max_workers=1)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        rows = await reads._describe(list(range(20)))  # type: ignore[arg-type]
+    finally:
+        ticker.cancel()
+        reads._parse.shutdown()
+    assert rows == [f"row {i}" for i in range(20)]
+    assert threads and threading.get_ident() not in threads
+    assert ticks >= 10, "the event loop ran while the bodies were parsed"

@@ -69,6 +69,27 @@ def by_type(rt: str) -> Any:
     return next(p for t, p in sample_files() if t == rt)
 
 
+def _settled(outcome: str, record_type: str = "StepsRecord") -> tuple[float, float]:
+    """(etl_messages_total, etl_publish_to_settle_seconds_count) of this process's workers
+    for ``outcome`` so far (the ``running_worker`` ones share the registry)."""
+    from etl_engine.observability.metrics import REGISTRY
+
+    get = REGISTRY.get_sample_value
+    return (get("etl_messages_total", {"outcome": outcome, "record_type": record_type}) or 0.0,
+            get("etl_publish_to_settle_seconds_count", {"outcome": outcome}) or 0.0)
+
+
+async def _not_in_freshness(before: tuple[float, float], outcome: str = "processed") -> None:
+    """Once the operator's copy has settled (counted in etl_messages_total, which the same
+    observer call does right before the freshness histogram), the histogram is unchanged:
+    the copy keeps the upload's old timestamp and must not burn the freshness budget."""
+    for _ in range(100):
+        if _settled(outcome)[0] > before[0]:
+            break
+        await asyncio.sleep(0.05)
+    assert _settled(outcome) == (before[0] + 1, before[1])
+
+
 # --- dead letters -------------------------------------------------------------------------
 @pytest.mark.integration
 async def test_dlq_list_show_replay(settings, test_env) -> None:  # type: ignore[no-untyped-def]
@@ -120,10 +141,12 @@ async def test_dlq_list_show_replay(settings, test_env) -> None:  # type: ignore
 
             # replay the one whose cause is fixed: processed at attempt 1, traceparent kept
             failing = False
+            before = _settled("processed")
             replayed = await acli(test_env, "dlq", "replay", flaky.message_id)
             assert replayed.returncode == 0, replayed.stderr
             assert f"replayed {flaky.message_id}" in replayed.stdout
             await wait_outcome(settings, flaky.message_id, "processed")
+            await _not_in_freshness(before)  # a replay is not a fresh upload
             assert len(results(settings)) == 1
             remaining = await acli(test_env, "dlq", "list", "--json")
             assert [i["id"] for i in orjson.loads(remaining.stdout)] == ["m-poison"]
@@ -246,10 +269,12 @@ async def test_quarantine_list_show_release(settings, test_env) -> None:  # type
 
             storage_for(settings).client.put_object(Bucket=settings.bucket, Key=late_key,
                                                     Body=data)  # the upload lands after all
+            before = _settled("processed")
             released = await acli(test_env, "quarantine", "release", qkey)
             assert released.returncode == 0, released.stdout + released.stderr
             assert f"released: {qkey}" in released.stdout  # only once it was processed
             await wait_outcome(settings, late.message_id, "processed")
+            await _not_in_freshness(before)  # nor is a release
             assert [k for k in results(settings) if rid(settings, late.idempotency_key) in k]
             left = keys(settings, settings.quarantine_prefix)
             assert qkey not in left and qkey + ".reason.json" not in left

@@ -658,6 +658,34 @@ async def test_parse_failures_write_no_record_and_retries_none(rig: Rig) -> None
     assert rig.store.keys(BUCKET, rig.settings.outcome_prefix) == []
 
 
+async def test_an_operator_copy_is_marked_on_every_outcome_it_reaches(rig: Rig) -> None:
+    """``dlq replay`` and ``quarantine release`` copies (and the retries of one, which
+    carry its headers) keep the upload's old timestamp: the freshness histogram leaves
+    them out (hooks._freshness), so the pipeline must say which they are."""
+    from etl_engine.adapters.topology import RELEASED_HEADER, REPLAYED_HEADER
+
+    def copy(body: dict, headers: dict, attempt: int = 1) -> Delivery:
+        return Delivery(body=orjson.dumps(body), headers=headers, attempt=attempt)
+
+    fresh = rig.upload(0)
+    assert (await rig.pipeline.run(copy(fresh.message(), {}))).operator_copy is False
+    replayed = rig.upload(1)
+    out = await rig.pipeline.run(copy(replayed.message(), {REPLAYED_HEADER: 2}))
+    assert (out.kind, out.operator_copy) == ("processed", True)
+    released = rig.upload(2)
+    missing = {**released.message(),
+               "key": upload_key(rig.settings, released.record_type, released.user_id)}
+    out = await rig.pipeline.run(copy(missing, {RELEASED_HEADER: 1}))
+    assert (out.kind, out.operator_copy) == ("quarantined", True)
+    rig.store.fail_next("download", ConnectionResetError("injected"))
+    retried = rig.upload(3)
+    out = await rig.pipeline.run(copy(retried.message(), {REPLAYED_HEADER: 1}, attempt=2))
+    assert (out.kind, out.operator_copy) == ("retry", True)
+    # only a positive integer counts (as for every counter header)
+    for junk in ({REPLAYED_HEADER: "1"}, {RELEASED_HEADER: 0}, {REPLAYED_HEADER: True}):
+        assert Delivery(body=b"{}", headers=junk).operator_copy is False
+
+
 @pytest.mark.parametrize(("failure", "attempt", "waits", "expected"), [
     (Failure(Disposition.RETRY, "io_error", "download"), 1, 0,
      ("retry", "io_error", "download")),

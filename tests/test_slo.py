@@ -11,6 +11,7 @@ and a missing binary fails the run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -73,10 +74,38 @@ def test_generated_rule_files_are_current() -> None:
     assert slo_rules.main(["--check", "--root", str(ROOT)]) == 0
 
 
+def _aggregations(groups: list[dict[str, Any]]) -> list[str]:
+    """Every ``sum``/``max`` aggregation in the recording rules, with what follows it."""
+    return [m for g in groups for r in g["rules"] if "record" in r
+            for m in re.findall(r"\b(?:sum|max)\b(?:\s*by\s*\([^)]*\))?\s*\(", r["expr"])]
+
+
 def test_both_targets_carry_the_same_slo_rules() -> None:
+    """The same rules, except that Kubernetes computes the workers' SLOs per namespace."""
     compose = _groups(PROMETHEUS / "slo-rules.yml")
     kubernetes = _groups(BASE / "prometheusrule-slo.yaml")
-    assert compose == kubernetes
+    spec = slo_rules.load(ROOT)
+    assert compose == slo_rules.groups(spec, slo_rules.COMPOSE_BY)
+    assert kubernetes == slo_rules.groups(spec, slo_rules.KUBERNETES_BY)
+    assert [g["name"] for g in compose] == [g["name"] for g in kubernetes]
+    for mine, theirs in zip(compose, kubernetes, strict=True):
+        assert [r.get("record") or r["alert"] for r in mine["rules"]] == [
+            r.get("record") or r["alert"] for r in theirs["rules"]]
+        assert [r for r in mine["rules"] if "alert" in r] == [
+            r for r in theirs["rules"] if "alert" in r], "the alerts are the same"
+    assert all(a in ("sum(", "max(") for a in _aggregations(compose))
+    per_namespace = [r for g in kubernetes for r in g["rules"]
+                     if "record" in r and "etl_" in r["expr"] and "availability" not in
+                     r["record"]]
+    assert per_namespace
+    for rule in per_namespace:  # freshness and correctness: every aggregation, per namespace
+        found = _aggregations([{"rules": [rule]}])
+        assert found and all(a == "sum by (namespace) (" for a in found), rule["record"]
+        assert "vector(0)" not in rule["expr"], "a label-less 0 matches no namespace"
+    # availability joins RabbitMQ's series, whose namespace is the broker's: fleet-wide
+    bad = next(r for g in kubernetes for r in g["rules"]
+               if r.get("record") == "etl:slo_availability:bad")
+    assert "by (namespace)" not in bad["expr"]
     assert "slo-rules.yml" in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())[
         "rule_files"]
     assert "prometheusrule-slo.yaml" in yaml.safe_load(
@@ -99,6 +128,15 @@ def test_burn_rate_alerts_follow_the_workbook() -> None:
     alert = slo_rules.burn_alert(spec, spec["slos"][0], spec["burn_rates"][0])
     assert alert["expr"] == ("etl:slo_freshness:error_ratio_rate1h > 14.4 * (1 - 0.99)\nand\n"
                              "etl:slo_freshness:error_ratio_rate5m > 14.4 * (1 - 0.99)")
+    # each alert links its runbook: the SLO's anchor in docs/slo.md
+    doc = (ROOT / "docs" / "slo.md").read_text()
+    for slo in spec["slos"]:
+        page, _, anchor = slo["runbook"].partition("#")
+        assert page == "docs/slo.md" and anchor == f"runbook-{slo['name']}"
+        assert f'<a id="{anchor}"></a>' in doc, anchor
+    links = {r["annotations"]["runbook"] for g in slo_rules.groups(spec)
+             for r in g["rules"] if "alert" in r}
+    assert links == {s["runbook"] for s in spec["slos"]}
 
 
 # --- promtool ---------------------------------------------------------------------------------
@@ -117,18 +155,20 @@ def test_promtool_unit_tests_of_the_compose_rules() -> None:
 
 
 def test_promtool_unit_tests_of_the_kubernetes_rules(tmp_path: Path) -> None:
-    slo = _beside(PROMTOOL_TESTS / "slo.test.yml", tmp_path,
-                  {"prometheusrule-slo.rules.yml": _groups(BASE / "prometheusrule-slo.yaml")})
+    slo_groups = {"prometheusrule-slo.rules.yml": _groups(BASE / "prometheusrule-slo.yaml")}
+    slo = _beside(PROMTOOL_TESTS / "slo.test.yml", tmp_path, slo_groups)
+    per_namespace = _beside(PROMTOOL_TESTS / "kubernetes-slo.test.yml", tmp_path, slo_groups)
     causes = _beside(PROMTOOL_TESTS / "kubernetes-alerts.test.yml", tmp_path,
                      {"prometheusrule.rules.yml": _groups(BASE / "prometheusrule.yaml")})
-    assert "SUCCESS" in _promtool("test", "rules", slo.name, causes.name, cwd=tmp_path)
+    assert "SUCCESS" in _promtool("test", "rules", slo.name, per_namespace.name, causes.name,
+                                  cwd=tmp_path)
 
 
 @pytest.mark.parametrize("rules, tests", [
     ([PROMETHEUS / "slo-rules.yml", PROMETHEUS / "alerts.yml"],
      ["slo.test.yml", "compose-alerts.test.yml"]),
     ([BASE / "prometheusrule-slo.yaml", BASE / "prometheusrule.yaml"],
-     ["slo.test.yml", "kubernetes-alerts.test.yml"]),
+     ["slo.test.yml", "kubernetes-slo.test.yml", "kubernetes-alerts.test.yml"]),
 ], ids=["compose", "kubernetes"])
 def test_every_alert_has_a_firing_and_a_silent_case(rules: list[Path], tests: list[str]
                                                     ) -> None:

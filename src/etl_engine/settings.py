@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     worker_id: str = ""  # empty: "{hostname}-{pid}"
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"  # auto: uvloop if installed
     # NAME=value file (e.g. a mounted ConfigMap) whose values override the environment for
-    # the names it sets, at start and on each reload (SIGHUP, POST /admin/config/reload)
+    # the names it sets, at start and on each reload (SIGHUP, POST /admin/config/reload);
+    # it may set only the reloadable settings (RELOADABLE)
     config_file: str = ""
     sidecar_host: str = "127.0.0.1"  # containers set 0.0.0.0 (the kubelet probes the pod IP)
     sidecar_port: int = Field(8004, ge=0, le=65535)  # 0: any free port (logged)
@@ -298,14 +299,22 @@ class Settings(BaseSettings):
 
 CONFIG_FILE_VAR = ENV_PREFIX + "CONFIG_FILE"
 _CONFIG_FILE_MAX_BYTES = 64 * 1024
+# The settings a reload swaps in (runtime/reload.py), and the only ones ETL_CONFIG_FILE may
+# set: the file is re-read at every start, so a setting that needs a restart would take
+# effect pod by pod, as each one happens to restart, and the fleet would run mixed values
+# (two quality thresholds at once). Those belong in the environment (the ConfigMap
+# config.env), whose change rolls every pod.
+RELOADABLE = ("log_level", "log_format", "concurrency", "trace_sample_ratio", "admin_token")
 
 
 class ConfigFileSource(PydanticBaseSettingsSource):
     """``ETL_CONFIG_FILE``: plain ``ETL_NAME=value`` lines (``#`` comments, blank lines; no
     quotes, as in .env.template), e.g. a ConfigMap mounted as a file. The names it sets
-    override the environment; it is read again on every reload. A name that is not a
-    setting, a line that is not NAME=value or an unreadable file is a ConfigError naming
-    the file and line: a typo must not pass silently."""
+    override the environment; it is read again on every reload. It may set only the
+    reloadable settings (``RELOADABLE``). Any other setting (it needs a restart), a name
+    that is not a setting, a line that is not NAME=value or an unreadable file is a
+    ConfigError naming the file and line, at start as on a reload: a typo must not pass
+    silently, nor a setting that would reach the workers one restart at a time."""
 
     def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource,
                  dotenv: PydanticBaseSettingsSource) -> None:
@@ -351,6 +360,11 @@ def read_config_file(path: str) -> dict[str, str]:
             raise ConfigError(f"{where}:{n}: not an ETL_NAME=value line")
         if field not in known or field == "config_file":
             raise ConfigError(f"{where}:{n}: {name} is not a setting it may set")
+        if field not in RELOADABLE:
+            raise ConfigError(
+                f"{where}:{n}: {ENV_PREFIX + field.upper()} needs a restart: set it in the "
+                "environment/ConfigMap config.env (this file may set only "
+                f"{', '.join(ENV_PREFIX + f.upper() for f in RELOADABLE)})")
         out[field] = value.strip()
     return out
 

@@ -5,6 +5,8 @@ Never a user id, object key or message id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -108,11 +110,37 @@ CONFIG_VERSION = Gauge(
 CONFIG_RELOADS = Counter(
     "etl_config_reloads_total",
     "Configuration reloads, by result: applied, unchanged, refused (a setting needs a "
-    "restart; the others were applied), invalid (nothing changed).",
+    "restart; the others were applied), invalid (nothing changed), failed (the apply "
+    "failed and was undone: nothing changed).",
     ["result"], registry=REGISTRY,
 )
 BUILD = Info("etl_build", "Build information.", registry=REGISTRY)
 BUILD.info({"version": __version__})
+
+# Label values whose series exist from the start (``precreate``): a labelled child appears
+# on its first increment, and rate()/increase() cannot see a series go from absent to 1,
+# so the first dead-letter of a fresh worker would escape the alerts and the SLOs.
+SERVICE_FAILURES = ("attempts_exhausted", "delivery_limit")  # the correctness SLO's errors
+SETTLED = ("processed", "quarantined", "dead_lettered")  # the publish-to-settle outcomes
+RELOAD_RESULTS = ("applied", "unchanged", "refused", "invalid", "failed")
+
+
+def precreate(record_types: Iterable[str]) -> None:
+    """Create at 0 the series the SLOs and alerts take rates of: every outcome x record
+    type (the registry's names; ``unknown`` for a rejected message), the service-failure
+    dead-letter reasons, the publish-to-settle outcomes, every reload result. Bounded: a
+    few dozen series."""
+    for record_type in record_types:
+        for outcome in OUTCOMES:
+            MESSAGES.labels(outcome, record_type)
+    MESSAGES.labels("rejected", "unknown")
+    for reason in SERVICE_FAILURES:
+        DEAD_LETTERED.labels(reason)
+    for outcome in SETTLED:
+        PUBLISH_TO_SETTLE.labels(outcome)
+    for result in RELOAD_RESULTS:
+        CONFIG_RELOADS.labels(result)
+
 
 _REASON_MAX = 48
 

@@ -8,10 +8,12 @@
 Token-guarded like ``POST /admin/drain`` (absent without ETL_ADMIN_TOKEN). The reads are
 ``adapters/operator_reads.py``, the code ``etl-engine dlq`` and ``quarantine`` use: the DLQ
 is peeked without taking anything (asynchronously, on a connection of its own, with
-ETL_ADMIN_AMQP_URL when set), the quarantine listed and its outcome records read on a small
-thread pool of its own, so neither blocks the event loop nor takes the message path's S3
-threads. Answers are cached for a few seconds and concurrent requests share one read: a
-dashboard polling every worker costs the broker one peek per interval, not one per poll.
+ETL_ADMIN_AMQP_URL when set) and the fetched bodies (up to 1,000) are parsed and masked on
+a thread of their own once the peek is over; a quarantine scan lists on one of two admin
+threads and reads the outcome records on a 4-thread pool of its own (at most two scans at
+once). None of it blocks the event loop or takes the message path's S3 threads. Answers are
+cached for a few seconds and concurrent requests share one read: a dashboard polling every
+worker costs the broker one peek per interval, not one per poll.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class AdminReads:
         self.settings = settings
         self.storage = storage
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="etl-admin")
+        # parsing and masking DLQ bodies: CPU work that must not run on the event loop, nor
+        # wait behind a quarantine scan's listing on ``_pool``
+        self._parse = ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-admin-dlq")
         self._cache: dict[tuple[str, int], tuple[float, Response]] = {}
         self._running: dict[tuple[str, int], asyncio.Future[Response]] = {}
 
@@ -81,6 +86,7 @@ class AdminReads:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._parse.shutdown(wait=False, cancel_futures=True)
 
     # --- routes ------------------------------------------------------------------------
     async def dlq_stats(self, query: Mapping[str, str]) -> Response:
@@ -106,10 +112,10 @@ class AdminReads:
         async with self._peek() as (queue, depth):
             try:
                 messages = await reads.fetch(queue, min(depth, STATS_SCAN))
-                rows = [reads.describe(m) for m in messages]
             except aiormq.exceptions.ChannelAccessRefused:
                 return _json(200, {"queue": self.settings.dlq_name, "depth": depth,
                                    "readable": False, "detail": NOT_READABLE})
+        rows = await self._describe(messages)  # the peek is over: they are back in the DLQ
         return _json(200, {"queue": self.settings.dlq_name, "readable": True,
                            **reads.dlq_stats(depth, rows)})
 
@@ -120,9 +126,16 @@ class AdminReads:
             except aiormq.exceptions.ChannelAccessRefused:
                 return _json(503, {"error": "dlq_not_readable", "detail": NOT_READABLE,
                                    "depth": depth})
-            items = [asdict(reads.describe(m)) for m in messages]
+        items = [asdict(row) for row in await self._describe(messages)]
         return _json(200, {"queue": self.settings.dlq_name, "depth": depth,
                            "shown": len(items), "items": items})
+
+    async def _describe(self, messages: list[Any]) -> list[reads.DeadLetter]:
+        """Each message's row, masked: JSON parsing of up to 1,000 bodies (each up to the
+        broker's message size) on the parse thread, never on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parse,
+                                           lambda: [reads.describe(m) for m in messages])
 
     @contextlib.asynccontextmanager
     async def _peek(self) -> Any:

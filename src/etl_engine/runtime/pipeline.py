@@ -26,6 +26,7 @@ import orjson
 
 from etl_engine import __version__
 from etl_engine.adapters.ports import DedupStore, Download, ObjectStore
+from etl_engine.adapters.topology import RELEASED_HEADER, REPLAYED_HEADER, header_int
 from etl_engine.domain import lineage as pseudonyms
 from etl_engine.domain import outcomes, registry
 from etl_engine.domain.messages import HealthDataMessage, header_metadata, parse_message
@@ -63,6 +64,13 @@ class Delivery:
     attempt: int = 1
     failed_deliveries: int = 0  # earlier deliveries that ended unsettled (crash loop)
     lease_waits: int = 0  # copies republished so far to wait out another worker's lease
+
+    @property
+    def operator_copy(self) -> bool:
+        """A ``dlq replay`` or ``quarantine release`` copy (or a retry of one: the headers
+        travel with it), not a fresh upload: it keeps the upload's original timestamp."""
+        return any(header_int(self.headers, name)[0] > 0
+                   for name in (REPLAYED_HEADER, RELEASED_HEADER))
 
 
 @dataclass(slots=True)
@@ -173,18 +181,19 @@ class Pipeline:
         becomes one in ``_after_failure``."""
         run = _Run()
         try:
-            return await self._bounded(delivery, run)
+            outcome = await self._bounded(delivery, run)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
             outcome = await self._after_failure(exc, run, delivery)
             outcome.timings = run.timings
-            return outcome
         finally:
             if run.msg is not None:
                 self.in_flight.discard(run.msg.idempotency_key)
                 if run.leased:
                     await self._release(run.msg)
+        outcome.operator_copy = delivery.operator_copy
+        return outcome
 
     async def _bounded(self, delivery: Delivery, run: _Run) -> Outcome:
         """The stages within the message's time limit; running out is ``message_timeout``
@@ -439,7 +448,9 @@ class Pipeline:
         created = await self.storage.put_if_absent(
             self.settings.bucket, record["result_key"], body,
             content_type="application/x-ndjson",
-            metadata=header_metadata(message_id=record.get("message_id"),
+            # the ML team reads these objects: the record id, never the message id (the
+            # operators' logs carry that one; the two must not join)
+            metadata=header_metadata(record_id=record.get("record_id"),
                                      record_type=record["binding"]["record_type"]),
         )
         self.observer.stage_finished(hooks.WRITE, msg)

@@ -11,9 +11,17 @@ must give the same outcome whenever (and by whichever worker) it is processed.
                  broker granted at start), ETL_TRACE_SAMPLE_RATIO, ETL_ADMIN_TOKEN
     refused      the rest (outputs and outcomes, queues and retries, connections)
 
+ETL_CONFIG_FILE may set only the swapped-in settings (``settings.RELOADABLE``): any other
+name there is an invalid candidate (at start, a refusal to start), so a restart-only
+setting cannot reach the fleet one pod start at a time. What is refused here can then only
+come from a dotenv file the worker reads, or a concurrency above the granted prefetch.
+
 The answer: ``{ok, config_version, changed, refused: [{setting, reason}]}`` (``error``
-for an invalid candidate); ``ok`` is true when the running configuration now is the
-candidate. ``config_version`` starts at 1 and counts the reloads that changed something.
+for an invalid candidate, or one that could not be applied); ``ok`` is true when the
+running configuration now is the candidate. ``config_version`` starts at 1 and counts the
+reloads that changed something. The change is applied first and committed (version,
+current configuration) only once that worked: a failed apply is undone and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -28,11 +36,10 @@ from pydantic import SecretStr
 
 from etl_engine.observability import metrics
 from etl_engine.observability.logs import get_logger
-from etl_engine.settings import ENV_PREFIX, ConfigError, Settings
+from etl_engine.settings import ENV_PREFIX, RELOADABLE, ConfigError, Settings
 
 log = get_logger("etl.config")
 
-RELOADABLE = ("log_level", "log_format", "concurrency", "trace_sample_ratio", "admin_token")
 # What an input gives (its outcome, its record's bytes, where they go): the fleet must
 # agree on these, so they change with a restart of every worker.
 OUTPUTS = frozenset({
@@ -54,7 +61,8 @@ WHY = {
     "start": "read at start only (a connection, a process resource): restart",
 }
 
-Apply = Callable[[Settings, list[str]], None]
+# (the new configuration, the fields that changed, the config_version it will have)
+Apply = Callable[[Settings, list[str], int], None]
 
 
 def env_name(field: str) -> str:
@@ -102,7 +110,8 @@ class Reloader:
 
     async def reload(self, trigger: str) -> tuple[int, dict[str, Any]]:
         """(HTTP status, answer): 200 applied or unchanged, 409 something needs a restart
-        (the rest was applied), 422 invalid (nothing changed)."""
+        (the rest was applied), 422 invalid, 500 the apply failed (nothing changed either
+        way)."""
         async with self._lock:
             started = time.perf_counter()
             try:
@@ -112,23 +121,42 @@ class Reloader:
                 return self._answer("invalid", trigger, started, error=str(exc))
             except Exception as exc:  # a loader's bug: still nothing changes
                 return self._answer("invalid", trigger, started, error=type(exc).__name__)
-            changed, refused = [], []
-            for field in differences(self.current, candidate):
-                why = refusal(field, candidate, self._granted)
-                if why is None:
-                    changed.append(field)
-                else:
-                    refused.append({"setting": env_name(field), "reason": why})
+            changed, refused = self._sort(candidate)
             if changed:
                 new = self.current.model_copy(
                     update={f: getattr(candidate, f) for f in changed})
-                self.version += 1
+                try:  # synchronous: no delivery sees half of it
+                    self._apply(new, changed, self.version + 1)
+                except Exception as exc:
+                    self._undo(changed)
+                    return self._answer("failed", trigger, started,
+                                        error=type(exc).__name__)
+                self.version += 1  # committed only once applied
                 self.current = new
-                self._apply(new, changed)  # synchronous: no delivery sees half of it
                 metrics.CONFIG_VERSION.set(self.version)
             result = "refused" if refused else "applied" if changed else "unchanged"
             return self._answer(result, trigger, started,
                                 changed=[env_name(f) for f in changed], refused=refused)
+
+    def _sort(self, candidate: Settings) -> tuple[list[str], list[dict[str, str]]]:
+        """The differing fields: (to swap in, [{setting, reason}] refused)."""
+        changed, refused = [], []
+        for field in differences(self.current, candidate):
+            why = refusal(field, candidate, self._granted)
+            if why is None:
+                changed.append(field)
+            else:
+                refused.append({"setting": env_name(field), "reason": why})
+        return changed, refused
+
+    def _undo(self, changed: list[str]) -> None:
+        """Put back what a failed apply may have swapped in already (best effort: the
+        running configuration is still ``current``, whatever the apply got to)."""
+        try:
+            self._apply(self.current, changed, self.version)
+        except Exception as exc:
+            log.error("config_reload_undo_failed", error=type(exc).__name__,
+                      changed=[env_name(f) for f in changed])
 
     def _answer(self, result: str, trigger: str, started: float, *,
                 changed: list[str] | None = None, refused: list[dict[str, str]] | None = None,
@@ -141,11 +169,12 @@ class Reloader:
         }
         if error is not None:
             body["error"] = error
-        event = log.warning if result in ("invalid", "refused") else log.info
+        event = {"invalid": log.warning, "refused": log.warning,
+                 "failed": log.error}.get(result, log.info)
         event("config_reload", trigger=trigger, result=result, config_version=self.version,
               changed=body["changed"], refused=[r["setting"] for r in body["refused"]],
               error=error, duration_ms=round((time.perf_counter() - started) * 1000, 2))
-        status = {"invalid": 422, "refused": 409}.get(result, 200)
+        status = {"invalid": 422, "refused": 409, "failed": 500}.get(result, 200)
         return status, body
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from etl_engine import __version__
 from etl_engine.observability.metrics import EVENT_LOOP_LAG, REGISTRY
+from etl_engine.settings import ConfigError
 
 LIVENESS_THRESHOLD_S = 10.0
 HEARTBEAT_INTERVAL_S = 0.5
@@ -43,7 +45,7 @@ AdminHandler = Callable[[], Awaitable[Response]]  # POST /admin/...: an action
 ReadHandler = Callable[[Mapping[str, str]], Awaitable[Response]]  # GET /admin/...?query
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 422: "Unprocessable Content",
-            503: "Service Unavailable"}
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class Sidecar:
@@ -65,8 +67,17 @@ class Sidecar:
         self.evicted = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  limit=_MAX_REQUEST)
+        """Listen; the port bound. A port in use (another worker on this host), one that
+        needs privileges or a host that is not this machine's is the configuration's
+        fault: ``ConfigError`` naming the settings (the worker exits 78, one line)."""
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                      limit=_MAX_REQUEST)
+        except OSError as exc:
+            raise ConfigError(
+                f"the sidecar cannot listen on {self.host}:{self.port} "
+                f"({os.strerror(exc.errno) if exc.errno else exc}): check ETL_SIDECAR_PORT "
+                "(--sidecar-port; 0 takes any free port) and ETL_SIDECAR_HOST") from None
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -52,7 +52,7 @@ from etl_engine.adapters.topology import (
     header_int,
     legacy_retry_queues,
 )
-from etl_engine.domain import outcomes
+from etl_engine.domain import outcomes, registry
 from etl_engine.domain.messages import HealthDataMessage
 from etl_engine.errors import ExitCode, Unavailable
 from etl_engine.observability import logs, metrics, telemetry
@@ -157,6 +157,8 @@ class Worker:
         self._sidecar: Sidecar | None = None
         self._reloads: set[asyncio.Task[Any]] = set()
         self.observers = Observers([OutcomeObserver(), *observers])
+        # the series the SLOs and alerts take rates of, at 0 before the first delivery
+        metrics.precreate(registry.names())
         self.state = WorkerState(worker_id=settings.effective_worker_id)
         self.storage = AsyncStorage(
             Storage(make_client(settings)),
@@ -210,7 +212,15 @@ class Worker:
             admin_reads=admin.routes(),
             max_connections=self.settings.sidecar_max_connections,
         )
-        self.state.sidecar_port = await sidecar.start()
+        try:
+            self.state.sidecar_port = await sidecar.start()
+        except ConfigError:  # its port is taken (exit 78): nothing else has started yet
+            admin.close()
+            self.compute.close()
+            self.storage.close()
+            with contextlib.suppress(Exception):
+                await self.dedup.close()
+            raise
         if not self.settings.user_id_hash_key.get_secret_value():
             log.warning("user_id_hash_key_unset",
                         hint="set ETL_USER_ID_HASH_KEY so logged user hashes are keyed")
@@ -259,8 +269,9 @@ class Worker:
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
 
-    def _apply_config(self, new: Settings, changed: list[str]) -> None:
-        """Swap in the operational settings a reload changed, all before the next await."""
+    def _apply_config(self, new: Settings, changed: list[str], version: int) -> None:
+        """Swap in the operational settings a reload changed, all before the next await
+        (``version``: the config_version they make; the reloader commits it after this)."""
         if "log_level" in changed:
             logs.set_level(new.log_level)
         if "log_format" in changed:
@@ -272,7 +283,7 @@ class Worker:
         if "admin_token" in changed and self._sidecar is not None:
             self._sidecar.set_admin_token(new.admin_token.get_secret_value())
         self.settings = new
-        self.state.config_version = self.reloader.version
+        self.state.config_version = version
 
     async def _connection_loop(self) -> None:
         backoff = 0.2
