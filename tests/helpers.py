@@ -264,11 +264,21 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"worker did not exit: {self.log_path.read_text()[-3000:]}")
+                raise AssertionError(f"worker did not exit: {self.log_path.read_text()[-3000:]}"
+                                     f"\n{self.stacks()}")
             await asyncio.sleep(0.05)
         self._log.close()
         return self.proc.returncode
+
+    def stacks(self) -> str:
+        """Where the process is stuck: every thread's stack (py-spy, from the dev extras)."""
+        try:
+            spy = str(Path(sys.executable).with_name("py-spy"))
+            dump = subprocess.run([spy, "dump", "--pid", str(self.proc.pid)],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(no stack dump: {exc!r})"
+        return dump.stdout[-6000:] + dump.stderr[-1000:]
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)

@@ -80,7 +80,7 @@ async def test_compact_month_is_idempotent(settings) -> None:  # type: ignore[no
     for day, key in ((2, "b"), (1, "a"), (1, "c")):
         rec = {"instruction": "q", "output": "o",
                "metadata": {"period_start": f"2026-11-0{day}T00:00:00-05:00",
-                            "idempotency_key": key}}
+                            "record_id": key}}
         storage.put(settings.bucket, f"training/physical_activity/2026/11/0{day}/{key}.jsonl",
                     orjson.dumps(rec) + b"\n", content_type="application/x-ndjson")
     first = compact_month(storage, settings, "2026-11")
@@ -91,7 +91,7 @@ async def test_compact_month_is_idempotent(settings) -> None:  # type: ignore[no
     assert first[0].key == "compacted/physical_activity/2026/11/health_journal_2026_11.jsonl"
     assert (first[0].state, second[0].state) == ("written", "unchanged")
     assert first[0].inputs == second[0].inputs == 3
-    keys = [orjson.loads(line)["metadata"]["idempotency_key"] for line in body1.splitlines()]
+    keys = [orjson.loads(line)["metadata"]["record_id"] for line in body1.splitlines()]
     assert keys == ["a", "c", "b"]
     with pytest.raises(ValueError):
         compact_month(storage, settings, "2026-13x")
@@ -213,7 +213,7 @@ async def test_status_discovers_sidecars_and_worker_check(settings, test_env, tm
         w.signal(15)
         await w.wait_exit()
     rc, out, _ = await etl(test_env, "status", "--once", "--ports", f"{w.port}-{w.port}")
-    assert rc == 0 and "no worker sidecar found" in out
+    assert rc == 0 and f"no worker sidecar found on 127.0.0.1 ports {w.port};" in out
 
 
 async def test_publish_and_config_check_print_json(settings, test_env) -> None:  # type: ignore[no-untyped-def]
@@ -228,6 +228,17 @@ async def test_publish_and_config_check_print_json(settings, test_env) -> None: 
     shown = orjson.loads(out)["settings"]
     assert rc == 0 and shown["ETL_QUEUE"] == settings.queue
     assert shown["ETL_USER_ID_HASH_KEY"] == "********"
+
+
+async def test_publish_key_of_a_missing_object_says_so(settings, test_env) -> None:  # type: ignore[no-untyped-def]
+    """Not "S3 ... check ETL_S3_ENDPOINT_URL": S3 answered, the object is not there."""
+    storage_for(settings).ensure_bucket(settings.bucket)
+    key = "raw/StepsRecord/2026/01/01/nobody_20260101_000000_000000.avro"
+    rc, out, err = await etl(test_env, "publish", "--record-type", "StepsRecord", "--key", key)
+    assert rc == 1, err
+    assert err.strip() == (f"etl-engine publish: no object {key} in bucket {settings.bucket} "
+                           "(--key, --bucket)")
+    assert out == ""
 
 
 async def test_compact_prints_json(settings, test_env) -> None:  # type: ignore[no-untyped-def]

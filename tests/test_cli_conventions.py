@@ -4,11 +4,16 @@ the settings, .env, exit codes, completion, progress lines, the status screen.""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,8 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``etl-engine ARGS`` with only ``env`` (and PATH): no developer ETL_ variables."""
     base = {"PATH": os.environ["PATH"], "ETL_ENV_FILE": "", "AWS_EC2_METADATA_DISABLED": "true"}
+    if "PYTHONPATH" in os.environ:  # the code under test (a worktree), not an installed copy
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run([sys.executable, "-m", "etl_engine.ops.cli", *args],
                           env={**base, **(env or {})}, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
@@ -100,6 +107,8 @@ def test_top_level_help_lists_commands_exit_codes_and_precedence() -> None:
 # --- worker flags -------------------------------------------------------------------------------
 def test_worker_flags_map_onto_the_typed_settings(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
+    for name in [n for n in os.environ if n.startswith("ETL_")]:  # e.g. the stack's .env
+        monkeypatch.delenv(name)
     monkeypatch.setenv("ETL_ENV", "development")
     monkeypatch.setenv("ETL_CONCURRENCY", "3")
     monkeypatch.setenv("ETL_QUEUE", "from-env")
@@ -125,10 +134,27 @@ def test_a_bad_worker_flag_is_a_usage_error_naming_it(argv: list[str], word: str
     assert word in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_flag_the_settings_refuse_names_flag_and_variable() -> None:
-    proc = run("worker", "--dedup-url", "mysql://x", env={"ETL_ENV": "development"})
-    assert proc.returncode == ExitCode.CONFIG, proc.stderr
-    assert "--dedup-url (ETL_DEDUP_URL)" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize(("argv", "word"), [
+    (["--dedup-url", "mysql://x"], "redis://"), (["--dedup-url", "foo"], "sqlite:///"),
+    (["--queue", ""], "empty"), (["--queue", "  "], "empty")])
+def test_a_flag_its_setting_refuses_is_a_usage_error_too(argv: list[str], word: str) -> None:
+    """The field validators run on the flag (README: a bad flag value is 2), not only its
+    type: ETL_DEDUP_URL's scheme check, and a queue name a worker cannot consume."""
+    proc = run("worker", *argv, env={"ETL_ENV": "development"})
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert f"argument {argv[0]}" in proc.stderr and word in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "--interval", "0.1"], ["status", "--interval", "nan"],
+    ["dlq", "list", "--limit", "0"], ["load-samples", "--progress-interval", "0"],
+    ["load-samples", "--timeout", "-1"], ["load-samples", "--timeout", "inf"],
+    ["quarantine", "release", "k", "--timeout", "0"]])
+def test_numbers_out_of_their_range_are_usage_errors(argv: list[str]) -> None:
+    proc = run(*argv)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "is not a number from" in proc.stderr
 
 
 def test_worker_check_probes_the_sidecar(tmp_path: Path) -> None:
@@ -142,6 +168,117 @@ def test_worker_check_probes_the_sidecar(tmp_path: Path) -> None:
     proc = run("worker", "--check", "--sidecar-port", str(port), env={"ETL_ENV": "development"})
     assert proc.returncode == 1 and "unreachable" in proc.stdout, proc
     assert len(proc.stdout.strip().splitlines()) == 1
+
+
+def _listener(answer: bytes | None = None) -> tuple[socket.socket, int]:
+    """A port that accepts connections and never says anything (``answer`` None), or
+    answers every request with ``answer`` and closes: not a broker, not a sidecar."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            if answer is None:
+                held.append(conn)  # open and silent until the test ends
+                continue
+            with contextlib.suppress(OSError), conn:
+                conn.recv(4096)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, int(server.getsockname()[1])
+
+
+GARBAGE = b"SSH-2.0-OpenSSH_9.6 not http\r\n\r\n"
+
+
+def test_status_discovery_and_worker_check_survive_a_port_that_answers_garbage(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finding: discovery and `worker --check` ended in a BadStatusLine traceback on
+    a local service that is not HTTP. And neither goes through $http_proxy."""
+    from etl_engine.ops import status
+
+    server, port = _listener(GARBAGE)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a proxy would refuse them
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with server:
+        assert status.scrape(f"http://127.0.0.1:{port}").error == "BadStatusLine"
+        assert asyncio.run(status.discover(range(port, port + 1))) == []
+        healthy, line = status.check("127.0.0.1", port)
+        assert not healthy and "unreachable (BadStatusLine)" in line
+        proc = run("worker", "--check", "--sidecar-port", str(port),
+                   env={"http_proxy": "http://127.0.0.1:9"})
+    assert proc.returncode == ExitCode.FAILURES and "Traceback" not in proc.stderr, proc
+    assert len(proc.stdout.strip().splitlines()) == 1
+    with _sidecar_stub() as sidecar_port:  # a real answer, with the proxy still set
+        healthy, line = status.check("127.0.0.1", sidecar_port, "/live")
+        assert healthy, line
+        figures = status.scrape(f"http://127.0.0.1:{sidecar_port}")
+        assert (figures.error, figures.worker_id, figures.in_flight) == (None, "stub", 2)
+        assert asyncio.run(status.discover(range(sidecar_port, sidecar_port + 1))) == [
+            f"http://127.0.0.1:{sidecar_port}"]
+
+
+@contextlib.contextmanager
+def _sidecar_stub() -> Iterator[int]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = {"/health": b'{"worker_id": "stub", "status": "ok", "uptime_s": 1}',
+                    "/metrics": b"etl_messages_in_flight 2\n"}.get(self.path, b"ok")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_check_reads_only_the_sidecar_address(tmp_path: Path) -> None:
+    """A bad edit elsewhere in the configuration (a bad value, a line that is not NAME=value)
+    must not fail the health check of a worker that runs: only ETL_SIDECAR_HOST/PORT are
+    read, here from ETL_CONFIG_FILE over the environment."""
+    with _sidecar_stub() as port:
+        config = tmp_path / "worker.env"
+        config.write_text(f"ETL_SIDECAR_PORT={port}\nnot a setting line\nETL_NOPE=1\n")
+        proc = run("worker", "--check", "live", env={
+            "ETL_CONFIG_FILE": str(config), "ETL_CONCURRENCY": "lots",
+            "ETL_SIDECAR_PORT": "1"})
+        assert proc.returncode == ExitCode.OK, proc
+        assert f":{port}/live: 200" in proc.stdout
+        dotenv = tmp_path / "stack.env"
+        dotenv.write_text(f"ETL_SIDECAR_PORT={port}\nETL_MAX_ATTEMPTS=lots\n")
+        assert run("--env-file", str(dotenv), "worker", "--check").returncode == ExitCode.OK
+    proc = run("worker", "--check", env={"ETL_SIDECAR_PORT": "http"})
+    assert proc.returncode == ExitCode.CONFIG and "ETL_SIDECAR_PORT" in proc.stderr
+
+
+def test_a_sidecar_port_in_use_is_one_line_exit_78(tmp_path: Path) -> None:
+    server, port = _listener()
+    with server:
+        proc = run("worker", "--sidecar-port", str(port), "--log-format", "console",
+                   env={"ETL_ENV": "development"}, cwd=tmp_path)
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if "sidecar cannot listen" in x)
+    assert f"127.0.0.1:{port}" in line and "Address already in use" in line
+    assert "ETL_SIDECAR_PORT" in line
 
 
 # --- .env and exit codes ------------------------------------------------------------------------
@@ -163,6 +300,31 @@ def test_the_cli_reads_env_from_the_working_directory_under_the_environment(
     assert orjson.loads(proc.stdout)["settings"]["ETL_QUEUE"] == "from-option"
     proc = run("--env-file", "", "config", "check", cwd=tmp_path)  # none: the hash key
     assert proc.returncode == ExitCode.CONFIG and "ETL_USER_ID_HASH_KEY" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["missing.env", "."])
+def test_an_env_file_named_explicitly_must_be_a_file(tmp_path: Path, name: str) -> None:
+    proc = run("--env-file", str(tmp_path / name), "config", "check", cwd=tmp_path)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "--env-file" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("config", "check", env={"ETL_ENV_FILE": str(tmp_path / name)}, cwd=tmp_path)
+    assert proc.returncode == ExitCode.CONFIG and "ETL_ENV_FILE" in proc.stderr
+    # No option and no variable: a missing .env in the working directory is no error.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
+    assert subprocess.run(
+        [sys.executable, "-m", "etl_engine.ops.cli", "config", "check"], cwd=tmp_path,
+        env={**env, "ETL_ENV": "development"}, capture_output=True,
+        timeout=60).returncode == ExitCode.OK
+
+
+def test_config_check_json_reports_an_invalid_configuration() -> None:
+    proc = run("config", "check", "--json", env={"ETL_MAX_ATTEMPTS": "lots"})
+    assert proc.returncode == ExitCode.CONFIG
+    doc = orjson.loads(proc.stdout)
+    assert doc["ok"] is False
+    settings = {e["setting"] for e in doc["errors"]}
+    assert {"ETL_MAX_ATTEMPTS", "ETL_USER_ID_HASH_KEY"} <= settings, doc
+    assert all(e["message"] and "Value error" not in e["message"] for e in doc["errors"])
 
 
 def test_exit_codes_usage_2_config_78() -> None:
@@ -193,6 +355,83 @@ def test_an_unreachable_service_is_one_line_and_exit_69(argv: list[str]) -> None
     assert line.startswith(f"etl-engine {argv[0]}") and "check ETL_" in line, line
     assert ("RabbitMQ" in line and "ETL_AMQP_URL" in line) or (
         "S3" in line and "ETL_S3_ENDPOINT_URL" in line), line
+
+
+def test_status_once_with_the_broker_unreachable_exits_69() -> None:
+    proc = run("status", "--once", "--targets", "http://127.0.0.1:9",
+               env={"ETL_ENV": "development", "ETL_AMQP_URL": DEAD_BROKER})
+    assert proc.returncode == ExitCode.UNAVAILABLE, proc.stderr
+    assert "broker unreachable" in proc.stdout  # the report still shows what it could
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("etl-engine status: RabbitMQ") and "ETL_AMQP_URL" in line
+
+
+@pytest.fixture
+def silent_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A port that accepts the TCP connection and never answers the AMQP handshake:
+    aio-pika then raises a bare TimeoutError (its cause a CancelledError), which names no
+    client library. The connect timeout is shortened for the test."""
+    from etl_engine.adapters import topology
+
+    monkeypatch.setattr(topology, "CONNECT_TIMEOUT_S", 0.5)
+    server, port = _listener()
+    with server:
+        yield f"amqp://guest:guest@127.0.0.1:{port}/"
+
+
+def test_a_broker_that_never_answers_is_one_line_and_exit_69(
+        silent_broker: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ETL_ENV", "development")
+    monkeypatch.setenv("ETL_AMQP_URL", silent_broker)
+    assert cli.main(["dlq", "list"]) == ExitCode.UNAVAILABLE
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("etl-engine dlq list: RabbitMQ is unreachable at amqp://guest:")
+    assert "no answer within 0.5 s" in line and line.endswith("check ETL_AMQP_URL")
+
+
+def test_publishers_say_a_silent_broker_as_unavailable(silent_broker: str) -> None:
+    """Publisher (publish, load-samples, quarantine release) and the DLQ reads (dlq) share
+    one connect; the uploaders' Announcer raises AnnounceFailed, as documented."""
+    from etl_engine.adapters.announce import AnnounceFailed, Announcer
+    from etl_engine.adapters.operator_reads import open_dlq
+    from etl_engine.adapters.publisher import Publisher
+    from etl_engine.adapters.topology import BrokerUnreachable
+    from etl_engine.ops import failures
+    from etl_engine.settings import Settings
+
+    s = Settings(env="development", amqp_url=silent_broker)
+
+    async def attempts() -> list[BaseException]:
+        caught: list[BaseException] = []
+        for opener in (lambda: Publisher(s), lambda: open_dlq(s), lambda: Announcer(
+                silent_broker)):
+            try:
+                async with opener():
+                    pass
+            except Exception as exc:
+                caught.append(exc)
+        return caught
+
+    publisher, reads, announcer = asyncio.run(attempts())
+    assert isinstance(publisher, BrokerUnreachable) and isinstance(reads, BrokerUnreachable)
+    assert isinstance(announcer, AnnounceFailed)
+    assert isinstance(announcer.__cause__, BrokerUnreachable)
+    for exc in (publisher, reads, announcer):
+        found = failures.unavailable(exc)
+        assert found is not None and found.setting == "ETL_AMQP_URL", exc
+    # Refused (nothing listens): the client library's own error, also AnnounceFailed.
+    with pytest.raises(AnnounceFailed):
+        asyncio.run(Announcer(DEAD_BROKER).__aenter__())
+
+
+def test_publish_of_a_missing_file_is_a_usage_error_before_any_service() -> None:
+    proc = run("publish", "--record-type", "StepsRecord", "--file", "missing.avro",
+               env={"ETL_ENV": "development", "ETL_AMQP_URL": DEAD_BROKER,
+                    "ETL_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("etl-engine publish: --file missing.avro: cannot read it")
 
 
 def test_missing_s3_credentials_name_the_settings(tmp_path: Path) -> None:

@@ -145,9 +145,14 @@ async def test_the_worker_refuses_to_start_on_a_store_that_ignores_if_none_match
     settings: Settings, test_env: dict[str, str], shim: S3Shim, tmp_path: Path
 ) -> None:
     shim.if_none_match = "ignore"
-    refused = WorkerProcess(test_env, tmp_path / "refused.log", ETL_S3_ENDPOINT_URL=shim.url)
+    # Short S3 timeouts: a request the thread-per-request shim stalls on is retried within
+    # the wait instead of outlasting it (seen once under a full suite; wait_exit then
+    # prints the worker's stacks).
+    quick = {"ETL_S3_READ_TIMEOUT_S": "5", "ETL_S3_CONNECT_TIMEOUT_S": "2"}
+    refused = WorkerProcess(test_env, tmp_path / "refused.log", ETL_S3_ENDPOINT_URL=shim.url,
+                            **quick)
     try:
-        assert await refused.wait_exit(60) == 78  # EX_CONFIG, like a bad setting
+        assert await refused.wait_exit(90) == 78  # EX_CONFIG, like a bad setting
     finally:
         refused.kill()
     out = (tmp_path / "refused.log").read_text()

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -85,14 +86,16 @@ FROM_SECRET_STORE = {"ETL_USER_ID_HASH_KEY": "from-the-secret-store",
 # ETL_CONFIG_FILE as the containers see it -> the file in the repository it is made from.
 MOUNTED_FILES = {"/etc/etl/config/worker.env": ROOT / "deployment" / "kubernetes" / "base" /
                  "reloadable.env"}
+COMPOSE_MOUNTED_FILES = {"/etc/etl/config/worker.env": ROOT / "deployment" / "worker-config" /
+                         "worker.env"}
 
 
-def _settings(values: dict[str, str]) -> Settings:
+def _settings(values: dict[str, str], mounted: dict[str, Path] = MOUNTED_FILES) -> Settings:
     """Settings from ETL_ name -> string value, as the worker would read them."""
     values = {**FROM_SECRET_STORE,
               **{k: v for k, v in values.items() if v or k not in FROM_SECRET_STORE}}
-    if values.get("ETL_CONFIG_FILE") in MOUNTED_FILES:
-        values["ETL_CONFIG_FILE"] = str(MOUNTED_FILES[values["ETL_CONFIG_FILE"]])
+    if values.get("ETL_CONFIG_FILE") in mounted:
+        values["ETL_CONFIG_FILE"] = str(mounted[values["ETL_CONFIG_FILE"]])
     with _no_etl_env():
         return load_settings(**{name[len("ETL_"):].lower(): v for name, v in values.items()})
 
@@ -719,6 +722,8 @@ def test_compose_worker_healthcheck_command_runs(
     worker = compose["services"]["worker"]
     base = {name: value for _, name, value in _env_lines(ENV_TEMPLATE)}
     env = {**base, **_service_env(worker)}
+    if env.get("ETL_CONFIG_FILE") in COMPOSE_MOUNTED_FILES:  # the container has the mount
+        env["ETL_CONFIG_FILE"] = str(COMPOSE_MOUNTED_FILES[env["ETL_CONFIG_FILE"]])
     proc = _run_health_command(worker["healthcheck"]["test"][1:], env, "/ready", status)
     assert (proc.returncode == 0) is healthy, proc.stderr.decode() + proc.stdout.decode()
 
@@ -738,21 +743,58 @@ def test_compose_worker_environment(compose: dict[str, Any]) -> None:
         unknown = {k for k in svc_env if k.startswith("ETL_")} - set(setting_names())
         assert not unknown, f"{service}: unknown settings {unknown}"
         try:
-            _settings({**base, **svc_env})
+            _settings({**base, **svc_env}, COMPOSE_MOUNTED_FILES)
         except ConfigError as exc:  # pragma: no cover - message is the point
             pytest.fail(f"{service}: {exc}")
 
 
+def test_compose_worker_reloads_from_a_mounted_config_file(compose: dict[str, Any]) -> None:
+    """The worker's ETL_CONFIG_FILE is in a read-only folder mount of deployment/
+    worker-config/ (a folder: a file mount keeps showing the old version after an editor
+    saves by rename), so `kill -s HUP worker` reloads an edit with no change to the compose
+    file. As shipped the file sets nothing and documents what it may set."""
+    from etl_engine.settings import RELOADABLE, read_config_file
+
+    worker = compose["services"]["worker"]
+    path = _service_env(worker)["ETL_CONFIG_FILE"]
+    assert path in COMPOSE_MOUNTED_FILES
+    mounts = {v.split(":")[1]: v.split(":") for v in worker["volumes"]}
+    source, _, *options = mounts[str(Path(path).parent)]
+    assert options == ["ro"], "the worker only reads it"
+    host = (COMPOSE.parent / source / Path(path).name).resolve()
+    assert host == COMPOSE_MOUNTED_FILES[path] and host.is_file()
+    assert read_config_file(str(host)) == {}, "shipped empty: comments only"
+    text = host.read_text()
+    for name in RELOADABLE:
+        assert f"ETL_{name.upper()}" in text, name
+    assert "kill -s HUP worker" in text and "needs a restart" in text
+    # the tools have no such mount: the variable is the worker's alone
+    for service in ("loader", "etl-cli"):
+        assert "ETL_CONFIG_FILE" not in _service_env(compose["services"][service]), service
+    # a restart-only setting there stops the worker (the same rule as in Kubernetes)
+    with tempfile.TemporaryDirectory() as scratch:
+        edited = Path(scratch) / "worker.env"
+        edited.write_text(text + "ETL_QUALITY_THRESHOLD=0.9\n")
+        with pytest.raises(ConfigError, match="ETL_QUALITY_THRESHOLD needs a restart"):
+            read_config_file(str(edited))
+
+
 def test_root_compose_includes_the_stack_with_the_root_env() -> None:
-    """`docker compose up` from the repository root: compose.yaml includes the stack and
-    interpolates it from the root .env (the file the services read and set-up writes),
-    under the same project name as `-f deployment/docker-compose.yml`."""
+    """`docker compose up` from the repository root: compose.yaml includes the stack,
+    interpolated from the root .env (the file the services read and set-up writes), under
+    the same project name as `-f deployment/docker-compose.yml`.
+
+    The include names no env_file: compose-go stat()s a relative include env_file and
+    fails when it is missing (include has no `required: false`), so on a fresh clone
+    without .env every command from the root would fail. Without one, the included file
+    is interpolated with the project's environment: the shell over the .env that compose
+    reads from the project directory, the root (a deployment/.env would win over both:
+    compose reads the included file's own folder's .env)."""
     root = yaml.safe_load((ROOT / "compose.yaml").read_text())
     assert set(root) == {"name", "include"}, "the root file only includes the stack"
     (entry,) = root["include"]
     assert (ROOT / entry["path"]).resolve() == COMPOSE
-    env_files = entry["env_file"] if isinstance(entry["env_file"], list) else [entry["env_file"]]
-    assert [(ROOT / e).resolve() for e in env_files] == [ROOT / ".env"]
+    assert "env_file" not in entry, "a missing .env would fail every compose command"
     assert "project_directory" not in entry, "the stack's paths stay relative to deployment/"
     included = yaml.safe_load(COMPOSE.read_text())
     assert root["name"] == included["name"]
@@ -769,6 +811,17 @@ def test_root_compose_includes_the_stack_with_the_root_env() -> None:
         if env_file.exists():
             out = subprocess.run([docker, "compose", "config", "--services"], cwd=ROOT,
                                  capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert "worker" in out.stdout.split()
+        with tempfile.TemporaryDirectory() as fresh:  # a fresh clone: no .env at all
+            for name in ("compose.yaml", "Dockerfile"):  # (the build context is the root)
+                shutil.copy(ROOT / name, fresh)
+            shutil.copytree(COMPOSE.parent, Path(fresh) / "deployment",
+                            ignore=shutil.ignore_patterns(".env"))
+            env = {**os.environ, "REDIS_PASSWORD": "from-the-shell"}
+            env.pop("COMPOSE_FILE", None)
+            out = subprocess.run([docker, "compose", "config", "--services"], cwd=fresh,
+                                 env=env, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
             assert "worker" in out.stdout.split()
 

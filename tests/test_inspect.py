@@ -217,7 +217,7 @@ class _Bucket:
         from etl_engine.errors import PermanentError
 
         if key not in self.objects:
-            raise PermanentError("not_found", stage="get")
+            raise PermanentError("object_missing", stage="get")  # as Storage.get says it
         return self.objects[key]
 
 
@@ -243,3 +243,36 @@ def test_quarantine_show_inspect_reads_the_copy_as_the_message_said(
     assert "alice" not in doc["file"]["name"]  # masked unless --reveal
     assert inspect_file.quarantined(_Bucket({}), settings, qkey, reason, _args()) == 1
     assert "no quarantined copy" in capsys.readouterr().err
+
+
+def test_quarantine_show_inspect_says_only_a_missing_copy_is_missing(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """Any other storage failure is not "no quarantined copy": it reaches ops.failures
+    (one line naming S3 and the setting, exit 69) instead of being mistaken for one."""
+    from etl_engine.errors import TransientError
+
+    class _Down(_Bucket):
+        def get(self, bucket: str, key: str) -> bytes:
+            raise TransientError("storage_unavailable", "503", stage="get")
+
+    reason = {"message": {"user_id": "alice"}}
+    qkey = "quarantine/StepsRecord/2026/11/01/alice_x.avro"
+    with pytest.raises(TransientError):
+        inspect_file.quarantined(_Down({}), settings, qkey, reason, _args())
+    assert inspect_file.quarantined(_Bucket({}), settings, qkey, reason, _args()) == 1
+    err = capsys.readouterr().err
+    assert "no quarantined copy" in err and "alice" not in err  # masked unless --reveal
+
+
+@pytest.mark.parametrize("where", ["missing-folder/x.html", "."])
+def test_an_html_report_that_cannot_be_written_is_a_usage_error_up_front(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    out = tmp_path / where
+    path = SAMPLES / "StepsRecord" / "steps_watch.avro"
+    assert cli.main(["inspect", str(path), "--html", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "refused before the report"
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("etl-engine inspect: --html ") and "Traceback" not in line
+    assert cli.main(["quarantine", "show", "k", "--html", str(out)]) == 2  # before any S3
+    assert "etl-engine quarantine show: --html" in capsys.readouterr().err

@@ -272,7 +272,7 @@ def _put_inputs(settings, storage: Storage, names: list[str], day: int = 1) -> N
     for name in names:
         rec = {"instruction": "q", "output": "o",
                "metadata": {"period_start": f"2026-10-{day:02d}T00:00:00Z",
-                            "idempotency_key": name}}
+                            "record_id": name}}
         storage.put(settings.bucket, f"{settings.training_prefix}physical_activity/2026/10/"
                     f"{day:02d}/{name}.jsonl", orjson.dumps(rec) + b"\n",
                     content_type="application/x-ndjson")
@@ -283,7 +283,7 @@ def _journal(settings, storage: Storage) -> tuple[list[str], dict[str, str]]:  #
     body = storage.get(settings.bucket, key)
     head = conditional.head(storage, settings.bucket, key)
     assert head is not None
-    names = [orjson.loads(line)["metadata"]["idempotency_key"] for line in body.splitlines()]
+    names = [orjson.loads(line)["metadata"]["record_id"] for line in body.splitlines()]
     return names, head.metadata
 
 

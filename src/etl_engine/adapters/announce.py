@@ -23,8 +23,9 @@ What it does, for a least-privilege uploader:
 - It publishes persistent JSON with publisher confirms and ``mandatory``. ``announce``
   returns once the broker has the message in a queue. It raises ``AnnounceFailed`` when the
   message is unroutable (no queue bound), nacked, unconfirmed within ``confirm_timeout_s``,
-  or the connection is lost. Announcing again after a failure is safe: the idempotency key
-  makes a second copy a duplicate.
+  or the connection is lost; ``async with Announcer(...)`` raises it when the broker cannot
+  be reached or refuses the connection (the cause says which). Announcing again after a
+  failure is safe: the idempotency key makes a second copy a duplicate.
 
 The contract itself: schemas/message.schema.json and docs/asyncapi.yaml.
 """
@@ -44,6 +45,7 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from etl_engine.adapters.publisher import ConfirmGate, PublishFailed
+from etl_engine.adapters.topology import BrokerUnreachable, connect
 from etl_engine.domain.messages import (
     Scheme,
     derive_message_id,
@@ -143,7 +145,12 @@ class Announcer:
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
     async def __aenter__(self) -> Announcer:
-        self._conn = await aio_pika.connect(self.amqp_url, timeout=10)
+        try:
+            self._conn = await connect(self.amqp_url)
+        except (BrokerUnreachable, aiormq.exceptions.AMQPError) as exc:
+            # The cause (kept) says which: unreachable, a refused login, a virtual host.
+            raise AnnounceFailed(f"cannot connect to the broker ({type(exc).__name__}: "
+                                 f"{exc})") from exc
         try:
             channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
             # passive: fails if the exchange is missing, creates nothing

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
@@ -35,6 +34,7 @@ from etl_engine.adapters.topology import (
     REASON_HEADER,
     REPLAYED_HEADER,
     STAGE_HEADER,
+    connect,
 )
 from etl_engine.domain import outcomes
 from etl_engine.domain.messages import routing_key as make_routing_key
@@ -159,7 +159,7 @@ async def open_dlq(settings: Settings, *, url: str = "", confirms: bool = False
 
     Closing the connection on the way out returns every fetched, unacked message.
     """
-    conn = await aio_pika.connect(url or settings.amqp_url.get_secret_value(), timeout=10)
+    conn = await connect(url or settings.amqp_url.get_secret_value())
     try:
         channel = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
         queue = await channel.declare_queue(settings.dlq_name, passive=True)

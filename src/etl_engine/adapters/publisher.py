@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from etl_engine.adapters.dedup import open_store
 from etl_engine.adapters.storage import Storage
-from etl_engine.adapters.topology import declare
+from etl_engine.adapters.topology import connect, declare
 from etl_engine.domain.messages import (
     derive_message_id,
     routing_key,
@@ -213,10 +213,14 @@ class Publisher:
         self._gate = ConfirmGate(settings.publish_confirm_timeout_s)
 
     async def __aenter__(self) -> Publisher:
-        self._conn = await aio_pika.connect(
-            self.settings.amqp_url.get_secret_value(), timeout=10)
-        self._channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
-        topo = await declare(self._channel, self.settings)
+        self._conn = await connect(self.settings.amqp_url.get_secret_value())
+        try:
+            self._channel = await self._conn.channel(publisher_confirms=True,
+                                                     on_return_raises=True)
+            topo = await declare(self._channel, self.settings)
+        except BaseException:
+            await self._conn.close()
+            raise
         self._exchange = topo.exchange
         return self
 

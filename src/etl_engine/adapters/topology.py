@@ -55,6 +55,31 @@ RELEASED_HEADER = "x-etl-released"
 # Our counters in headers stay far below this; a bigger value is hostile (and would not
 # encode again as an AMQP long when the copy is republished).
 HEADER_INT_MAX = 2**31 - 1
+# How long the tools and publishers wait for the broker's handshake (tests shorten it).
+CONNECT_TIMEOUT_S = 10.0
+
+
+class BrokerUnreachable(ConnectionError):
+    """The broker did not answer a connection: nothing listens, the name does not resolve,
+    or (aio-pika's bare ``TimeoutError``) something listens but never speaks AMQP.
+    ``ops.failures`` says it as RabbitMQ unreachable, check ETL_AMQP_URL (exit 69)."""
+
+
+async def connect(url: str, *, timeout: float | None = None,
+                  **kwargs: Any) -> AbstractConnection:
+    """``aio_pika.connect`` for the tools and publishers: a socket error or a handshake
+    that never comes (a bare ``TimeoutError`` caused by a ``CancelledError``, which names
+    no client library) raised as ``BrokerUnreachable``. AMQP refusals (login, virtual
+    host) keep their own exceptions: they say more."""
+    wait = CONNECT_TIMEOUT_S if timeout is None else timeout
+    try:
+        return await aio_pika.connect(url, timeout=wait, **kwargs)
+    except aiormq.exceptions.AMQPError:  # (its connection errors are OSErrors too)
+        raise
+    except TimeoutError:
+        raise BrokerUnreachable(f"no answer within {wait:g} s") from None
+    except OSError as exc:
+        raise BrokerUnreachable(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
 
 
 def work_queue_arguments(settings: Settings) -> dict[str, Any]:

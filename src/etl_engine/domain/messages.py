@@ -74,9 +74,11 @@ class HealthDataMessage(BaseModel):
             "ETL_ALLOWED_BUCKETS."))
     key: str = Field(
         min_length=1, json_schema_extra={**_TEXT_X, "maxLength": MAX_KEY_BYTES}, description=(
-            "Object key under raw/ (ETL_RAW_PREFIX), at most 1024 bytes, no '..', no leading "
-            "'/', no '//': raw/{RecordType}/{YYYY}/{MM}/{DD}/{user_id}_"
-            "{YYYYmmdd_HHMMSS_ffffff}.avro (the file name must start with '{user_id}_')."))
+            "Object key under raw/ (ETL_RAW_PREFIX), at most 1024 bytes in UTF-8 (maxLength "
+            "counts characters: a key of multi-byte characters can pass it and still be "
+            "refused), no '..', no leading '/', no '//': raw/{RecordType}/{YYYY}/{MM}/{DD}/"
+            "{user_id}_{YYYYmmdd_HHMMSS_ffffff}.avro (the file name must start with "
+            "'{user_id}_')."))
     record_type: str = Field(
         min_length=1, max_length=64, json_schema_extra=_TEXT_X, description=(
             "Health Connect record type of the file (publish these names; the worker also "
@@ -300,9 +302,13 @@ def message_json_schema(record_types: Sequence[str]) -> dict[str, Any]:
         prop.pop("title", None)
         prop.pop("default", None)
     props["record_type"]["enum"] = list(record_types)
+    # Optional, but never null when sent: the worker takes a null hash as "no hash"
+    # (content_hash_required) and a null beside a hash as a disagreement (invalid_field).
+    props["content_hash"] = {"type": "string", "pattern": HASH_PATTERN,
+                             "description": props["content_hash"]["description"]}
     props["file_hash"] = {**props["content_hash"], "description": (
         "Hex SHA-256 of the object, verified after download (the upload service's name; "
-        "required unless content_hash is sent).")}
+        "required unless content_hash is sent; if both are sent they must agree).")}
     ordered = {name: props[name] for name in (
         "idempotency_key", "bucket", "key", "record_type", "user_id", "correlation_id",
         "upload_timestamp_utc", "file_hash", "content_hash", "file_size_bytes",

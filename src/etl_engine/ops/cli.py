@@ -25,7 +25,7 @@ from etl_engine import __version__
 from etl_engine.errors import ExitCode
 from etl_engine.ops import data_commands, failures
 from etl_engine.ops import inspection as inspect_file  # stdlib only at import
-from etl_engine.settings import ConfigError, Settings, load_settings
+from etl_engine.settings import CONFIG_FILE_VAR, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:  # imported when a command runs: `etl-engine --help` stays light
     from etl_engine.adapters.storage import Storage
@@ -98,40 +98,102 @@ def _worker_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    s = _worker_settings(args)
     if args.check:
         from etl_engine.ops.display import safe
         from etl_engine.ops.status import check
 
-        healthy, line = check(s, "/" + args.check)
+        healthy, line = check(*_sidecar_address(args), "/" + args.check)
         print(safe(line))
         return ExitCode.OK if healthy else ExitCode.FAILURES
+    s = _worker_settings(args)
     from etl_engine.runtime.worker import serve
 
     # A reload (SIGHUP, /admin/config/reload) reads the same sources, flags still on top.
     return serve(s, reload_settings=functools.partial(_worker_settings, args))
 
 
+_SIDECAR_VARS = ("ETL_SIDECAR_HOST", "ETL_SIDECAR_PORT")
+
+
+def _sidecar_address(args: argparse.Namespace) -> tuple[str, int]:
+    """``worker --check``: ETL_SIDECAR_HOST and ETL_SIDECAR_PORT (``--sidecar-port`` on
+    top) from the worker's sources in its order, and nothing else read or validated: the
+    health check of a worker that runs fine must not fail on a bad edit elsewhere in the
+    configuration (the worker refuses that edit on a reload and says so itself)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    wanted = {*_SIDECAR_VARS, CONFIG_FILE_VAR}
+
+    def pick(pairs: Any) -> dict[str, str]:
+        return {k.upper(): v for k, v in pairs if k.upper() in wanted and v}
+
+    found: dict[str, str] = {}
+    if _env_file and Path(_env_file).is_file():
+        from dotenv import dotenv_values
+
+        found.update(pick(dotenv_values(_env_file).items()))
+    found.update(pick(os.environ.items()))
+    if found.get(CONFIG_FILE_VAR):
+        found.update(pick(_lenient_lines(found[CONFIG_FILE_VAR])))
+    fields = Settings.model_fields
+    host = found.get("ETL_SIDECAR_HOST", fields["sidecar_host"].default)
+    if args.sidecar_port is not None:
+        return host, int(args.sidecar_port)
+    text = found.get("ETL_SIDECAR_PORT")
+    if text is None:
+        return host, int(fields["sidecar_port"].default)
+    try:
+        port = TypeAdapter(int).validate_python(text.strip())
+    except ValidationError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"ETL_SIDECAR_PORT: {text!r} is not a port (0-65535)")
+    return host, port
+
+
+def _lenient_lines(path: str) -> list[tuple[str, str]]:
+    """NAME=value pairs of an ETL_CONFIG_FILE, skipping what is not one (an unreadable
+    file: none)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    pairs = (line.partition("=") for line in text.splitlines()
+             if not line.lstrip().startswith("#"))
+    return [(name.strip(), value.strip()) for name, sep, value in pairs if sep]
+
+
 # --- publish ----------------------------------------------------------------------------
 @_traced("etl-engine publish")
 def cmd_publish(args: argparse.Namespace) -> int:
-    from etl_engine.adapters.publisher import Publisher, describe_upload, upload_file
+    from etl_engine.adapters.publisher import Publisher, describe_upload, upload_bytes
     from etl_engine.adapters.storage import Storage, make_client
+    from etl_engine.errors import EtlError
 
+    if not args.file and not args.key:
+        print("etl-engine publish: give --file PATH or --key KEY", file=sys.stderr)
+        return ExitCode.USAGE
+    data = _read_file(args.file, "--file") if args.file else b""  # before any service
     s = _settings()
     storage = Storage(make_client(s))
     if args.file:
         storage.ensure_bucket(s.bucket)
-        up = upload_file(storage, s, args.record_type, Path(args.file), run_id=args.run_id,
-                         user_id=args.user_id)
+        # As the upload service: the run id makes a user of its own, so fresh keys.
+        user = f"{args.user_id}-{args.run_id}" if args.run_id else args.user_id
+        up = upload_bytes(storage, s, args.record_type, data, user_id=user)
     else:
-        if not args.key:
-            print("etl-engine publish: give --file PATH or --key KEY", file=sys.stderr)
-            return ExitCode.USAGE
+        bucket = args.bucket or s.bucket
         # The upload service's message names the file's hash: read the object for it.
-        obj = storage.client.get_object(Bucket=args.bucket or s.bucket, Key=args.key)
-        up = describe_upload(s, args.record_type, args.key, obj["Body"].read(),
-                             args.user_id, bucket=args.bucket or s.bucket)
+        try:
+            content = storage.get(bucket, args.key)
+        except EtlError as exc:
+            if exc.reason != "object_missing":
+                raise
+            _say(f"etl-engine publish: no object {args.key} in bucket {bucket} (--key, "
+                 "--bucket)", err=True)
+            return ExitCode.FAILURES
+        up = describe_upload(s, args.record_type, args.key, content, args.user_id,
+                             bucket=bucket)
     body = up.message()
     if args.idempotency_key:  # only accepted by workers with ETL_IDEMPOTENCY_SCHEME=opaque
         body["idempotency_key"] = args.idempotency_key
@@ -255,7 +317,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     urls = [u.strip() for item in args.targets or [] for u in item.split(",") if u.strip()]
     targets = status.fixed(urls) if urls else functools.partial(status.discover, args.ports)
     return asyncio.run(status.run(s, targets, once=args.once, interval=args.interval,
-                                  as_json=args.json, discovered=not urls))
+                                  as_json=args.json, discovered=not urls, ports=args.ports))
+
+
+def _read_file(path: str, option: str) -> bytes:
+    """A local file a command line names (unreadable: one line, exit 2)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise failures.UsageError(f"{option} {path}: cannot read it "
+                                  f"({exc.strerror or type(exc).__name__})") from None
 
 
 def _port_range(text: str) -> range:
@@ -368,6 +439,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.ops import quarantine as q
 
+    if args.q_command == "show" and args.html:  # before any service: one line, exit 2
+        inspect_file.check_html_target(args.html)
     s = _operator_settings()
     storage = Storage(make_client(s))
     if args.q_command == "list":
@@ -382,13 +455,13 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                  f"{score:>5}  {i.key}")
         return 0
     if args.q_command == "show":
+        qkey = q.resolve_key(storage, s, args.key)
         try:
-            reason = q.load_reason(storage, s, q.resolve_key(storage, s, args.key))
+            reason = q.load_reason(storage, s, qkey)
         except KeyError:
             _say(f"etl-engine quarantine show: no reason file for {args.key!r}", err=True)
             return ExitCode.FAILURES
         if args.inspect or args.html:  # the quarantined copy through the CPU stages
-            qkey = q.resolve_key(storage, s, args.key)
             return inspect_file.quarantined(storage, s, qkey, reason, args)
         _say_json(reason if args.reveal else q.masked(reason), indent=not args.json)
         return ExitCode.OK
@@ -432,7 +505,14 @@ def _fleet_dedup(s: Settings, dedup_url: str) -> Settings:
 
 # --- config -----------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
-    s = _settings()
+    try:
+        s = _settings()
+    except ConfigError as exc:
+        if not args.json:
+            raise  # failures.guarded: one line, exit 78
+        _say_json({"ok": False, "errors": _config_errors(exc), "env_file": _env_file})
+        failures.say("config check", str(exc))
+        return ExitCode.CONFIG
     if args.json:
         _say_json({"ok": True, "settings": s.masked(), "env_file": _env_file})
         return ExitCode.OK
@@ -440,6 +520,20 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{name}={value}")
     print("configuration OK", file=sys.stderr)
     return ExitCode.OK
+
+
+def _config_errors(exc: ConfigError) -> list[dict[str, str | None]]:
+    """Each problem as {"setting", "message"}: from the validation error behind ``exc``
+    when there is one (``load_settings`` raises it ``from None``; it is still the
+    context), else the whole message."""
+    from pydantic import ValidationError
+
+    cause = exc.__context__
+    if isinstance(cause, ValidationError):
+        return [{"setting": "ETL_" + str(e["loc"][0]).upper() if e.get("loc") else None,
+                 "message": str(e.get("msg", "")).removeprefix("Value error, ")}
+                for e in cause.errors()]
+    return [{"setting": None, "message": str(exc)}]
 
 
 # --- completion -------------------------------------------------------------------------
@@ -491,10 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Commands are added in the order ``--help`` lists them."""
     p = Parser(prog="etl-engine", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"etl-engine {__version__}")
-    p.add_argument("--env-file", metavar="PATH", default=os.environ.get("ETL_ENV_FILE", ".env"),
+    p.add_argument("--env-file", metavar="PATH", default=None,
                    help="dotenv file read beneath the environment (a variable set in the "
-                   "environment wins); '' reads none (default: $ETL_ENV_FILE, else .env in "
-                   "the working directory)")
+                   "environment wins); it must exist, '' reads none (default: "
+                   "$ETL_ENV_FILE, else .env in the working directory if there is one)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     _add_worker_parser(sub)
     _add_publish_parser(sub)
@@ -511,21 +605,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags the settings take as any string, but a worker cannot run with empty.
+_NON_EMPTY_FLAGS = {"queue"}
+
+
 def _setting_type(name: str) -> Callable[[str], Any]:
-    """Parse a flag as its setting's type and constraints (a bad value: usage error 2)."""
+    """Parse a flag as its setting: its type, constraints and field validators, as the
+    variable would be (a bad value: usage error 2, naming the flag)."""
     def parse(text: str) -> Any:
-        from typing import Annotated
+        from pydantic import ValidationError
 
-        from pydantic import TypeAdapter, ValidationError
-
-        field = Settings.model_fields[name]
-        constrained: Any = Annotated.__class_getitem__(  # type: ignore[attr-defined]
-            (field.annotation, *field.metadata)) if field.metadata else field.annotation
-        adapter: TypeAdapter[Any] = TypeAdapter(constrained)
+        if name in _NON_EMPTY_FLAGS and not text.strip():
+            raise argparse.ArgumentTypeError("must not be empty")
+        scratch = Settings.model_construct()  # defaults, unvalidated: only `name` is checked
         try:
-            return adapter.validate_python(text.upper() if name == "log_level" else text)
+            Settings.__pydantic_validator__.validate_assignment(scratch, name, text)
         except ValidationError as exc:
-            raise argparse.ArgumentTypeError(exc.errors()[0]["msg"]) from None
+            message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise argparse.ArgumentTypeError(message) from None
+        return getattr(scratch, name)
     parse.__name__ = f"ETL_{name.upper()}"  # argparse: "invalid ETL_CONCURRENCY value"
     return parse
 
@@ -600,8 +698,8 @@ def _add_load_samples_parser(sub: argparse._SubParsersAction) -> None:
                       help="folder of {RecordType}/*.avro (default: the bundled samples)")
     load.add_argument("--wait", action="store_true",
                       help="wait for every file's outcome and print a summary")
-    load.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                      help="how long --wait waits")
+    load.add_argument("--timeout", type=_SECONDS, default=120.0, metavar="SECONDS",
+                      help="how long --wait waits (0.1-86400)")
     load.add_argument("--run-id", default="", metavar="ID",
                       help="upload as user demo-user-{ID}: fresh idempotency keys "
                       "(default: none, so a second load is all duplicates)")
@@ -610,10 +708,36 @@ def _add_load_samples_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--allow-failures", action="store_true",
                       help="exit 0 even when files were quarantined or dead-lettered "
                       "(default: exit 1 for them)")
-    load.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
-                      help="seconds between progress lines when stderr is not a terminal")
+    load.add_argument("--progress-interval", type=_PROGRESS, default=5.0, metavar="SECONDS",
+                      help="seconds between progress lines when stderr is not a terminal "
+                      "(0.1-3600)")
     _json_argument(load, "the summary and each file's outcome")
     load.set_defaults(fn=cmd_load_samples)
+
+
+def _bounded(low: float, high: float, *, integer: bool = False) -> Callable[[str], Any]:
+    """A number from ``low`` to ``high`` (a bad one: usage error 2 saying the range)."""
+    def parse(text: str) -> float | int:
+        import math
+
+        try:
+            value: float | int = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # (NaN fails both)
+            shown = (str(int(low)), str(int(high))) if integer else (f"{low:g}", f"{high:g}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number from {shown[0]} to "
+                                             f"{shown[1]}")
+        return value
+    parse.__name__ = "integer" if integer else "number"
+    return parse
+
+
+# Bounds of the numeric options: a refresh that would spin, a wait that would never end.
+_SECONDS = _bounded(0.1, 86400.0)  # --timeout of load-samples and quarantine release
+_INTERVAL = _bounded(0.2, 3600.0)  # status --interval
+_PROGRESS = _bounded(0.1, 3600.0)  # load-samples --progress-interval
+_LIMIT = _bounded(1, 1_000_000, integer=True)  # dlq list --limit
 
 
 def _jobs(text: str) -> int:
@@ -645,8 +769,8 @@ def _add_status_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--ports", type=_port_range, default=range(8004, 8036),
                     metavar="FIRST-LAST", help="ports searched for sidecars without --targets "
                     "(default: 8004-8035, the native stack's range)")
-    st.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
-                    help="refresh period")
+    st.add_argument("--interval", type=_INTERVAL, default=2.0, metavar="SECONDS",
+                    help="refresh period (0.2-3600)")
     _json_argument(st, "each snapshot (one document a line)")
     st.set_defaults(fn=cmd_status)
 
@@ -655,8 +779,8 @@ def _add_dlq_parser(sub: argparse._SubParsersAction) -> None:
     dl = sub.add_parser("dlq", help="inspect and replay dead-lettered messages")
     dl_sub = dl.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
     dl_list = dl_sub.add_parser("list", help="list (the messages stay in the queue)")
-    dl_list.add_argument("--limit", type=int, default=1000, metavar="N",
-                         help="show at most N messages")
+    dl_list.add_argument("--limit", type=_LIMIT, default=1000, metavar="N",
+                         help="show at most N messages (1-1000000)")
     _json_argument(dl_list, "the list")
     _reveal_argument(dl_list)
     dl_show = dl_sub.add_parser("show", help="one message: headers and body (user id hashed)")
@@ -685,7 +809,7 @@ def _add_quarantine_parser(sub: argparse._SubParsersAction) -> None:
     qa_rel = qa_sub.add_parser("release", help="clear dedup, re-publish, wait for the new "
                                "outcome, then delete the copy (kept if quarantined again)")
     qa_rel.add_argument("keys", nargs="+", metavar="KEY", help="quarantine keys from list")
-    qa_rel.add_argument("--timeout", "--wait", dest="timeout", type=float, default=120.0,
+    qa_rel.add_argument("--timeout", "--wait", dest="timeout", type=_SECONDS, default=120.0,
                         metavar="SECONDS", help="how long to wait for the new outcomes; on "
                         "timeout the quarantine is kept")
     qa_rel.add_argument("--dedup-url", default="", metavar="URL",
@@ -740,10 +864,35 @@ def _command_name(args: argparse.Namespace) -> str:
     return f"{args.command} {sub}".strip()
 
 
+def _chosen_env_file(parser: argparse.ArgumentParser, given: str | None) -> str | None:
+    """The dotenv file to read: ``--env-file`` (usage error 2 if it is not a file), else
+    $ETL_ENV_FILE (configuration error 78 if not), else ``.env`` when there is one."""
+    source = "--env-file" if given is not None else "ETL_ENV_FILE"
+    if given is None:
+        given = os.environ.get("ETL_ENV_FILE")
+        if given is None:
+            return ".env"  # pydantic-settings reads it if present
+    if not given:
+        return None
+    path = Path(given)
+    if path.is_file():
+        return given
+    why = "is a directory" if path.is_dir() else "does not exist (or cannot be reached)"
+    text = f"{source} {given}: {why}; give a dotenv file, or '' for none"
+    if source == "--env-file":
+        parser.error(text)
+    raise ConfigError(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     global _env_file
-    args = build_parser().parse_args(argv)
-    _env_file = args.env_file or None
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _env_file = _chosen_env_file(parser, args.env_file)
+    except ConfigError as exc:
+        failures.say(_command_name(args), str(exc))
+        return ExitCode.CONFIG
     if args.command != "worker":
         failures.quiet_client_libraries()
     return int(failures.guarded(_command_name(args))(args.fn)(args) or 0)

@@ -2,8 +2,9 @@
 
 Every ``etl-engine`` command runs inside ``guarded``: a broker, S3 or Redis error becomes
 ``etl-engine COMMAND: <service> <what happened>: check <setting>`` and exit 69
-(EX_UNAVAILABLE), a bad configuration exit 78 (EX_CONFIG), Ctrl-C exit 130. Anything else
-is a bug and keeps its traceback.
+(EX_UNAVAILABLE), a bad configuration exit 78 (EX_CONFIG), a ``UsageError`` (a command
+line argparse could not judge: a file to read or write) exit 2, Ctrl-C exit 130. Anything
+else is a bug and keeps its traceback.
 
 Client libraries are recognised by module and class name (as ``errors.classify`` does), so
 this module imports none of them.
@@ -24,6 +25,11 @@ from etl_engine.settings import ConfigError, Settings
 _context: dict[str, Settings] = {}
 
 Command = Callable[[Any], int]
+
+
+class UsageError(Exception):
+    """The command line names something unusable (a file that cannot be read or written):
+    one line, exit 2, like argparse's own usage errors."""
 
 
 def remember(settings: Settings) -> Settings:
@@ -47,10 +53,13 @@ def _names(exc: BaseException) -> tuple[str, str]:
 
 def _broker(exc: BaseException, s: Settings | None) -> Unavailable | None:
     module, name = _names(exc)
-    if not module.startswith(("aiormq", "aio_pika", "pamqp")) and name != "PublishFailed":
+    if not module.startswith(("aiormq", "aio_pika", "pamqp")) and name not in (
+            "PublishFailed", "BrokerUnreachable"):
         return None
     where = s.masked()["ETL_AMQP_URL"] if s else "the broker"
     text = str(exc)
+    if name == "BrokerUnreachable":  # adapters.topology.connect: a timeout or socket error
+        return Unavailable("RabbitMQ", "ETL_AMQP_URL", f"is unreachable at {where} ({text})")
     if name == "ProbableAuthenticationError" or "ACCESS_REFUSED - Login" in text:
         return Unavailable("RabbitMQ", "ETL_AMQP_URL (user and password)",
                            f"refused the login at {where} (ACCESS_REFUSED)")
@@ -151,6 +160,9 @@ def guarded(command: str) -> Callable[[Command], Command]:
             except ConfigError as exc:
                 say(command, str(exc))
                 return ExitCode.CONFIG
+            except UsageError as exc:
+                say(command, str(exc))
+                return ExitCode.USAGE
             except BrokenPipeError:  # `etl-engine ... | head`: the reader has gone
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed at exit
                 return ExitCode.OK

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -443,19 +444,44 @@ def exit_code(doc: dict[str, Any]) -> int:
     return EXIT_PROCESSED if doc["outcome"]["kind"] == "processed" else EXIT_QUARANTINED
 
 
+def check_html_target(path: str) -> None:
+    """``--html OUT.html`` before anything runs: a file that can be created or replaced,
+    else one line and exit 2 (``failures.UsageError``), not a traceback at the end."""
+    from etl_engine.ops.failures import UsageError
+
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    why = ("is a directory" if out.is_dir()
+           else f"its folder {parent} does not exist" if not parent.is_dir()
+           else "is not writable" if out.exists() and not os.access(out, os.W_OK)
+           else f"its folder {parent} is not writable"
+           if not out.exists() and not os.access(parent, os.W_OK | os.X_OK)
+           else "")
+    if why:
+        raise UsageError(f"--html {path}: {why}")
+
+
 def report(src: Source, settings: Settings, args: argparse.Namespace) -> int:
     """Inspect, print, and write the HTML report if asked; the exit status."""
+    from etl_engine.ops.failures import UsageError
+
     when = datetime.now(UTC)
     doc = inspect_source(src, settings, when)
     emit(doc, as_json=args.json)
     if args.html:
-        write_html(src, doc, settings, Path(args.html), when)
+        try:
+            write_html(src, doc, settings, Path(args.html), when)
+        except OSError as exc:  # changed since check_html_target, or a full disk
+            raise UsageError(f"--html {args.html}: cannot write it "
+                             f"({exc.strerror or type(exc).__name__})") from None
         print(f"report written to {args.html}", file=sys.stderr)
     return exit_code(doc)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """``etl-engine inspect FILE.avro [--record-type T] [--json] [--html OUT.html]``."""
+    if args.html:
+        check_html_target(args.html)
     path = Path(args.file)
     try:
         data = path.read_bytes()
@@ -479,8 +505,12 @@ def quarantined(storage: Storage, settings: Settings, qkey: str, reason: dict[st
     message: dict[str, Any] = found if isinstance(found, dict) else {}
     try:
         data = storage.get(settings.bucket, qkey)
-    except EtlError:
-        print(display.safe(f"etl-engine quarantine show: no quarantined copy at {qkey} "
+    except EtlError as exc:
+        if exc.reason != "object_missing":  # S3 refused or failed: ops.failures says it
+            raise
+        shown = qkey if args.reveal else display.mask({"key": qkey},
+                                                      display.user_ids_in(reason))["key"]
+        print(display.safe(f"etl-engine quarantine show: no quarantined copy at {shown} "
                            "(the raw file was not copied)"), file=sys.stderr)
         return EXIT_QUARANTINED
     users = display.user_ids_in(reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import math
 import socket
 import sys
@@ -29,6 +30,7 @@ from typing import Any, TextIO
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from etl_engine.errors import ExitCode
 from etl_engine.ops.display import safe, safe_data
 from etl_engine.settings import Settings
 
@@ -63,6 +65,7 @@ class Snapshot:
     queues: list[QueueFigures]
     workers: list[WorkerFigures]
     broker_error: str | None = None
+    broker_exception: BaseException | None = None  # for the one line `--once` says
 
 
 # --- collection ---------------------------------------------------------------------------
@@ -72,14 +75,15 @@ def queue_names(settings: Settings) -> list[tuple[str, str]]:
     return [("work", settings.queue), *retry, ("dead letters", settings.dlq_name)]
 
 
-async def queue_figures(settings: Settings) -> tuple[list[QueueFigures], str | None]:
-    import aio_pika
+async def queue_figures(settings: Settings
+                        ) -> tuple[list[QueueFigures], BaseException | None]:
+    from etl_engine.adapters.topology import connect
 
     names = queue_names(settings)
     try:
-        conn = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=5)
+        conn = await connect(settings.amqp_url.get_secret_value(), timeout=5)
     except Exception as exc:
-        return [QueueFigures(r, n, None, None) for r, n in names], type(exc).__name__
+        return [QueueFigures(r, n, None, None) for r, n in names], exc
     out = []
     async with conn:
         for role, name in names:
@@ -95,12 +99,21 @@ async def queue_figures(settings: Settings) -> tuple[list[QueueFigures], str | N
     return out, None
 
 
-def _get(url: str, timeout: float) -> bytes:
+# Sidecars are on this host or named by URL: never through $http_proxy (a proxy would
+# answer for 127.0.0.1 itself, or refuse it).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# What a port that is not a sidecar can make a probe raise: a refused or reset socket, a
+# reply that is not HTTP, a body that is not the JSON or the metrics text expected.
+PROBE_ERRORS = (OSError, ValueError, TypeError, http.client.HTTPException)
+
+
+def _get(url: str, timeout: float, limit: int = 8 * 1024 * 1024) -> bytes:
+    """The body (at most ``limit`` bytes) of a GET, also of an HTTP error answer."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return bytes(resp.read())
+        with _OPENER.open(url, timeout=timeout) as resp:
+            return bytes(resp.read(limit))
     except urllib.error.HTTPError as exc:  # /health answers 503 with a body when degraded
-        return bytes(exc.read())
+        return bytes(exc.read(limit))
 
 
 def scrape(url: str, timeout: float = 3.0) -> WorkerFigures:
@@ -108,14 +121,15 @@ def scrape(url: str, timeout: float = 3.0) -> WorkerFigures:
     figures = WorkerFigures(url=base)
     try:
         health = orjson.loads(_get(base + "/health", timeout))
+        if not isinstance(health, dict):
+            raise ValueError("/health is not a JSON object")
         text = _get(base + "/metrics", timeout).decode()
-    except (OSError, ValueError) as exc:
-        figures.error = type(exc).__name__
-        return figures
-    figures.worker_id = str(health.get("worker_id", "-"))
-    figures.status = str(health.get("status", "-"))
-    figures.uptime_s = float(health.get("uptime_s") or 0.0)
-    parse_metrics(text, figures)
+        figures.worker_id = str(health.get("worker_id", "-"))
+        figures.status = str(health.get("status", "-"))
+        figures.uptime_s = float(health.get("uptime_s") or 0.0)
+        parse_metrics(text, figures)
+    except PROBE_ERRORS as exc:
+        return WorkerFigures(url=base, error=type(exc).__name__)
     return figures
 
 
@@ -135,8 +149,9 @@ def parse_metrics(text: str, figures: WorkerFigures) -> None:
 async def snapshot(settings: Settings, sidecars: list[str]) -> Snapshot:
     queues_task = asyncio.create_task(queue_figures(settings))
     workers = await asyncio.gather(*(asyncio.to_thread(scrape, u) for u in sidecars))
-    queues, broker_error = await queues_task
-    return Snapshot(time.time(), queues, list(workers), broker_error)
+    queues, broker_exc = await queues_task
+    return Snapshot(time.time(), queues, list(workers),
+                    None if broker_exc is None else type(broker_exc).__name__, broker_exc)
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -229,7 +244,8 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}/s"
 
 
-def render(current: Snapshot, previous: Snapshot | None, *, discovered: bool = False) -> str:
+def render(current: Snapshot, previous: Snapshot | None, *, discovered: bool = False,
+           ports: range | None = None) -> str:
     doc = report(current, previous)
     dt = doc["interval_s"]
     lines = [f"etl-engine status   {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -256,11 +272,16 @@ def render(current: Snapshot, previous: Snapshot | None, *, discovered: bool = F
             f"{w['quarantined']:>6.0f} {w['dead_lettered']:>6.0f} {_ms(w['p50_ms']):>8} "
             f"{_ms(w['p95_ms']):>8}")
     if not doc["workers"]:
+        searched = ports if ports is not None else DISCOVERY_PORTS
         lines.append("(no worker sidecar found on 127.0.0.1 ports "
-                     f"{DISCOVERY_PORTS.start}-{DISCOVERY_PORTS.stop - 1}; --targets URL,...)"
+                     f"{_port_text(searched)}; --ports FIRST-LAST, --targets URL,...)"
                      if discovered else "(no sidecars given)")
     # Worker ids, statuses and URLs come from the sidecars: nothing reaches the terminal raw.
     return "\n".join(safe(line) for line in lines)
+
+
+def _port_text(ports: range) -> str:
+    return str(ports.start) if len(ports) == 1 else f"{ports.start}-{ports.stop - 1}"
 
 
 # --- discovery ------------------------------------------------------------------------------
@@ -269,11 +290,13 @@ DISCOVERY_PORTS = range(8004, 8004 + 32)
 
 
 def _is_sidecar(port: int, host: str, timeout: float) -> bool:
+    """Whether ``host:port`` answers ``/health`` like a sidecar; anything else listening
+    there (another service, a port that answers garbage) is just not one."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
-        health = orjson.loads(_get(f"http://{host}:{port}/health", timeout))
-    except (OSError, ValueError):
+        health = orjson.loads(_get(f"http://{host}:{port}/health", timeout, limit=64 * 1024))
+    except PROBE_ERRORS:
         return False
     return isinstance(health, dict) and "worker_id" in health
 
@@ -303,9 +326,11 @@ def _emit_json(doc: dict[str, Any]) -> None:
 
 
 async def run(settings: Settings, targets: Targets, *, once: bool, interval: float,
-              window: float = 1.0, as_json: bool = False, discovered: bool = False) -> int:
-    """``once``: two samples ``window`` apart, one report. Else refresh until Ctrl-C
-    (``as_json``: one JSON document a line per refresh)."""
+              window: float = 1.0, as_json: bool = False, discovered: bool = False,
+              ports: range | None = None) -> int:
+    """``once``: two samples ``window`` apart, one report, exit 69 (one line on stderr)
+    when the broker could not be reached. Else refresh until Ctrl-C (``as_json``: one JSON
+    document a line per refresh)."""
     if once:
         first = await snapshot(settings, await targets())
         await asyncio.sleep(window)
@@ -313,8 +338,16 @@ async def run(settings: Settings, targets: Targets, *, once: bool, interval: flo
         if as_json:
             _emit_json(report(second, first))
         else:
-            print(render(second, first, discovered=discovered))
-        return 0 if second.broker_error is None else 1
+            print(render(second, first, discovered=discovered, ports=ports))
+        if second.broker_exception is None:
+            return ExitCode.OK
+        from etl_engine.ops import failures
+
+        sys.stdout.flush()
+        found = failures.unavailable(second.broker_exception)
+        failures.say("status", str(found) if found else
+                     f"RabbitMQ is unreachable ({second.broker_error}): check ETL_AMQP_URL")
+        return ExitCode.UNAVAILABLE
     screen = Screen(sys.stdout, enabled=sys.stdout.isatty() and not as_json)
     previous: Snapshot | None = None
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError), screen:
@@ -323,7 +356,7 @@ async def run(settings: Settings, targets: Targets, *, once: bool, interval: flo
             if as_json:
                 _emit_json(report(current, previous))
             else:
-                screen.draw(render(current, previous, discovered=discovered))
+                screen.draw(render(current, previous, discovered=discovered, ports=ports))
             previous = current
             await asyncio.sleep(interval)
     return 0
@@ -363,24 +396,25 @@ class Screen:
 
 
 # --- worker --check -------------------------------------------------------------------------
-def probe_address(settings: Settings) -> str:
+def probe_address(host: str) -> str:
     """Where this host reaches its own sidecar: a wildcard bind answers on loopback."""
-    host = settings.sidecar_host
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     return f"[{host}]" if ":" in host else host
 
 
-def check(settings: Settings, path: str = "/ready", timeout: float = 4.0) -> tuple[bool, str]:
-    """(healthy, one line) for the sidecar of ``settings`` (``/ready`` or ``/live``)."""
-    if not settings.sidecar_port:
+def check(host: str, port: int, path: str = "/ready", timeout: float = 4.0
+          ) -> tuple[bool, str]:
+    """(healthy, one line) for the sidecar at ETL_SIDECAR_HOST/PORT ``host``:``port``
+    (``/ready`` or ``/live``); anything but a 200 from it is unhealthy, never an error."""
+    if not port:
         return False, "ETL_SIDECAR_PORT=0 (any free port): no fixed port to probe"
-    url = f"http://{probe_address(settings)}:{settings.sidecar_port}{path}"
+    url = f"http://{probe_address(host)}:{port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _OPENER.open(url, timeout=timeout) as resp:
             body = resp.read(4096)
             return True, f"{url}: {resp.status} {body.decode('utf-8', 'replace').strip()}"
     except urllib.error.HTTPError as exc:
         body = exc.read(4096).decode("utf-8", "replace").strip()
         return False, f"{url}: {exc.code} {body}"
-    except OSError as exc:
+    except PROBE_ERRORS as exc:
         return False, f"{url}: unreachable ({type(exc).__name__})"
