@@ -23,7 +23,20 @@ _min_level = logging.INFO
 # One list object for the life of the process: cached loggers keep a reference to it, so a
 # new renderer (set_format) reaches them too.
 _PROCESSORS: list[structlog.types.Processor] = []
-_HANDLER = logging.StreamHandler(sys.stderr)
+class _Stderr:
+    """``sys.stderr`` as it is when a line is written, not as it was at start-up: whoever
+    replaces the stream later (a test's capture, a supervisor's redirect) gets the lines,
+    and a replaced stream that was closed is never written to."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _Stderr()
+_HANDLER = logging.StreamHandler(_STDERR)  # type: ignore[arg-type]
 
 
 def configure(level: str = "INFO", fmt: str = "json", *, user_hash_key: str = "") -> None:
@@ -45,7 +58,7 @@ def configure(level: str = "INFO", fmt: str = "json", *, user_hash_key: str = ""
     structlog.configure(
         processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     # Libraries (aio-pika, botocore, ...) log through stdlib logging: same renderer, so
