@@ -88,7 +88,8 @@ async def test_a_store_without_conditional_writes_is_refused_unless_unsafe(
         assert store.sync.unsafe_check_then_put is False
         unsafe = s.model_copy(update={"unsafe_no_conditional_writes": True})
         assert await check_conditional_writes(store, unsafe) is verdict
-        assert "unsafe_no_conditional_writes" in capsys.readouterr().out  # the loud warning
+        said = capsys.readouterr()  # the loud warning (stderr once logs.configure ran)
+        assert "unsafe_no_conditional_writes" in said.out + said.err
         # HEAD then PUT from now on: a second create of the same key is refused
         key = f"training/x/unsafe-{mode}-{client}.jsonl"
         for body, created in ((b"one\n", True), (b"two\n", False)):
@@ -136,6 +137,35 @@ async def test_an_unreachable_store_is_waited_for_until_stopped(settings: Settin
         assert await asyncio.wait_for(task, 10) is None
     finally:
         store.close()
+
+
+class _StallsOnce:
+    """A store whose first create never completes (no answer, no error), then honours
+    If-None-Match: the probe must give up on the stalled try, log it, and probe again."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.created: set[str] = set()
+
+    async def create(self, bucket: str, key: str, body: bytes, **_: object) -> bool | None:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.Event().wait()  # never set
+        if key in self.created:
+            return False
+        self.created.add(key)
+        return True
+
+
+async def test_a_probe_request_that_never_completes_is_tried_again(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    quick = settings.model_copy(update={"s3_connect_timeout_s": 0.1, "s3_read_timeout_s": 0.1})
+    store = _StallsOnce()
+    verdict = await asyncio.wait_for(
+        check_conditional_writes(store, quick), 10)  # type: ignore[arg-type]
+    assert verdict is ConditionalWrites.HONOURED and store.calls == 3
+    said = capsys.readouterr()
+    assert "probe_timeout" in said.out + said.err
 
 
 # --- the worker process ---------------------------------------------------------------------

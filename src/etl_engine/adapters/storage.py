@@ -555,14 +555,18 @@ async def check_conditional_writes(storage: AsyncStorage, settings: Settings, *,
 async def _probe_until_answered(storage: AsyncStorage, settings: Settings,
                                 stop: asyncio.Event | None) -> ConditionalWrites | None:
     """The probe, retried with backoff while the store cannot answer; a refusal that no
-    retry fixes (no such bucket, a rejected request) is a configuration error."""
+    retry fixes (no such bucket, a rejected request) is a configuration error. Each try
+    is bounded as a whole: a request that never completes (no answer and no error, seen
+    once under load) must not hold the start silently; it is logged and tried again."""
     delay = 0.5
+    budget = 2 * (settings.s3_connect_timeout_s + 2 * settings.s3_read_timeout_s)
     while stop is None or not stop.is_set():
         try:
-            return await probe_conditional_writes(storage, settings.bucket,
-                                                  settings.probe_prefix)
+            return await asyncio.wait_for(probe_conditional_writes(
+                storage, settings.bucket, settings.probe_prefix), budget)
         except Exception as exc:
-            disposition, reason = classify(exc)
+            disposition, reason = ((Disposition.RETRY, "probe_timeout")
+                                   if isinstance(exc, TimeoutError) else classify(exc))
             if disposition is not Disposition.RETRY:
                 detail = getattr(exc, "detail", "")
                 raise ConfigError(
