@@ -87,6 +87,14 @@ class _Coverage:
     size: int
 
 
+def month_parts(month: str) -> tuple[str, str]:
+    """``YYYY-MM`` -> (year, month); ValueError for anything else (the whole text)."""
+    found = _MONTH.fullmatch(month)
+    if not found:
+        raise ValueError(f"month must look like YYYY-MM, not {month!r}")
+    return found.group(1), found.group(2)
+
+
 def training_categories() -> list[str]:
     """Every category a record can have: the live registry's, and the generic one."""
     return sorted({*(spec.category for spec in registry.SPECS.values()), GENERIC_CATEGORY})
@@ -319,10 +327,7 @@ def compact_category(storage: Storage, settings: Settings, category: str, year: 
 
 
 def compact_month(storage: Storage, settings: Settings, month: str) -> list[CompactResult]:
-    match = _MONTH.fullmatch(month)
-    if not match:
-        raise ValueError("month must look like YYYY-MM")
-    year, mon = match.groups()
+    year, mon = month_parts(month)
     out: list[CompactResult] = []
     for category in training_categories():
         result = compact_category(storage, settings, category, year, mon)
@@ -333,9 +338,6 @@ def compact_month(storage: Storage, settings: Settings, month: str) -> list[Comp
 
 def legacy_journals(storage: Storage, settings: Settings, month: str) -> list[str]:
     """Journals an older version left under training/ for ``month`` (to be deleted)."""
-    match = _MONTH.fullmatch(month)
-    if not match:
-        raise ValueError("month must look like YYYY-MM")
-    year, mon = match.groups()
+    year, mon = month_parts(month)
     keys = (legacy_journal_key(settings, c, year, mon) for c in training_categories())
     return [k for k in keys if storage.exists(settings.bucket, k)]

@@ -105,10 +105,10 @@ def cmd_dataset_pull(args: argparse.Namespace) -> int:
     try:
         months = dataset.months_between(args.month, args.to or args.month)
         shares = dataset.parse_split(args.split) if args.split else None
-        unknown = set(args.category or ()) - set(dataset.categories())
+        unknown = set(args.category or ()) - set(dataset.training_categories())
         if unknown:
             raise ValueError(f"unknown --category {', '.join(sorted(unknown))} (one of "
-                             f"{', '.join(dataset.categories())})")
+                             f"{', '.join(dataset.training_categories())})")
     except ValueError as exc:
         print(f"etl-engine dataset pull: {exc}", file=sys.stderr)
         return 2

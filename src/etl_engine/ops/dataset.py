@@ -15,7 +15,6 @@ never tested on someone it was trained on.
 from __future__ import annotations
 
 import hashlib
-import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -31,21 +30,18 @@ from etl_engine import __version__
 from etl_engine.adapters.storage import Storage
 from etl_engine.domain.model import DomainConfig
 from etl_engine.domain.transform import settings_digest
-from etl_engine.ops.compact import LEGACY_LINEAGE, journal_key, training_categories
+from etl_engine.ops.compact import (
+    LEGACY_LINEAGE,
+    journal_key,
+    month_parts,
+    training_categories,
+)
 from etl_engine.ops.dataset_card import render
 from etl_engine.settings import Settings
 
-_MONTH = re.compile(r"(\d{4})-(\d{2})")
 SPLIT_NAMES = ("train", "validation", "test")
 DEFINITIONS = ("docs/clinical.md", "docs/quality-score.md", "docs/dataset.md")
 QUALITY_BINS = 10
-
-
-def month_parts(month: str) -> tuple[str, str]:
-    found = _MONTH.fullmatch(month)
-    if not found or not 1 <= int(found.group(2)) <= 12:
-        raise ValueError(f"month must look like YYYY-MM, not {month!r}")
-    return found.group(1), found.group(2)
 
 
 def months_between(first: str, last: str) -> list[str]:
@@ -67,11 +63,15 @@ def months_with_records(storage: Storage, settings: Settings) -> list[str]:
         parts = key[len(settings.training_prefix):].split("/")
         if len(parts) == 5 and parts[4].endswith(".jsonl"):
             found.add(f"{parts[1]}-{parts[2]}")
-    return sorted(m for m in found if _MONTH.fullmatch(m))
+    return sorted(m for m in found if _is_month(m))
 
 
-def categories() -> list[str]:
-    return training_categories()
+def _is_month(text: str) -> bool:
+    try:
+        month_parts(text)
+    except ValueError:
+        return False
+    return True
 
 
 def card_key(settings: Settings, month: str, ext: str) -> str:
@@ -101,7 +101,7 @@ def month_journals(storage: Storage, settings: Settings, month: str,
                    only: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(category, key) of the month's journals that exist (``only``: these categories)."""
     year, mon = month_parts(month)
-    wanted = set(only) or set(categories())
+    wanted = set(only) or set(training_categories())
     found = []
     for category in sorted(wanted):
         key = journal_key(settings, category, year, mon)
