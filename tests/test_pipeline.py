@@ -57,14 +57,21 @@ def qkey(settings: Settings, u: Upload, key: str | None = None) -> str:
 class Tripwire(MemoryObjectStore):
     """The fake with faults aimed at keys: ``trip(operation, prefix, exc)`` fails the next
     such call on a key under ``prefix`` (an ``asyncio.CancelledError`` plays a worker that
-    died there); ``slow(prefix, seconds)`` delays every call on such keys; ``writes`` lists
-    the keys written, in order."""
+    died there); ``slow(prefix, seconds)`` delays every call on such keys; ``hold(operation,
+    prefix)`` stops the next such call until the returned event is set (a worker frozen
+    there); ``writes`` lists the keys written, in order."""
 
     def __init__(self, *buckets: str) -> None:
         super().__init__(*buckets)
         self.writes: list[str] = []
         self._trips: list[tuple[str, str, BaseException]] = []
         self._slow: dict[str, float] = {}
+        self._holds: list[tuple[str, str, asyncio.Event]] = []
+
+    def hold(self, operation: str, prefix: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._holds.append((operation, prefix, event))
+        return event
 
     def trip(self, operation: str, prefix: str, exc: BaseException) -> None:
         self._trips.append((operation, prefix, exc))
@@ -73,6 +80,11 @@ class Tripwire(MemoryObjectStore):
         self._slow[prefix] = seconds
 
     async def _aimed(self, operation: str, key: str) -> None:
+        for hold in self._holds:
+            if hold[0] == operation and key.startswith(hold[1]):
+                self._holds.remove(hold)
+                await hold[2].wait()
+                break
         for prefix, seconds in self._slow.items():
             if key.startswith(prefix):
                 await asyncio.sleep(seconds)
@@ -336,7 +348,7 @@ async def test_a_recorded_quarantine_whose_reason_file_fails_is_completed_not_de
     delivery completes it."""
     u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
     last = rig.settings.max_attempts
-    rig.store.trip("put", rig.settings.quarantine_prefix,
+    rig.store.trip("put_if_absent", rig.settings.quarantine_prefix,
                    PermanentError("storage_rejected", stage="write"))
     out = await rig.run(u.message(), attempt=last)
     assert (out.kind, out.reason, out.stage) == ("retry", "storage_rejected", "write")
@@ -345,6 +357,41 @@ async def test_a_recorded_quarantine_whose_reason_file_fails_is_completed_not_de
     again = await rig.run(u.message(), attempt=last + 1)
     assert (again.kind, again.reason) == ("quarantined", "not_avro")
     assert rig.reason_file(u)["reason"] == "not_avro"
+
+
+async def test_an_owner_frozen_before_its_reason_file_does_not_write_a_second_version(
+    rig: Rig,
+) -> None:
+    """The record's owner stalls before its reason file (SIGSTOP, a slow store) while a
+    delivery with no lease between them completes the outcome: the owner, resumed, finds
+    the reason file of its own outcome and leaves it: one version, one ``quarantined``."""
+    u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
+    reason_key = qkey(rig.settings, u) + outcomes.REASON_SUFFIX
+    other = Pipeline(rig.settings, rig.store, rig.dedup, rig.pipeline.compute, owner="other")
+    rig.dedup.fail_next("claim", ConnectionError("dedup down"), times=2)
+    resume = rig.store.hold("copy", rig.settings.quarantine_prefix)
+    owner = asyncio.create_task(rig.run(u.message()))
+    while not rig.store.keys(BUCKET, rig.settings.outcome_prefix):
+        await asyncio.sleep(0)
+    completed = await other.run(delivery(u.message(), attempt=2))
+    resume.set()
+    resumed = await owner
+    assert (completed.kind, resumed.kind) == ("quarantined", "duplicate")
+    assert rig.store.writes.count(reason_key) == 1
+
+
+async def test_a_leftover_reason_file_of_a_released_outcome_is_replaced(rig: Rig) -> None:
+    """A release deletes the record and keeps the reason file until the new outcome exists:
+    the new owner replaces that leftover, which names another outcome."""
+    u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
+    first = await rig.run(u.message())
+    assert first.kind == "quarantined"
+    old_id = rig.reason_file(u)["outcome_id"]
+    rig.store.delete_object(BUCKET, outcome_key(rig.settings, u.idempotency_key))
+    await rig.flush_dedup(u)
+    again = await rig.run(u.message())
+    assert again.kind == "quarantined"
+    assert rig.reason_file(u)["outcome_id"] == rig.record(u)["outcome_id"] != old_id
 
 
 async def test_a_transient_quarantine_failure_retries_the_message(rig: Rig) -> None:

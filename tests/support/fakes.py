@@ -87,6 +87,10 @@ class MemoryObjectStore(_Faults):
         """Store an object as an uploader would (the upload service's PutObject)."""
         self._objects(bucket, "write")[key] = StoredObject(body, content_type)
 
+    def delete_object(self, bucket: str, key: str) -> None:
+        """Delete an object as an operator tool would (a release deletes the record)."""
+        self._objects(bucket, "delete").pop(key, None)
+
     def head(self, bucket: str, key: str) -> StoredObject:
         found = self._objects(bucket, "head").get(key)
         if found is None:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from etl_engine import __version__
+from etl_engine.adapters.dedup import OUTCOME_TTL_S
 from etl_engine.adapters.ports import DedupStore, Download, ObjectStore
 from etl_engine.adapters.topology import RELEASED_HEADER, REPLAYED_HEADER, header_int
 from etl_engine.domain import lineage as pseudonyms
@@ -40,6 +41,7 @@ from etl_engine.errors import (
     TransientError,
     classify,
 )
+from etl_engine.observability.logs import error_class, get_logger
 from etl_engine.runtime import hooks
 from etl_engine.runtime.compute import ComputePool, CpuResult, Limits
 from etl_engine.runtime.hooks import PipelineObserver
@@ -50,6 +52,8 @@ _MAX_RECORD_BYTES = 64 * 1024 * 1024
 # Recording an outcome after a failure (or the message's time limit) gets this long.
 _SETTLE_TIMEOUT_S = 60.0
 _JSON = orjson.OPT_SORT_KEYS
+
+log = get_logger("etl.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,28 @@ class Pipeline:
                     await self._release(run.msg)
         outcome.operator_copy = delivery.operator_copy
         return outcome
+
+    async def copy_confirmed(self, outcome: Outcome, broker_message_id: str | None) -> None:
+        """What the stores keep once the broker confirmed the outcome's copy (or it had
+        none), before the ack: the DLQ marker, then the final outcome per message id.
+        Best effort: a crash or failure here redelivers or republishes, at least once."""
+        if outcome.dlq_marker is not None:
+            try:
+                async with asyncio.timeout(10):
+                    await self.storage.put_if_absent(self.settings.bucket, outcome.dlq_marker,
+                                                     b"", content_type="text/plain", metadata={})
+            except Exception as exc:
+                log.warning("dlq_marker_failed", error=error_class(exc))
+        if outcome.kind not in outcomes.FINAL or outcome.recorded:
+            return
+        # Recorded before the ack: a crash in between redelivers the message and it is
+        # recorded again when it settles; a crash after the ack would lose it for good.
+        mid = outcome.message.message_id if outcome.message is not None else None
+        if not mid and outcome.kind == OutcomeKind.DEAD_LETTER:
+            mid = broker_message_id
+        if mid:
+            with contextlib.suppress(Exception):
+                await self.dedup.record_outcomes({mid: outcome.kind}, OUTCOME_TTL_S)
 
     async def _bounded(self, delivery: Delivery, run: _Run) -> Outcome:
         """The stages within the message's time limit; running out is ``message_timeout``
@@ -463,8 +489,8 @@ class Pipeline:
     async def _write_quarantine(self, record: dict[str, Any], msg: HealthDataMessage, *,
                                 own: bool) -> Outcome:
         """The raw object copied to the input's quarantine path, then its reason file (the
-        marker the tools list). The record's owner writes the reason file; a later delivery
-        only creates it if missing. A reason file the owner finds there is a leftover of an
+        marker the tools list), created only if missing, so one outcome has one version.
+        A reason file of another outcome that the owner finds there is a leftover of an
         earlier outcome an operator released (it deleted that record): replaced."""
         qkey = str(record["quarantine_key"])
         source = record["binding"]
@@ -472,20 +498,35 @@ class Pipeline:
         document = orjson.dumps({**record["reason_document"], "raw_copied": copied},
                                 option=_JSON | orjson.OPT_INDENT_2)
         reason_key = qkey + outcomes.REASON_SUFFIX
-        created = own
-        if own:
+        created = await self.storage.put_if_absent(
+            self.settings.bucket, reason_key, document, content_type="application/json",
+            metadata={})
+        if not created and own and await self._leftover_reason(reason_key, record):
             await self.storage.put(self.settings.bucket, reason_key, document,
                                    content_type="application/json")
-        else:
-            created = await self.storage.put_if_absent(
-                self.settings.bucket, reason_key, document, content_type="application/json",
-                metadata={})
+            created = True
         if not created:
             return Outcome(OutcomeKind.DUPLICATE, message=msg, result_key=qkey,
                            recorded_kind=OutcomeKind.QUARANTINED)
         return Outcome(OutcomeKind.QUARANTINED, reason=record["reason"], stage=record["stage"],
                        message=msg, result_key=qkey, records=int(record.get("records") or 0),
                        quality_score=record.get("quality_score"))
+
+    async def _leftover_reason(self, reason_key: str, record: dict[str, Any]) -> bool:
+        """True when the reason file there names another outcome (a released one's); one
+        naming this outcome was created by a delivery that completed it meanwhile."""
+        try:
+            dl = await self.storage.download(self.settings.bucket, reason_key,
+                                             max_bytes=_MAX_RECORD_BYTES)
+        except PermanentError as exc:
+            if exc.reason == "object_missing":  # deleted in between (a release): again later
+                raise TransientError("reason_file_missing", stage="quarantine") from None
+            raise
+        try:
+            there = orjson.loads(dl.body)
+        except orjson.JSONDecodeError:
+            return True
+        return not isinstance(there, dict) or there.get("outcome_id") != record.get("outcome_id")
 
     async def _copy_raw(self, bucket: str, key: str, qkey: str) -> bool:
         """Server-side copy; False when there is nothing to copy (the object is gone, or

@@ -31,7 +31,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry.trace import SpanKind
 
-from etl_engine.adapters.dedup import OUTCOME_TTL_S, DedupStore, open_store
+from etl_engine.adapters.dedup import DedupStore, open_store
 from etl_engine.adapters.publisher import ConfirmGate, PublishFailed, PublishFailure
 from etl_engine.adapters.storage import (
     AsyncStorage,
@@ -52,7 +52,7 @@ from etl_engine.adapters.topology import (
     header_int,
     legacy_retry_queues,
 )
-from etl_engine.domain import outcomes, registry
+from etl_engine.domain import registry
 from etl_engine.domain.messages import HealthDataMessage
 from etl_engine.errors import ExitCode, Unavailable
 from etl_engine.observability import logs, metrics, telemetry
@@ -66,12 +66,10 @@ from etl_engine.runtime.sidecar import Sidecar, beat
 from etl_engine.settings import ConfigError, Settings, load_settings
 
 log = get_logger("etl.worker")
-MAX_LEASE_WAITS = outcomes.MAX_LEASE_WAITS
 # Pause before nacking a delivery whose copy the broker refused, so the redelivery does not
 # spin through the delivery limit in milliseconds.
 REFUSED_PAUSE_S = 1.0
 NACK_TIMEOUT_S = 5.0
-FINAL_OUTCOMES = outcomes.FINAL
 
 
 @dataclass
@@ -572,7 +570,8 @@ class Worker:
     async def _settle(
         self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
     ) -> bool:
-        """Publish the outcome's copy (retry tier or DLQ) if it has one, record it, ack.
+        """Publish the outcome's copy (retry tier or DLQ) if it has one, then ack: only
+        the broker. Between the two the pipeline keeps what the stores need to know.
 
         False: the copy was not confirmed (timeout, nack, returned, channel gone) and the
         delivery went back to its queue instead; it is never acked without its copy.
@@ -582,15 +581,7 @@ class Worker:
         except PublishFailed as exc:
             await self._requeue(message, exc)
             return False
-        if outcome.kind in FINAL_OUTCOMES and not outcome.recorded:
-            # Recorded before the ack: a crash in between redelivers the message and it is
-            # recorded again when it settles; a crash after the ack would lose it for good.
-            mid = outcome.message.message_id if outcome.message is not None else None
-            if not mid and outcome.kind == "dead_letter":
-                mid = message.message_id
-            if mid:
-                with contextlib.suppress(Exception):
-                    await self.dedup.record_outcomes({mid: outcome.kind}, OUTCOME_TTL_S)
+        await self.pipeline.copy_confirmed(outcome, message.message_id)
         self.observers.acking(outcome)
         with telemetry.span(f"ack {self.settings.queue}", attributes=telemetry.messaging_attributes(
                 "settle", message.exchange or "", queue=self.settings.queue,
@@ -626,7 +617,7 @@ class Worker:
             headers[ATTEMPT_HEADER] = delivery.attempt + 1
             headers[REASON_HEADER] = outcome.reason or ""
             await self._republish(message, self.settings.retry_queue_name(tier), headers)
-        elif outcome.kind == "lease_busy":  # past MAX_LEASE_WAITS the pipeline dead-letters
+        elif outcome.kind == "lease_busy":  # past outcomes.MAX_LEASE_WAITS: dead-lettered
             headers[LEASE_WAIT_HEADER] = delivery.lease_waits + 1
             await self._republish(message, self.settings.retry_queue_name(0), headers)
         if outcome.kind == "dead_letter":
@@ -638,20 +629,6 @@ class Worker:
             if outcome.outcome_id:  # two copies of one recorded outcome are one outcome
                 headers["x-etl-outcome-id"] = outcome.outcome_id
             await self._republish(message, self.settings.dlq_name, headers)
-            await self._mark_dead_lettered(outcome)
-
-    async def _mark_dead_lettered(self, outcome: Outcome) -> None:
-        """After the confirmed DLQ publish, before the ack: the marker tells a later delivery
-        of the input that the DLQ has it. Best effort: without it that delivery publishes
-        once more (at least once; a crash right here does the same)."""
-        if outcome.dlq_marker is None:
-            return
-        try:
-            async with asyncio.timeout(10):
-                await self.storage.put_if_absent(self.settings.bucket, outcome.dlq_marker, b"",
-                                                 content_type="text/plain", metadata={})
-        except Exception as exc:
-            log.warning("dlq_marker_failed", error=error_class(exc))
 
     async def _republish(
         self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]
