@@ -168,6 +168,45 @@ async def test_dlq_list_show_replay(settings, test_env) -> None:  # type: ignore
 
 
 @pytest.mark.integration
+async def test_dlq_replay_whose_copy_is_not_confirmed_leaves_the_entry_and_stops(
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    """A copy the broker does not take (here: no work queue, so it is returned; a memory
+    alarm times out the same way, within ETL_PUBLISH_CONFIRM_TIMEOUT_S) is never acked
+    away: the entry stays in the DLQ, the replay stops and says so; once the queue is
+    back, the same replay moves it."""
+    import aio_pika
+
+    from etl_engine.adapters.topology import declare
+    from etl_engine.ops import dlq
+
+    u = upload(settings, "StepsRecord", by_type("StepsRecord"), user_id=USER)
+    try:
+        conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
+        async with conn:
+            channel = await conn.channel()
+            await declare(channel, settings)
+            await channel.default_exchange.publish(aio_pika.Message(
+                orjson.dumps(u.message()), message_id="m-stuck",
+                headers={"x-etl-reason": "attempts_exhausted:io_error"}),
+                routing_key=settings.dlq_name)
+            await channel.queue_delete(settings.queue)
+        done = await dlq.replay(settings, None)
+        assert [(k, dlq.was_kept(rk)) for k, rk in done] == [("m-stuck", True)]
+        assert "unroutable" in done[0][1]
+        assert (await queue_counts(settings, settings.dlq_name))[0] == 1
+        conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
+        async with conn:
+            await declare(await conn.channel(), settings)
+        again = await dlq.replay(settings, None)
+        assert [dlq.was_kept(rk) for _, rk in again] == [False]
+        assert (await queue_counts(settings, settings.dlq_name))[0] == 0
+        assert (await queue_counts(settings, settings.queue))[0] == 1
+    finally:
+        await delete_topology(settings)
+
+
+@pytest.mark.integration
 async def test_dlq_tool_crashing_mid_read_loses_nothing(settings, test_env) -> None:  # type: ignore[no-untyped-def]
     from helpers import drain_dlq
 

@@ -338,10 +338,14 @@ class Chaos:
         write_summary(self.name, self.verdict, self.summary)
 
     async def finish(self, *, drain_timeout: float = 120.0, outcomes: bool = True,
-                     exact: bool = True, stop: bool = True) -> Verdict:
-        """Drain, classify, print and save the summary, then assert the promise."""
+                     exact: bool = True, stop: bool = True,
+                     repeated_dead_letters: bool = False) -> Verdict:
+        """Drain, classify, print and save the summary, then assert the promise.
+        ``repeated_dead_letters``: the scenario holds confirms up, so a second DLQ copy of
+        one outcome is expected (counted, not a second outcome); otherwise it fails."""
         drain_s = await self.ledger.drain(drain_timeout, outcomes=outcomes)
         verdict = await self.ledger.classify()
+        verdict.repeats_allowed = repeated_dead_letters
         await self._stop_supervisors()
         if stop:
             self.figures["exit_codes"] = await self.fleet.stop_all()

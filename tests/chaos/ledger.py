@@ -294,6 +294,9 @@ class Verdict:
     stray_dead: int = 0
     repeated_dead: int = 0
     records: dict[str, int] = field(default_factory=dict)  # outcome records (reported only)
+    # A scenario that holds confirms up (a memory alarm) may see a second DLQ copy of one
+    # outcome (at least once to the DLQ); everywhere else a repeated copy fails the run.
+    repeats_allowed: bool = False
 
     @property
     def two_outcomes(self) -> int:
@@ -309,6 +312,8 @@ class Verdict:
         return (
             c["lost"] == 0 and c["duplicated"] == 0 and c["bad_result"] == 0
             and c["two_outcomes"] == 0 and not self.stray_results and self.queues_empty
+            and not self.stray_reasons and self.stray_dead == 0
+            and (self.repeated_dead == 0 or self.repeats_allowed)
             and sum(c[k] for k in FINAL) == self.inputs
         )
 

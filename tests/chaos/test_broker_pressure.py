@@ -41,7 +41,7 @@ from .services import (
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.disruptive]
-ALARM_S = float(scale(15, 30))  # CI variant / --long
+ALARM_S = 30.0  # the 30 s, in the CI variant too
 
 
 @pytest.fixture
@@ -95,7 +95,8 @@ async def test_memory_alarm_while_a_worker_is_terminated(chaos: Chaos) -> None:
                           "in_flight_at_sigterm": in_flight,
                           "sigterm_to_exit_s": round(term_exit_s, 2),
                           "sigterm_exit_code": code})
-    await chaos.finish(drain_timeout=120)
+    # confirms held up by the alarm: a DLQ copy may land after its timeout (same outcome)
+    await chaos.finish(drain_timeout=120, repeated_dead_letters=True)
     assert alarm_seen, "the broker never raised the memory alarm"
     assert code == 0 and term_exit_s < 40, "the drain hung on the blocked broker"
 

@@ -18,12 +18,16 @@ import os
 import signal
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
 import pytest
 import redis.asyncio as aioredis
 
+from etl_engine.domain.lineage import pseudonymous
+from etl_engine.domain.model import DomainConfig
+from etl_engine.runtime.compute import Limits, run_cpu_stages
 from faultproxy import FaultProxy
 
 from .corpus import clean_schema, sample_records
@@ -70,10 +74,33 @@ def _late_env() -> dict[str, str]:
     return env
 
 
+def verdict_at(data: bytes, clock: datetime) -> str | None:
+    """The worker's CPU stages on ``data`` with its clock at ``clock`` and the upload stamped
+    by that clock: None when it gives a result, else the quarantine reason."""
+    lineage = pseudonymous(b"k", bucket="b", key="raw/StepsRecord/x.avro",
+                           record_type="StepsRecord", idempotency_key="ik", user_id="u",
+                           message_id="m", correlation_id="c",
+                           upload_timestamp_utc=clock.isoformat())
+    result = run_cpu_stages(data, lineage, Limits(10**6, 1 << 30), DomainConfig(), clock)
+    return None if result.output is not None else result.quarantine_reason
+
+
+def test_the_two_clocks_disagree_about_the_file() -> None:
+    """The scenario's premise, checked: right clock -> a result; six minutes late -> none."""
+    data = near_now_steps()
+    now = datetime.now(UTC)
+    assert verdict_at(data, now) is None
+    assert verdict_at(data, now - timedelta(minutes=6)) is not None
+
+
 async def test_clock_skew_lease_expiry_and_flush_keep_one_outcome(chaos: Chaos) -> None:
     late_env = _late_env()
     s = chaos.setup(ETL_LEASE_TTL_S="1", ETL_CONCURRENCY="1")
-    upload = chaos.upload_bytes("StepsRecord", "near-now.avro", near_now_steps())
+    data = near_now_steps()
+    now = datetime.now(UTC)
+    assert verdict_at(data, now) is None  # the verdicts differ (the premise)
+    assert verdict_at(data, now - timedelta(minutes=6)) is not None
+    upload = chaos.upload_bytes("StepsRecord", "near-now.avro", data)
     copies = [{**upload.message(), "message_id": str(uuid.uuid4())} for _ in range(4)]
     proxy = FaultProxy("127.0.0.1", int(s.s3_endpoint_url.rsplit(":", 1)[1]))
     r = aioredis.Redis.from_url(s.dedup_url)

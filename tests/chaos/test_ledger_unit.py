@@ -186,6 +186,16 @@ def test_result_name_matches_the_workers_naming() -> None:
             assert key_name(record_id(lineage_key, ikey)) == name
 
 
+def test_artefacts_of_no_input_fail_the_run() -> None:
+    """A reason file or DLQ entry that names no input of the scenario is an outcome the
+    ledger cannot account for: the run fails, as for a stray result."""
+    result = [_version(RESULT, "v1", True)]
+    assert _judge(_seen(results=result)).passed
+    v = _judge(_seen(results=result,
+                     dead=[DeadLetter("m-nobody", "invalid_json", "k-nobody", 10, "")]))
+    assert v.classes[IKEY] == "processed" and v.stray_dead == 1 and not v.passed
+
+
 def test_the_ledger_functions_fit_a_screen() -> None:
     tree = ast.parse((Path(__file__).parent / "ledger.py").read_text())
     long = [n.name for n in ast.walk(tree)
@@ -200,7 +210,10 @@ def test_two_copies_of_one_dead_letter_outcome_are_one_outcome_two_reasons_are_t
     not a second outcome. Two different outcomes for one input still fail."""
     copy = DeadLetter(MID, "invalid_field", IKEY, 10, "o1:invalid_field")
     v = _judge(_seen(dead=[copy, copy]), expect=("dead_lettered",))
-    assert v.classes[IKEY] == "dead_lettered" and v.passed and v.repeated_dead == 1
+    assert v.classes[IKEY] == "dead_lettered" and v.repeated_dead == 1
+    assert not v.passed  # unless the scenario holds confirms up and says so
+    v.repeats_allowed = True
+    assert v.passed
     other = DeadLetter(MID, "attempts_exhausted:io_error", IKEY, 10, "o2:attempts_exhausted")
     v = _judge(_seen(dead=[copy, other]), expect=("dead_lettered",))
     assert v.classes[IKEY] == "two_outcomes" and not v.passed

@@ -42,6 +42,7 @@ from etl_engine.adapters.operator_reads import (  # noqa: F401  (names the tools
 )
 from etl_engine.adapters.operator_reads import body_of as _body
 from etl_engine.adapters.operator_reads import int_of as _int
+from etl_engine.adapters.publisher import ConfirmGate, PublishFailed
 from etl_engine.adapters.storage import Storage, make_client
 from etl_engine.adapters.topology import (
     ATTEMPT_HEADER,
@@ -243,7 +244,9 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
     wanted = set(ids or [])
     done: list[tuple[str, str]] = []
     kept: list[str] = []
+    unconfirmed: dict[str, str] = {}
     storage = storage or Storage(make_client(settings))
+    gate = ConfirmGate(settings.publish_confirm_timeout_s)
     async with _dlq(settings, confirms=True) as (channel, queue, count):
         exchange = await channel.get_exchange(settings.exchange, ensure=True)
         for msg in await _fetch(queue, count):
@@ -262,18 +265,34 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
                     "publish", settings.exchange, routing_key=rk,
                     message_id=msg.message_id), "etl.replay": True},
             ):
-                copy = copy_message(msg, headers)
-                await exchange.publish(copy, routing_key=rk, mandatory=True)  # confirmed
+                try:
+                    await gate.publish(exchange, copy_message(msg, headers), rk)
+                except PublishFailed as exc:
+                    # left unacked (back to the DLQ); the broker is in trouble: stop here
+                    kept.append(key)
+                    unconfirmed[key] = exc.failure.value
+                    break
             await msg.ack()  # only now: the copy is safely in the work queue
             shown = describe(msg).id  # masked if the publisher put a user id into it
             done.append((next((w for w in (key, msg.message_id) if w in wanted), shown), rk))
     for key in kept:
-        done.append((key, KEPT_ROUTE))
+        done.append((key, UNCONFIRMED_ROUTE.format(unconfirmed[key]) if key in unconfirmed
+                     else KEPT_ROUTE))
     return done
 
 
 KEPT_ROUTE = "(kept in the DLQ: its outcome record could not be reopened; check ETL_* "
 "settings match the fleet's)"
+# Within ETL_PUBLISH_CONFIRM_TIMEOUT_S (a memory alarm must not hang the tool). A copy
+# whose confirm was lost may still have reached the work queue: it is processed once, and
+# the next replay of the entry left here is answered "duplicate" and acked.
+UNCONFIRMED_ROUTE = ("(left in the DLQ: the broker did not confirm the copy ({}); the "
+                     "replay stopped here. Run it again once the broker is well)")
+
+
+def was_kept(route: str) -> bool:
+    """A route ``replay`` gives for a message it left in the DLQ."""
+    return route == KEPT_ROUTE or route.startswith(UNCONFIRMED_ROUTE[:20])
 
 
 def age(ts: int | None) -> str:
