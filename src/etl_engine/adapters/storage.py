@@ -345,7 +345,7 @@ class HotPath:
     """
 
     def __init__(self, settings: Settings, *, pool: int | None = None) -> None:
-        self._s = settings
+        self.settings = settings
         self._pool = max(pool or settings.concurrency, 4) + 2
         self._stores: dict[str, S3Store] = {}
 
@@ -358,20 +358,20 @@ class HotPath:
     def _make_store(self, bucket: str) -> S3Store:
         """Same endpoint, region, credentials, timeouts and retry budget as ``make_client``;
         empty keys: obstore's own AWS credential chain (env, web identity, ECS, IMDS)."""
-        s = self._s
-        config: dict[str, Any] = {"region": s.s3_region,
+        settings = self.settings
+        config: dict[str, Any] = {"region": settings.s3_region,
                                   "virtual_hosted_style_request": False}
-        if s.s3_endpoint_url:
-            config["endpoint"] = s.s3_endpoint_url
-        if s.s3_access_key_id.get_secret_value():
-            config["access_key_id"] = s.s3_access_key_id.get_secret_value()
-            config["secret_access_key"] = s.s3_secret_access_key.get_secret_value()
-        read = timedelta(seconds=s.s3_read_timeout_s)
-        connect = timedelta(seconds=s.s3_connect_timeout_s)
+        if settings.s3_endpoint_url:
+            config["endpoint"] = settings.s3_endpoint_url
+        if settings.s3_access_key_id.get_secret_value():
+            config["access_key_id"] = settings.s3_access_key_id.get_secret_value()
+            config["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+        read = timedelta(seconds=settings.s3_read_timeout_s)
+        connect = timedelta(seconds=settings.s3_connect_timeout_s)
         return S3Store(
             bucket, config=config,  # type: ignore[arg-type]
             client_options={
-                "allow_http": s.s3_endpoint_url.startswith("http://"),
+                "allow_http": settings.s3_endpoint_url.startswith("http://"),
                 "connect_timeout": connect, "read_timeout": read,
                 "timeout": connect + 2 * read,  # a whole call, the body included
                 "pool_max_idle_per_host": str(self._pool),

@@ -63,8 +63,8 @@ def _traced(name: str) -> Callable[[Command], Command]:
         def run(args: argparse.Namespace) -> int:
             from etl_engine.observability import telemetry
 
-            s = _settings()
-            telemetry.configure(s.otlp_endpoint, "etl-engine-cli")
+            settings = _settings()
+            telemetry.configure(settings.otlp_endpoint, "etl-engine-cli")
             try:
                 with telemetry.span(name):
                     return fn(args)
@@ -105,11 +105,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         healthy, line = check(*_sidecar_address(args), "/" + args.check)
         print(safe(line))
         return ExitCode.OK if healthy else ExitCode.FAILURES
-    s = _worker_settings(args)
+    settings = _worker_settings(args)
     from etl_engine.runtime.worker import serve
 
     # A reload (SIGHUP, /admin/config/reload) reads the same sources, flags still on top.
-    return serve(s, reload_settings=functools.partial(_worker_settings, args))
+    return serve(settings, reload_settings=functools.partial(_worker_settings, args))
 
 
 _SIDECAR_VARS = ("ETL_SIDECAR_HOST", "ETL_SIDECAR_PORT")
@@ -174,15 +174,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print("etl-engine publish: give --file PATH or --key KEY", file=sys.stderr)
         return ExitCode.USAGE
     data = _read_file(args.file, "--file") if args.file else b""  # before any service
-    s = _settings()
-    storage = Storage(make_client(s))
+    settings = _settings()
+    storage = Storage(make_client(settings))
     if args.file:
-        storage.ensure_bucket(s.bucket)
+        storage.ensure_bucket(settings.bucket)
         # As the upload service: the run id makes a user of its own, so fresh keys.
         user = f"{args.user_id}-{args.run_id}" if args.run_id else args.user_id
-        up = upload_bytes(storage, s, args.record_type, data, user_id=user)
+        up = upload_bytes(storage, settings, args.record_type, data, user_id=user)
     else:
-        bucket = args.bucket or s.bucket
+        bucket = args.bucket or settings.bucket
         # The upload service's message names the file's hash: read the object for it.
         try:
             content = storage.get(bucket, args.key)
@@ -192,7 +192,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             _say(f"etl-engine publish: no object {args.key} in bucket {bucket} (--key, "
                  "--bucket)", err=True)
             return ExitCode.FAILURES
-        up = describe_upload(s, args.record_type, args.key, content, args.user_id,
+        up = describe_upload(settings, args.record_type, args.key, content, args.user_id,
                              bucket=bucket)
     body = up.message()
     if args.idempotency_key:  # only accepted by workers with ETL_IDEMPOTENCY_SCHEME=opaque
@@ -201,7 +201,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         body["priority"] = args.priority
 
     async def main() -> None:
-        async with Publisher(s) as pub:
+        async with Publisher(settings) as pub:
             await pub.publish(body)
 
     asyncio.run(main())
@@ -226,7 +226,7 @@ def cmd_load_samples(args: argparse.Namespace) -> int:
     from etl_engine.ops.progress import Progress
     from etl_engine.ops.sample_files import iter_sample_files
 
-    s = _settings()
+    settings = _settings()
     directory = Path(args.dir) if args.dir else _default_samples()
     files = iter_sample_files(directory)
     if not files:
@@ -239,9 +239,9 @@ def cmd_load_samples(args: argparse.Namespace) -> int:
         return Progress(label, total, unit="files" if label == "uploaded" else "msg",
                         tty=tty, interval=args.progress_interval)
 
-    report = load(s, Storage(make_client(s, pool=args.jobs)), files, directory=directory,
-                  run_id=args.run_id or "", jobs=args.jobs, wait=args.wait,
-                  timeout_s=args.timeout, progress=progress)
+    report = load(settings, Storage(make_client(settings, pool=args.jobs)), files,
+                  directory=directory, run_id=args.run_id or "", jobs=args.jobs,
+                  wait=args.wait, timeout_s=args.timeout, progress=progress)
     if args.json:
         _say_json(report.as_dict())
     elif not args.wait:
@@ -273,10 +273,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from etl_engine.ops.compact import CompactionContended, compact_month, legacy_journals
     from etl_engine.ops.conditional import Unsupported
 
-    s = _settings()
-    storage = Storage(make_client(s))
+    settings = _settings()
+    storage = Storage(make_client(settings))
     try:
-        done = compact_month(storage, s, args.month)
+        done = compact_month(storage, settings, args.month)
     except ValueError as exc:
         print(f"etl-engine compact: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -287,12 +287,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
     if done:
         from etl_engine.ops.dataset import card_key, write_card
 
-        write_card(storage, s, args.month)  # the month's card, beside its journals
-        card = card_key(s, args.month, "md")
-    legacy = list(legacy_journals(storage, s, args.month))
+        write_card(storage, settings, args.month)  # the month's card, beside its journals
+        card = card_key(settings, args.month, "md")
+    legacy = list(legacy_journals(storage, settings, args.month))
+    prefix = settings.training_prefix
     for key in legacy:
-        print(f"etl-engine compact: an older journal is still under {s.training_prefix}: {key} "
-              f"(a reader of {s.training_prefix} counts its records twice; delete it)",
+        print(f"etl-engine compact: an older journal is still under {prefix}: {key} "
+              f"(a reader of {prefix} counts its records twice; delete it)",
               file=sys.stderr)
     if args.json:
         from dataclasses import asdict
@@ -313,10 +314,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from etl_engine.ops import status
 
-    s = _settings()
+    settings = _settings()
     urls = [u.strip() for item in args.targets or [] for u in item.split(",") if u.strip()]
     targets = status.fixed(urls) if urls else functools.partial(status.discover, args.ports)
-    return asyncio.run(status.run(s, targets, once=args.once, interval=args.interval,
+    return asyncio.run(status.run(settings, targets, once=args.once, interval=args.interval,
                                   as_json=args.json, discovered=not urls, ports=args.ports))
 
 
@@ -342,9 +343,10 @@ def _operator_settings() -> Settings:
     """Settings for a tool that shows user data: pseudonyms keyed like the worker's logs."""
     from etl_engine.observability import logs
 
-    s = _settings()
-    logs.configure(s.log_level, s.log_format, user_hash_key=s.user_id_hash_key.get_secret_value())
-    return s
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format,
+                   user_hash_key=settings.user_id_hash_key.get_secret_value())
+    return settings
 
 
 def _say(*parts: object, err: bool = False) -> None:
@@ -367,10 +369,10 @@ def _say_json(document: object, *, indent: bool = False) -> None:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from etl_engine.ops import dlq
 
-    s = _operator_settings()
+    settings = _operator_settings()
     run = {"list": _dlq_list, "show": _dlq_show, "replay": _dlq_replay}[args.dlq_command]
     try:
-        return run(s, args)
+        return run(settings, args)
     except dlq.QueueAbsent as exc:  # before any worker ran: an answer, not an error
         if args.dlq_command == "list" and args.json:
             _say_json([])
@@ -381,14 +383,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         return ExitCode.FAILURES if wanted else ExitCode.OK
 
 
-def _dlq_list(s: Settings, args: argparse.Namespace) -> int:
+def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     from etl_engine.ops import dlq
 
-    items, total = asyncio.run(dlq.list_dead_letters(s, limit=args.limit, reveal=args.reveal))
+    items, total = asyncio.run(dlq.list_dead_letters(settings, limit=args.limit,
+                                                     reveal=args.reveal))
     if args.json:
         _say_json(items)
         return ExitCode.OK
-    _say(f"{total} message(s) in {s.dlq_name}" + (f", showing {len(items)}"
+    _say(f"{total} message(s) in {settings.dlq_name}" + (f", showing {len(items)}"
                                                    if len(items) < total else ""))
     if items:
         _say(f"{'id':<38} {'reason':<36} {'stage':<9} {'att':>3} {'age':>5}  routing key")
@@ -398,38 +401,39 @@ def _dlq_list(s: Settings, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _dlq_show(s: Settings, args: argparse.Namespace) -> int:
+def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     from etl_engine.ops import dlq
 
-    found = asyncio.run(dlq.show(s, args.id, reveal=args.reveal))
+    found = asyncio.run(dlq.show(settings, args.id, reveal=args.reveal))
     if found is None:
-        _say(f"etl-engine dlq show: no message {args.id!r} in {s.dlq_name}", err=True)
+        _say(f"etl-engine dlq show: no message {args.id!r} in {settings.dlq_name}", err=True)
         return ExitCode.FAILURES
     _say_json(found, indent=not args.json)
     return ExitCode.OK
 
 
-def _dlq_replay(s: Settings, args: argparse.Namespace) -> int:
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.ops import dlq
 
     if not args.all and not args.ids:
         print("etl-engine dlq replay: give message ids or --all", file=sys.stderr)
         return ExitCode.USAGE
-    done = asyncio.run(dlq.replay(s, None if args.all else args.ids, Storage(make_client(s))))
-    kept = [k for k, rk in done if rk == dlq.KEPT_ROUTE]
+    done = asyncio.run(dlq.replay(settings, None if args.all else args.ids,
+                                  Storage(make_client(settings))))
+    kept = [k for k, rk in done if dlq.was_kept(rk)]
     missing = [] if args.all else sorted(set(args.ids) - {k for k, _ in done})
     if args.json:
         _say_json({"replayed": [{"id": k, "routing_key": rk} for k, rk in done
-                                if rk != dlq.KEPT_ROUTE],
-                   "kept": kept, "not_found": missing, "exchange": s.exchange})
+                                if not dlq.was_kept(rk)],
+                   "kept": kept, "not_found": missing, "exchange": settings.exchange})
     for key, rk in done:
-        if rk == dlq.KEPT_ROUTE:
+        if dlq.was_kept(rk):
             _say(f"kept {key}: {rk}", err=True)
         elif not args.json:
-            _say(f"replayed {key} -> {s.exchange} {rk}")
+            _say(f"replayed {key} -> {settings.exchange} {rk}")
     for key in missing:
-        _say(f"not found in {s.dlq_name}: {key}", err=True)
+        _say(f"not found in {settings.dlq_name}: {key}", err=True)
     if not args.json:
         print(f"{len(done) - len(kept)} message(s) replayed")
     return ExitCode.FAILURES if missing or kept else ExitCode.OK
@@ -441,39 +445,40 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
     if args.q_command == "show" and args.html:  # before any service: one line, exit 2
         inspect_file.check_html_target(args.html)
-    s = _operator_settings()
-    storage = Storage(make_client(s))
+    settings = _operator_settings()
+    storage = Storage(make_client(settings))
     if args.q_command == "list":
-        items = q.list_quarantined(storage, s, reveal=args.reveal)
+        items = q.list_quarantined(storage, settings, reveal=args.reveal)
         if args.json:
             _say_json(items)
             return ExitCode.OK
-        _say(f"{len(items)} quarantined file(s) under s3://{s.bucket}/{s.quarantine_prefix}")
+        _say(f"{len(items)} quarantined file(s) under "
+             f"s3://{settings.bucket}/{settings.quarantine_prefix}")
         for i in items:
             score = "-" if i.quality_score is None else f"{i.quality_score:.2f}"
             _say(f"{i.quarantined_at[:19]:<19} {i.reason[:28]:<28} {i.stage[:9]:<9} "
                  f"{score:>5}  {i.key}")
         return 0
     if args.q_command == "show":
-        qkey = q.resolve_key(storage, s, args.key)
+        qkey = q.resolve_key(storage, settings, args.key)
         try:
-            reason = q.load_reason(storage, s, qkey)
+            reason = q.load_reason(storage, settings, qkey)
         except KeyError:
             _say(f"etl-engine quarantine show: no reason file for {args.key!r}", err=True)
             return ExitCode.FAILURES
         if args.inspect or args.html:  # the quarantined copy through the CPU stages
-            return inspect_file.quarantined(storage, s, qkey, reason, args)
+            return inspect_file.quarantined(storage, settings, qkey, reason, args)
         _say_json(reason if args.reveal else q.masked(reason), indent=not args.json)
         return ExitCode.OK
-    return _release(s, storage, args)
+    return _release(settings, storage, args)
 
 
-def _release(s: Settings, storage: Storage, args: argparse.Namespace) -> int:
+def _release(settings: Settings, storage: Storage, args: argparse.Namespace) -> int:
     """``quarantine release``: only against the fleet's dedup store (see ``_fleet_dedup``)."""
     from etl_engine.ops import quarantine as q
 
-    s = _fleet_dedup(s, args.dedup_url)
-    results = asyncio.run(q.release(s, storage, args.keys, timeout_s=args.timeout,
+    settings = _fleet_dedup(settings, args.dedup_url)
+    results = asyncio.run(q.release(settings, storage, args.keys, timeout_s=args.timeout,
                                     check_dedup=not args.skip_dedup_check))
     if args.json:
         _say_json([{"key": r.key, "status": r.status, "detail": r.detail} for r in results])
@@ -483,7 +488,7 @@ def _release(s: Settings, storage: Storage, args: argparse.Namespace) -> int:
     return ExitCode.OK if released else ExitCode.FAILURES
 
 
-def _fleet_dedup(s: Settings, dedup_url: str) -> Settings:
+def _fleet_dedup(settings: Settings, dedup_url: str) -> Settings:
     """Release clears the input's done-marker: in any store but the workers' it would clear
     nothing, and they would answer ``duplicate``. So the store must be named (unset, the
     code's default is a local SQLite file no worker of a fleet reads); that it is the
@@ -493,20 +498,20 @@ def _fleet_dedup(s: Settings, dedup_url: str) -> Settings:
             return _settings(dedup_url=dedup_url)
         except ConfigError as exc:
             raise ConfigError(f"--dedup-url: {exc}") from None
-    default = type(s).model_fields["dedup_url"].default
-    if "dedup_url" not in s.model_fields_set or s.dedup_url == default:
+    default = type(settings).model_fields["dedup_url"].default
+    if "dedup_url" not in settings.model_fields_set or settings.dedup_url == default:
         raise ConfigError(
             f"ETL_DEDUP_URL is not set (or is the default local {default}): set it to the "
             "workers' dedup store, or pass --dedup-url URL. Release clears the input's "
             "done-marker there; in another store it clears nothing and the workers answer "
             "duplicate.")
-    return s
+    return settings
 
 
 # --- config -----------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     try:
-        s = _settings()
+        settings = _settings()
     except ConfigError as exc:
         if not args.json:
             raise  # failures.guarded: one line, exit 78
@@ -514,9 +519,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         failures.say("config check", str(exc))
         return ExitCode.CONFIG
     if args.json:
-        _say_json({"ok": True, "settings": s.masked(), "env_file": _env_file})
+        _say_json({"ok": True, "settings": settings.masked(), "env_file": _env_file})
         return ExitCode.OK
-    for name, value in s.masked().items():
+    for name, value in settings.masked().items():
         print(f"{name}={value}")
     print("configuration OK", file=sys.stderr)
     return ExitCode.OK

@@ -29,10 +29,10 @@ def _reader_settings() -> Settings:
                          lineage_key="not-used-by-dataset-commands")
 
 
-def _storage(s: Settings, pool: int | None = None) -> Any:
+def _storage(settings: Settings, pool: int | None = None) -> Any:
     from etl_engine.adapters.storage import Storage, make_client
 
-    return Storage(make_client(s, pool=pool))
+    return Storage(make_client(settings, pool=pool))
 
 
 def _print_json(value: Any) -> None:
@@ -48,16 +48,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     except lineage.NotAnId as exc:
         print(f"etl-engine lineage: {exc}", file=sys.stderr)
         return 2
-    s = _settings()
-    found = [lineage.describe(m, reveal=args.reveal) for m in
-             lineage.find(_storage(s, lineage.READERS), s, ident)]
+    settings = _settings()
+    found = [lineage.describe(match, reveal=args.reveal) for match in
+             lineage.find(_storage(settings, lineage.READERS), settings, ident)]
     if args.json:
         cli._say_json(found, indent=True)
     for item in [] if args.json else found:
         cli._say("\n".join(f"{k:<18} {v}" for k, v in item.items() if v is not None) + "\n")
     if not found:
-        print(f"etl-engine lineage: no outcome record under {s.outcome_prefix} names {ident} "
-              "(another bucket or ETL_OUTCOME_PREFIX? a record from before outcome records?)",
+        print(f"etl-engine lineage: no outcome record under {settings.outcome_prefix} names "
+              f"{ident} (another bucket or ETL_OUTCOME_PREFIX? a record from before outcome "
+              "records?)",
               file=sys.stderr)
         return 1
     return 0
@@ -67,31 +68,32 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_dataset_card(args: argparse.Namespace) -> int:
     from etl_engine.ops import dataset
 
-    s = _reader_settings()
+    settings = _reader_settings()
     try:
         dataset.month_parts(args.month)
     except ValueError as exc:
         print(f"etl-engine dataset card: {exc}", file=sys.stderr)
         return 2
-    card = dataset.write_card(_storage(s), s, args.month)
+    card = dataset.write_card(_storage(settings), settings, args.month)
     if card is None:
         print(f"etl-engine dataset card: no journals for {args.month} under "
-              f"{s.compacted_prefix}: run `etl-engine compact --month {args.month}` first",
+              f"{settings.compacted_prefix}: run `etl-engine compact --month {args.month}` "
+              "first",
               file=sys.stderr)
         return 1
     if args.json:
         _print_json(card)
     else:
-        print(dataset.render_markdown(card, s))
-    print(f"written: {dataset.card_key(s, args.month, 'md')} and .json", file=sys.stderr)
+        print(dataset.render_markdown(card, settings))
+    print(f"written: {dataset.card_key(settings, args.month, 'md')} and .json", file=sys.stderr)
     return 0
 
 
 def cmd_dataset_months(args: argparse.Namespace) -> int:
     from etl_engine.ops import dataset
 
-    s = _reader_settings()
-    months = dataset.months_with_records(_storage(s), s)
+    settings = _reader_settings()
+    months = dataset.months_with_records(_storage(settings), settings)
     if args.json:
         _print_json(months)
     else:
@@ -112,10 +114,10 @@ def cmd_dataset_pull(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"etl-engine dataset pull: {exc}", file=sys.stderr)
         return 2
-    s = _reader_settings()
+    settings = _reader_settings()
     req = dataset.PullRequest(months, Path(args.out), tuple(args.category or ()), shares,
                               args.by, args.seed, args.flat)
-    report = dataset.pull(_storage(s), s, req)
+    report = dataset.pull(_storage(settings), settings, req)
     manifest = {**report.as_dict(), "months": months, "split": args.split, "by": args.by,
                 "seed": args.seed}
     (req.out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

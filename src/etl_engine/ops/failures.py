@@ -51,12 +51,12 @@ def _names(exc: BaseException) -> tuple[str, str]:
     return type(exc).__module__ or "", type(exc).__name__
 
 
-def _broker(exc: BaseException, s: Settings | None) -> Unavailable | None:
+def _broker(exc: BaseException, settings: Settings | None) -> Unavailable | None:
     module, name = _names(exc)
     if not module.startswith(("aiormq", "aio_pika", "pamqp")) and name not in (
             "PublishFailed", "BrokerUnreachable"):
         return None
-    where = s.masked()["ETL_AMQP_URL"] if s else "the broker"
+    where = settings.masked()["ETL_AMQP_URL"] if settings else "the broker"
     text = str(exc)
     if name == "BrokerUnreachable":  # adapters.topology.connect: a timeout or socket error
         return Unavailable("RabbitMQ", "ETL_AMQP_URL", f"is unreachable at {where} ({text})")
@@ -88,11 +88,11 @@ _S3_CODES = {
 }
 
 
-def _storage(exc: BaseException, s: Settings | None) -> Unavailable | None:
+def _storage(exc: BaseException, settings: Settings | None) -> Unavailable | None:
     module, name = _names(exc)
     if not module.startswith(("botocore", "boto3", "urllib3", "s3transfer")):
         return None
-    where = (s.s3_endpoint_url or "AWS (ETL_S3_ENDPOINT_URL is empty)") if s else "S3"
+    where = (settings.s3_endpoint_url or "AWS (ETL_S3_ENDPOINT_URL is empty)") if settings else "S3"
     if name in ("NoCredentialsError", "PartialCredentialsError"):
         return Unavailable("S3", "ETL_S3_ACCESS_KEY_ID / ETL_S3_SECRET_ACCESS_KEY, and "
                            "ETL_S3_ENDPOINT_URL", f"has no credentials for {where}")
@@ -108,11 +108,11 @@ def _storage(exc: BaseException, s: Settings | None) -> Unavailable | None:
     return Unavailable("S3", "ETL_S3_ENDPOINT_URL", f"is unreachable at {where} ({name})")
 
 
-def _dedup(exc: BaseException, s: Settings | None) -> Unavailable | None:
+def _dedup(exc: BaseException, settings: Settings | None) -> Unavailable | None:
     module, name = _names(exc)
     if not module.startswith(("redis", "sqlite3")):
         return None
-    where = s.masked()["ETL_DEDUP_URL"] if s else "the dedup store"
+    where = settings.masked()["ETL_DEDUP_URL"] if settings else "the dedup store"
     store = "SQLite" if module.startswith("sqlite3") else "Redis"
     if name == "AuthenticationError" or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
         return Unavailable(store, "ETL_DEDUP_URL (its password)",

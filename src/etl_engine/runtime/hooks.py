@@ -6,7 +6,9 @@ points, and an observer overrides only the events it cares about. Production ins
 install their own (wait for the consumer, crash at a point) with no setting to switch on.
 
 Observers run on the event loop, in the order they were added, and must be quick. An
-exception from one fails the delivery at that point like any other error there.
+observer watches and never steers: an exception from one is logged (``observer_failed``,
+naming the observer and the event) and the worker carries on, with the observers after it
+and with the delivery (``Observers._safely``).
 """
 
 from __future__ import annotations
