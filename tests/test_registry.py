@@ -3,15 +3,19 @@
 The toy type below lives in this file only (its spec, its reader schema written to a
 temporary directory); once registered it goes through the same stages the worker runs
 (``runtime.compute.run_cpu_stages``: decode, validate into a column store, transform) and
-through the stage functions one by one, and comes out as a training record.
+through the stage functions one by one, and comes out as a training record that follows
+the training-record schema generated with it, and as a drawing in ``inspect --html``.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
 import inspect
 import io
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,15 +23,27 @@ from typing import Any
 
 import fastavro
 import pytest
+from jsonschema import Draft202012Validator
 
-from etl_engine.domain import avro, narratives, record_types, registry, transform, validation
+from etl_engine.domain import (
+    avro,
+    narratives,
+    output_schema,
+    record_types,
+    registry,
+    transform,
+    validation,
+)
 from etl_engine.domain.checks import number_check, number_chunk_check
+from etl_engine.domain.lineage import pseudonymous
 from etl_engine.domain.model import DecodedFile, DomainConfig, Lineage
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import CHART_KINDS, Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.columns import Readings
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.wording import Stats, cap, num, plural
+from etl_engine.ops import inspection, report_html
 from etl_engine.runtime.compute import Limits, run_cpu_stages
+from etl_engine.settings import load_settings
 
 NS = record_types.AVRO_NAMESPACE
 NOW = datetime(2024, 3, 10, 12, tzinfo=UTC)
@@ -36,6 +52,10 @@ T0 = NOW_MS - 86_400_000
 CFG = DomainConfig()
 LIMITS = Limits(max_records=1_000_000, max_decompressed_bytes=64 * 1024 * 1024)
 SRC = Path(validation.__file__).resolve().parent
+PACKAGE = SRC.parent
+SCHEMA_FILE = PACKAGE / "schemas" / output_schema.SCHEMA_FILE
+REGENERATE = ("python -m etl_engine.domain.output_schema "
+              "src/etl_engine/schemas/training-record.schema.json")
 
 # --- the toy type: everything a new type needs, in one place ------------------------------------
 MOOD = "MoodRecord"
@@ -60,6 +80,17 @@ def mood_statistics(cols: Readings, config: DomainConfig) -> dict[str, Any]:
     return {"rating_count": len(cols), "mean_score": rnd(mean(cols.values))}
 
 
+MOOD_STATISTICS = StatisticsSchema(name="moodStatistics", schema={
+    "type": "object",
+    "required": ["rating_count", "mean_score"],
+    "properties": {"rating_count": {"type": "integer", "minimum": 1},
+                   "mean_score": {"type": "number", "minimum": 1, "maximum": 10}},
+    "additionalProperties": False,
+})
+MOOD_CHART = Chart(kind="readings", heading="Mood", unit="score", color="#2e86c1",
+                   caption="{count} ratings (local time)", value_field=MOOD_KEY, dots=True)
+
+
 def mood_narrative(s: Stats, period: str) -> str:
     n = s["rating_count"]
     return (f"{cap(period)}, {plural(n, 'mood rating')} {'was' if n == 1 else 'were'} "
@@ -81,6 +112,8 @@ def mood_spec(schema_dir: Path) -> RecordTypeSpec:
         column_statistics=mood_statistics,
         narrative=mood_narrative,
         instructions=("How was my mood {period}?",),
+        chart=MOOD_CHART,
+        statistics_schema=MOOD_STATISTICS,
     )
 
 
@@ -147,6 +180,52 @@ def test_a_registered_type_goes_through_the_worker_stages(mood: RecordTypeSpec) 
     assert md["statistics"] == {"rating_count": 4, "mean_score": 7.5}
 
 
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_a_registered_type_follows_the_schema_generated_with_it(mood: RecordTypeSpec) -> None:
+    """The published schema closes categories and statistics: generated with the toy
+    registered, it takes the toy's record (and still closes the toy's statistics); the
+    schema of the shipped types alone refuses it."""
+    keyed = pseudonymous(b"test-lineage-key", bucket="b", key=f"raw/{MOOD}/x.avro",
+                         record_type=MOOD, idempotency_key="k", user_id="u",
+                         upload_timestamp_utc=NOW.isoformat())  # as the worker makes it
+    out = run_cpu_stages(mood_file([7, 8, 9, 6]), keyed, LIMITS, CFG, NOW)
+    assert out.output is not None
+    record = out.output.record
+    schema = output_schema.training_record_schema()  # every registered type
+    _validator(schema).validate(record)
+    assert "mood_wellbeing" in schema["properties"]["metadata"]["properties"][
+        "training_category"]["enum"]
+    assert schema["$defs"]["moodStatistics"] == MOOD_STATISTICS.schema
+    extra = copy.deepcopy(record)
+    extra["metadata"]["statistics"]["mood_forecast"] = "sunny"
+    assert not _validator(schema).is_valid(extra)
+    assert not _validator(output_schema.training_record_schema(registry.SHIPPED)).is_valid(
+        record)
+
+
+def test_a_registered_type_is_drawn_in_the_html_report(mood: RecordTypeSpec,
+                                                       tmp_path: Path) -> None:
+    """``inspect --html`` draws the toy from its ``Chart``; without one, no drawing."""
+    settings = load_settings(env="development")
+    src = inspection.Source(name="mood.avro", data=mood_file([7, 8, 9, 6]))
+    doc = inspection.inspect_source(src, settings, NOW)
+    assert doc["record_type"] == MOOD and doc["outcome"]["kind"] == "processed"
+    kept = inspection.kept_records(src, MOOD, settings, NOW)
+    stats = doc["training_record"]["metadata"]["statistics"]
+    [(heading, caption, picture)] = report_html.panels(kept, stats)
+    assert heading == "Mood, Sat Mar 9, 2024" and caption == "4 ratings (local time)"
+    assert picture.startswith("<svg") and "<title>Mood</title>" in picture
+    assert 'stroke="#2e86c1"' in picture
+    page = report_html.render(doc, kept)
+    assert "<figure><h3>Mood, Sat Mar 9, 2024</h3><svg" in page
+    registry.register(dataclasses.replace(mood, chart=None), replace=True)
+    assert report_html.panels(kept, stats) == []
+    assert "Nothing to draw" in report_html.render(doc, kept)
+
+
 def test_a_registered_type_stage_by_stage(mood: RecordTypeSpec) -> None:
     """decode -> validate (its own value rule, record by record and a chunk at once) ->
     transform from records and from columns: the same training record."""
@@ -210,6 +289,41 @@ def test_a_spec_refuses_parts_that_do_not_fit(tmp_path: Path) -> None:
         RecordTypeSpec(**{**kw, "incomplete": lambda rec: None})
     with pytest.raises(ValueError, match="chunk_records"):
         RecordTypeSpec(**{**kw, "chunk_records": 0})
+    pie: Any = "pie"
+    with pytest.raises(ValueError, match="chart kind"):
+        Chart(kind=pie, heading="Mood")
+
+
+def test_the_schema_generator_refuses_what_it_cannot_publish(tmp_path: Path) -> None:
+    base = mood_spec(tmp_path)
+    dangling = StatisticsSchema("moodStatistics", {"$ref": "#/$defs/moodScale"})
+    with pytest.raises(ValueError, match="moodScale"):
+        output_schema.training_record_schema(
+            [dataclasses.replace(base, statistics_schema=dangling)])
+    with pytest.raises(ValueError, match="category of the types without a spec"):
+        output_schema.training_record_schema(
+            [dataclasses.replace(base, category=transform.GENERIC_CATEGORY)])
+    taken = StatisticsSchema("localDate", {"type": "object"})
+    with pytest.raises(ValueError, match="shared part"):
+        output_schema.training_record_schema(
+            [dataclasses.replace(base, statistics_schema=taken)])
+
+
+def test_types_sharing_a_category_keep_their_own_statistics_shape(tmp_path: Path) -> None:
+    """Two types of one category with different statistics: each is picked by its
+    ``record_type`` as well, so neither record is held to the other's shape."""
+    glucose = registry.get("BloodGlucoseRecord")
+    toy = dataclasses.replace(mood_spec(tmp_path), category=glucose.category)
+    schema = output_schema.training_record_schema([glucose, toy])
+    branches = schema["properties"]["metadata"]["allOf"]
+    assert [b["if"]["properties"].get("record_type") for b in branches] == [
+        {"const": glucose.name}, {"const": MOOD}, None]
+    metadata = {"training_category": glucose.category, "record_type": MOOD,
+                "statistics": {"rating_count": 1, "mean_score": 5}}
+    sub = {"$defs": schema["$defs"], **schema["properties"]["metadata"]}
+    sub = {**sub, "required": [], "additionalProperties": True}
+    assert _validator(sub).is_valid(metadata)
+    assert not _validator(sub).is_valid({**metadata, "record_type": glucose.name})
 
 
 # --- the shipped specs ------------------------------------------------------------------------
@@ -242,6 +356,32 @@ def test_every_shipped_spec_is_complete(spec: RecordTypeSpec) -> None:
     # the spec lives in the file of its narrative and statistics
     module = inspect.getmodule(spec.narrative)
     assert module is not None and getattr(module, "SPEC", None) is spec
+    # and declares its drawing and the published shape of its statistics
+    assert spec.chart is not None and spec.statistics_schema is not None
+    assert spec.statistics_schema.schema.get("additionalProperties") is False
+
+
+def test_every_chart_kind_has_a_drawing() -> None:
+    assert set(report_html.DRAWINGS) == set(CHART_KINDS)
+
+
+def test_the_committed_training_record_schema_is_the_generated_one() -> None:
+    """The file is generated from the specs (``domain/output_schema.py``): never edit it
+    by hand."""
+    committed = SCHEMA_FILE.read_text(encoding="utf-8")
+    generated = output_schema.schema_text(registry.SHIPPED)
+    assert committed == generated, (f"{SCHEMA_FILE.name} differs from the specs; edit the "
+                                    f"spec files, then regenerate it: {REGENERATE}")
+
+
+def test_the_schema_module_prints_or_writes_the_file(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert output_schema.main([]) == 0
+    assert capsys.readouterr().out == SCHEMA_FILE.read_text(encoding="utf-8")
+    out = tmp_path / "schema.json"
+    assert output_schema.main([str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == SCHEMA_FILE.read_text(encoding="utf-8")
+    assert output_schema.main(["--help"]) == 2
 
 
 def test_the_registry_and_the_schemas_directory_agree() -> None:
@@ -274,8 +414,25 @@ def test_type_files_do_not_import_the_modules_that_look_them_up(path: Path) -> N
     assert not _imports(path) & above
 
 
-@pytest.mark.parametrize("module", ["validation", "transform", "narratives", "record_types"])
-def test_no_type_is_spelled_out_outside_its_file(module: str) -> None:
-    source = (SRC / f"{module}.py").read_text()
+def _guarded() -> list[Path]:
+    """The modules that look types up and must name none: the domain's lookups, and every
+    module of ops/ and runtime/ (the sample-file helpers aside: samples sit in folders
+    named by type)."""
+    lookups = [SRC / f"{m}.py" for m in
+               ("validation", "transform", "narratives", "record_types", "output_schema")]
+    layers = sorted((PACKAGE / "ops").glob("*.py")) + sorted((PACKAGE / "runtime").glob("*.py"))
+    return lookups + [p for p in layers if "sample" not in p.name]
+
+
+@pytest.mark.parametrize("path", _guarded(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_type_is_spelled_out_outside_its_file(path: Path) -> None:
+    """No type's name in code (ops/ and runtime/: not even in words) and no import of a
+    type's file: what differs by type comes from its spec."""
+    source = path.read_text()
+    words = path.parent.name in ("ops", "runtime")
     for name in record_types.SUPPORTED_RECORD_TYPES:
         assert f'"{name}"' not in source, name
+        assert not (words and re.search(rf"\b{name}\b", source)), name
+    type_files = {f"etl_engine.domain.records.{m.stem}" for m in (SRC / "records").glob("*.py")
+                  if m.stem not in ("__init__", "spec")}
+    assert not _imports(path) & type_files, "imports a type's own file"

@@ -2,9 +2,11 @@
 
 Why a registry: validation, transform, narratives and the record-type contract
 (``record_types.py``) used to repeat every type in dicts and ``if`` chains; now they ask
-here, once per file. The shipped types are discovered at import: every module of
-``etl_engine.domain.records`` that defines ``SPEC`` contributes it. A type defined elsewhere
-(a plugin, a test) joins with ``register`` and leaves with ``unregister``.
+here, once per file, and so do the published training-record schema
+(``output_schema.py``) and the drawings of ``inspect --html`` (``ops/report_html.py``). The
+shipped types are discovered at import: every module of ``etl_engine.domain.records`` that
+defines ``SPEC`` contributes it. A type defined elsewhere (a plugin, a test) joins with
+``register`` and leaves with ``unregister``.
 
 Imports stay acyclic: this module imports the type files; they import only the shared
 helpers (``checks``, ``wording``, ``stats``) and ``records.spec``, never this module,

@@ -20,7 +20,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import orjson
 
 from etl_engine import __version__
 from etl_engine.adapters.storage import Storage
+from etl_engine.domain import output_schema
 from etl_engine.domain.model import DomainConfig
 from etl_engine.domain.transform import settings_digest
 from etl_engine.ops.compact import (
@@ -80,9 +80,9 @@ def card_key(settings: Settings, month: str, ext: str) -> str:
 
 
 def record_schema() -> dict[str, Any]:
-    """The training record's JSON Schema, as shipped in the package."""
-    text = resources.files("etl_engine.schemas").joinpath("training-record.schema.json")
-    return dict(orjson.loads(text.read_bytes()))
+    """The training record's JSON Schema, built from the live registry: the shipped file
+    for the shipped types (a test holds them equal), and a plugin's type included."""
+    return output_schema.training_record_schema()
 
 
 # --- reading journals ------------------------------------------------------------------------

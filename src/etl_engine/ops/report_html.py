@@ -1,20 +1,23 @@
 """``etl-engine inspect --html``: one self-contained page about one file, data drawn inline.
 
-What is drawn depends on the record type, from the records validation kept (the same
-records the statistics used; for the types whose statistics choose one data origin per day,
-only that origin's):
+What is drawn is the record type's ``Chart`` (``domain/records/spec.py``: each type's file
+declares one, or none for no drawing); this module knows the chart *kinds* and names no
+record type, so a new type gets its drawing from its own file. The records drawn are those
+validation kept (the same records the statistics used; where the statistics chose one data
+origin per day or night, only that origin's). The kinds:
 
-- blood glucose: the trace over the local day(s), on the consensus range bands of
-  ``docs/clinical.md`` (very low < 54, low 54-69, in range 70-180, high 181-250, very high
-  > 250 mg/dL); meter readings as dots, a CGM as a line broken where readings are more than
-  two sampling intervals apart (the episodes' continuity rule);
-- heart rate: the samples over time, broken at gaps of more than 10 minutes;
-- sleep: a hypnogram per session (awake, REM, light, deep; out of bed, unstaged sleep and
-  unknown when present);
-- steps and active calories: per hour, each record in the hour it started, where the
-  records are at most an hour long; a file of longer records (daily totals) shows the
-  statistics' daily totals instead;
-- heart-rate variability: the readings over time.
+- ``glucose`` (blood glucose): the trace over the local day(s), on the consensus range
+  bands of ``docs/clinical.md`` (very low < 54, low 54-69, in range 70-180, high 181-250,
+  very high > 250 mg/dL); meter readings as dots, a CGM as a line broken where readings are
+  more than two sampling intervals apart (the episodes' continuity rule);
+- ``samples`` (heart rate): the samples over time, broken at the chart's gap;
+- ``readings`` (heart-rate variability): instant readings over time, a line broken at the
+  chart's gap;
+- ``hypnogram`` (sleep): a hypnogram per session (awake, REM, light, deep; out of bed,
+  unstaged sleep and unknown when present);
+- ``hourly_bars`` (steps, active calories): per hour, each record in the hour it started,
+  where the records are at most an hour long; a file of longer records (daily totals) shows
+  the statistics' daily totals instead.
 
 The narrative, the quality report, the checks, the warnings and the training record stand
 beside the drawing. Pure functions: the page is a string. Every value that came from the
@@ -30,8 +33,9 @@ from typing import Any
 
 import orjson
 
+from etl_engine.domain import registry
 from etl_engine.domain.model import ValidationReport
-from etl_engine.domain.records.hrv import VALUE_KEY as HRV_KEY
+from etl_engine.domain.records.spec import Chart
 from etl_engine.domain.stats.common import local_date, offset_ms
 from etl_engine.ops import svg
 from etl_engine.ops.inspection import tree_lines
@@ -74,6 +78,7 @@ def _origin_filter(stats: dict[str, Any], utc_days: bool = False
 
 
 def _night_origins(stats: dict[str, Any]) -> set[str] | None:
+    """The origins the statistics chose for their nights (``nights_detail``), if any."""
     nights = stats.get("nights_detail")
     if not isinstance(nights, list):
         return None
@@ -100,36 +105,38 @@ def glucose_points(cols: Any, stats: dict[str, Any]) -> list[Point]:
     return pts
 
 
-def glucose_svg(points: list[Point], interval_min: float | None) -> str:
+def glucose_svg(points: list[Point], interval_min: float | None, *, title: str = "Blood glucose",
+                unit: str = "mg/dL", color: str = "#1b4f72") -> str:
     """The trace on the range bands; dots when the readings are intermittent."""
     values = [v for _, v in points]
     lo, hi = min(30.0, min(values) - 10), max(300.0, max(values) + 10)
     x0, x1 = _x_range(points)
     p = svg.plot(W, H, (x0, x1), (lo, hi), margins=(56, 16, 118, 40))
     body = []
-    for b_lo, b_hi, label, color, alpha in GLUCOSE_BANDS:
+    for b_lo, b_hi, label, band, alpha in GLUCOSE_BANDS:
         y_top, y_bottom = p.y(min(b_hi, hi)), p.y(max(b_lo, lo))
         if y_bottom <= y_top:
             continue
-        body.append(svg.rect(p.left, y_top, p.right - p.left, y_bottom - y_top, color,
+        body.append(svg.rect(p.left, y_top, p.right - p.left, y_bottom - y_top, band,
                              opacity=alpha))
         body.append(svg.text(p.right + 6, (y_top + y_bottom) / 2 + 4, label, size=10,
                              color=svg.MUTED))
     body.append(svg.axes(p, svg.time_ticks(x0, x1),
-                         svg.numeric_ticks(svg.nice_ticks(lo, hi, 6)), y_title="mg/dL"))
+                         svg.numeric_ticks(svg.nice_ticks(lo, hi, 6)), y_title=unit))
     shown = svg.thin(points, MAX_POINTS)
     if interval_min is None:
-        body.append(svg.dots(p, shown, color="#1b4f72", r=3))
+        body.append(svg.dots(p, shown, color=color, r=3))
     else:
         for run in svg.runs(shown, 2 * interval_min * 60_000):
-            body.append(svg.polyline(p, run, color="#1b4f72", width=1.6) if len(run) > 1
-                        else svg.dots(p, run, color="#1b4f72", r=1.6))
-    return svg.document(W, H, body, title="Blood glucose", standalone=False)
+            body.append(svg.polyline(p, run, color=color, width=1.6) if len(run) > 1
+                        else svg.dots(p, run, color=color, r=1.6))
+    return svg.document(W, H, body, title=title, standalone=False)
 
 
-# --- heart rate ----------------------------------------------------------------------------------
+# --- series: samples (heart rate) and readings -------------------------------------------------
 def heart_rate_points(cols: Any, stats: dict[str, Any]) -> list[Point]:
-    """(local wall-clock ms, bpm) of the kept samples of the chosen origins, in order."""
+    """(local wall-clock ms, value) of the kept samples of a ``Samples`` store (heart rate)
+    of the chosen origins, in order."""
     keep = _origin_filter(stats)
     names = cols.origins.names
     pts: list[Point] = []
@@ -140,6 +147,30 @@ def heart_rate_points(cols: Any, stats: dict[str, Any]) -> list[Point]:
         a, b = cols.first[i], cols.first[i + 1]
         pts.extend((float(t + off), v) for t, v in
                    zip(cols.sample_times[a:b], cols.bpms[a:b], strict=True))
+    pts.sort()
+    return pts
+
+
+def reading_points(kept: ValidationReport, stats: dict[str, Any],
+                   value_field: str) -> list[Point]:
+    """(local wall-clock ms, value) of the kept instant readings, in order: from the type's
+    ``Readings`` store, else the records' ``value_field``; of the origins the statistics
+    chose for their nights, else for each day."""
+    nights = _night_origins(stats)
+    keep = (_origin_filter(stats) if nights is None
+            else lambda t, off, origin: origin in nights)
+    cols = kept.columns
+    if cols is not None:
+        names = cols.origins.names
+        pts = [(float(t + off), v) for t, v, off, o in
+               zip(cols.times, cols.values, cols.offsets, cols.origin_ids, strict=True)
+               if keep(t, off, names[o])]
+    else:
+        pts = []
+        for r in kept.valid_records:
+            t, off = r["timeEpochMillis"], offset_ms(r.get("zoneOffsetId"))
+            if keep(t, off, str((r.get("metadata") or {}).get("dataOriginPackageName"))):
+                pts.append((float(t + off), float(r[value_field])))
     pts.sort()
     return pts
 
@@ -170,7 +201,7 @@ def sleep_sessions(records: list[dict[str, Any]], stats: dict[str, Any]) -> list
     return sorted(out, key=lambda r: r["startTimeEpochMillis"])
 
 
-def hypnogram_svg(session: dict[str, Any]) -> str:
+def hypnogram_svg(session: dict[str, Any], title: str = "Sleep stages") -> str:
     """One session's stages as a hypnogram: a row per stage, time across (local)."""
     off = offset_ms(session.get("startZoneOffsetId"))
     s0, s1 = session["startTimeEpochMillis"] + off, session["endTimeEpochMillis"] + off
@@ -199,10 +230,10 @@ def hypnogram_svg(session: dict[str, Any]) -> str:
         if prev is not None and abs(prev[0] - a) < 2:
             body.append(svg.line(a, prev[1], a, y + row_h / 2, color="#888", width=0.8))
         prev = (b, y + row_h / 2)
-    return svg.document(W, height, body, title="Sleep stages", standalone=False)
+    return svg.document(W, height, body, title=title, standalone=False)
 
 
-# --- steps and active calories -------------------------------------------------------------------
+# --- hourly bars (steps, active calories) --------------------------------------------------------
 def hourly_totals(cols: Any, stats: dict[str, Any]) -> tuple[dict[int, float], int]:
     """(local hour start ms -> total of the records that started in it, records longer
     than an hour left out) over the kept records of each day's chosen origin."""
@@ -259,11 +290,11 @@ def period(first_ms: float, last_ms: float) -> str:
 
 
 Panel = tuple[str, str, str]  # (heading, caption, svg or "" when there is only a note)
-_ADDITIVE = {"StepsRecord": ("steps", "#4a9a5b", "daily_steps"),
-             "ActiveCaloriesBurnedRecord": ("kcal", "#e08a2e", "daily_kcal")}
+Drawing = Callable[[Chart, ValidationReport, dict[str, Any]], list[Panel]]
 
 
-def _glucose_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel]:
+def _glucose_panels(chart: Chart, kept: ValidationReport, stats: dict[str, Any]
+                    ) -> list[Panel]:
     pts = glucose_points(kept.columns, stats)
     if not pts:
         return []
@@ -276,21 +307,33 @@ def _glucose_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel
            if continuous else "each reading a dot (intermittent readings)" if suff
            else "each reading a dot")
     caption = f"{len(pts):,} readings ({basis}) on the consensus ranges; {how}"
-    return [(f"Blood glucose, {period(pts[0][0], pts[-1][0])}", caption,
-             glucose_svg(pts, float(interval) if continuous and interval else None))]
+    return [(f"{chart.heading}, {period(pts[0][0], pts[-1][0])}", caption,
+             glucose_svg(pts, float(interval) if continuous and interval else None,
+                         title=chart.drawing_title, unit=chart.unit, color=chart.color))]
 
 
-def _heart_rate_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel]:
-    pts = heart_rate_points(kept.columns, stats)
+def _series_panel(chart: Chart, pts: list[Point]) -> list[Panel]:
+    """A value over time, with the chart's words, colour and gap."""
     if not pts:
         return []
-    caption = f"{len(pts):,} samples (local time), broken at gaps over 10 minutes"
-    return [(f"Heart rate, {period(pts[0][0], pts[-1][0])}", caption,
-             series_svg(pts, title="Heart rate", unit="bpm", color="#c0392b",
-                        max_gap_ms=10 * 60_000))]
+    return [(f"{chart.heading}, {period(pts[0][0], pts[-1][0])}",
+             chart.caption.format(count=f"{len(pts):,}"),
+             series_svg(pts, title=chart.drawing_title, unit=chart.unit, color=chart.color,
+                        max_gap_ms=chart.gap_minutes * 60_000, dots=chart.dots))]
 
 
-def _sleep_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel]:
+def _samples_panels(chart: Chart, kept: ValidationReport, stats: dict[str, Any]
+                    ) -> list[Panel]:
+    return _series_panel(chart, heart_rate_points(kept.columns, stats))
+
+
+def _readings_panels(chart: Chart, kept: ValidationReport, stats: dict[str, Any]
+                     ) -> list[Panel]:
+    return _series_panel(chart, reading_points(kept, stats, chart.value_field))
+
+
+def _hypnogram_panels(chart: Chart, kept: ValidationReport, stats: dict[str, Any]
+                      ) -> list[Panel]:
     sessions = sleep_sessions(kept.valid_records, stats)
     out: list[Panel] = []
     for s in sessions[-MAX_SESSIONS:]:
@@ -298,17 +341,18 @@ def _sleep_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel]:
         start = datetime.fromtimestamp((s["startTimeEpochMillis"] + off) / 1000, UTC)
         end = datetime.fromtimestamp((s["endTimeEpochMillis"] + off) / 1000, UTC)
         n = len(s.get("stages") or [])
-        out.append((f"Sleep {start:%a %b %d %H:%M} to {end:%H:%M}",
+        out.append((f"{chart.heading} {start:%a %b %d %H:%M} to {end:%H:%M}",
                     f"{n} stages (local time)" if n else "no stages recorded",
-                    hypnogram_svg(s)))
+                    hypnogram_svg(s, title=chart.drawing_title)))
     if len(sessions) > MAX_SESSIONS:
-        out.insert(0, ("Sleep", f"the last {MAX_SESSIONS} of {len(sessions)} sessions", ""))
+        out.insert(0, (chart.heading, f"the last {MAX_SESSIONS} of {len(sessions)} sessions",
+                       ""))
     return out
 
 
-def _additive_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel]:
-    unit, color, daily_key = _ADDITIVE[kept.record_type]
-    name = "Steps" if unit == "steps" else "Active calories"
+def _hourly_bars_panels(chart: Chart, kept: ValidationReport, stats: dict[str, Any]
+                        ) -> list[Panel]:
+    name, unit, color = chart.heading, chart.unit, chart.color
     bins, long = hourly_totals(kept.columns, stats)
     if bins:
         note = (f"; {long:,} records longer than an hour are not in the bars" if long else "")
@@ -316,7 +360,7 @@ def _additive_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Pane
                  f"each record in the local hour it started{note}",
                  bars_svg(bins, step_ms=HOUR_MS, unit=unit, color=color,
                           title=f"{name} per hour"))]
-    daily = _daily(stats, daily_key)
+    daily = _daily(stats, chart.daily_key)
     if not daily:
         return []
     return [(f"{name} per day, {period(min(daily), max(daily))}",
@@ -325,35 +369,22 @@ def _additive_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Pane
                                 title=f"{name} per day"))]
 
 
-def _hrv_panels(kept: ValidationReport, stats: dict[str, Any]) -> list[Panel]:
-    origins = _night_origins(stats)
-    pts = sorted((float(r["timeEpochMillis"] + offset_ms(r.get("zoneOffsetId"))),
-                  float(r[HRV_KEY])) for r in kept.valid_records
-                 if origins is None
-                 or str((r.get("metadata") or {}).get("dataOriginPackageName")) in origins)
-    if not pts:
-        return []
-    return [(f"Heart-rate variability (RMSSD), {period(pts[0][0], pts[-1][0])}",
-             f"{len(pts):,} readings (local time); a line within a night (gaps under 3 "
-             "hours)",
-             series_svg(pts, title="HRV", unit="ms", color="#8e6cc0",
-                        max_gap_ms=3 * HOUR_MS, dots=True))]
-
-
-_PANELS: dict[str, Callable[[ValidationReport, dict[str, Any]], list[Panel]]] = {
-    "BloodGlucoseRecord": _glucose_panels, "HeartRateRecord": _heart_rate_panels,
-    "SleepSessionRecord": _sleep_panels, "StepsRecord": _additive_panels,
-    "ActiveCaloriesBurnedRecord": _additive_panels,
-    "HeartRateVariabilityRmssdRecord": _hrv_panels,
+DRAWINGS: dict[str, Drawing] = {
+    "glucose": _glucose_panels, "samples": _samples_panels, "readings": _readings_panels,
+    "hypnogram": _hypnogram_panels, "hourly_bars": _hourly_bars_panels,
 }
+"""Chart kind (``records.spec.CHART_KINDS``) -> its drawing."""
 
 
 def panels(kept: ValidationReport | None, stats: dict[str, Any]) -> list[Panel]:
-    """The drawings for the kept records of a file (none for an unknown type)."""
+    """The drawings for the kept records of a file: its type's chart (none for a type
+    without one, or unknown)."""
     if kept is None or not kept.kept:
         return []
-    draw = _PANELS.get(kept.record_type)
-    return draw(kept, stats) if draw is not None else []
+    spec = registry.find(kept.record_type)
+    if spec is None or spec.chart is None:
+        return []
+    return DRAWINGS[spec.chart.kind](spec.chart, kept, stats)
 
 
 # --- the page ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from etl_engine.domain.checks import number_check, number_chunk_check
 from etl_engine.domain.model import DomainConfig, Record
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.columns import Intervals
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.stats.daily import complete_values, day_details, over_complete, sufficiency
@@ -98,6 +98,96 @@ def narrative(s: Stats, period: str) -> str:
     return text + origin_note(s["days_with_multiple_origins"], "days")
 
 
+# --- the published shape of the statistics, and the drawing -----------------------------------
+STATISTICS_SCHEMA = StatisticsSchema(
+    name="caloriesStatistics",
+    schema={
+        "type": "object",
+        "description": (
+            "ActiveCaloriesBurnedRecord statistics (domain/records/calories.py); "
+            "days are local dates."
+        ),
+        "required": [
+            "days", "total_kcal", "average_kcal_per_day", "max_daily_kcal", "min_daily_kcal",
+            "daily_kcal", "origin_by_day", "days_with_multiple_origins", "origins", "complete_days",
+            "partial_days", "partial", "days_detail", "sufficiency",
+        ],
+        "properties": {
+            "days": {"type": "integer", "minimum": 1},
+            "total_kcal": {"type": "number", "minimum": 0},
+            "average_kcal_per_day": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Over complete days only; null when no day is complete.",
+            },
+            "max_daily_kcal": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Over complete days only; null when no day is complete.",
+            },
+            "min_daily_kcal": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Over complete days only; null when no day is complete.",
+            },
+            "daily_kcal": {
+                "type": "object",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"type": "number", "minimum": 0},
+            },
+            "origin_by_day": {
+                "type": "object",
+                "description": "Local date -> the origin used for that day.",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
+            "origins": {
+                "type": "object",
+                "description": "Figures per dataOriginPackageName, all of that origin's records.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["days", "total_kcal", "daily_kcal"],
+                    "properties": {
+                        "days": {"type": "integer", "minimum": 0},
+                        "total_kcal": {"type": "number", "minimum": 0},
+                        "daily_kcal": {
+                            "type": "object",
+                            "propertyNames": {"$ref": "#/$defs/localDate"},
+                            "additionalProperties": {"type": "number", "minimum": 0},
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "complete_days": {
+                "type": "integer",
+                "minimum": 0,
+                "description": (
+                    "Days that had ended when exported; averages, extremes and grades use these "
+                    "only."
+                ),
+            },
+            "partial_days": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Days still in progress at their export.",
+            },
+            "partial": {"type": "boolean"},
+            "days_detail": {
+                "type": "object",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"$ref": "#/$defs/dayDetail"},
+            },
+            "sufficiency": {"$ref": "#/$defs/daySufficiency"},
+        },
+        "additionalProperties": False,
+    },
+)
+CHART = Chart(kind="hourly_bars", heading="Active calories", unit="kcal", color="#e08a2e",
+              daily_key="daily_kcal")
+
+
 SPEC = RecordTypeSpec(
     name="ActiveCaloriesBurnedRecord",
     category="energy_metabolism",
@@ -110,5 +200,7 @@ SPEC = RecordTypeSpec(
     column_statistics=statistics,
     narrative=narrative,
     instructions=INSTRUCTIONS,
+    chart=CHART,
+    statistics_schema=STATISTICS_SCHEMA,
     order=60,
 )

@@ -52,7 +52,7 @@ from etl_engine.domain.checks import (
     numbers_between,
 )
 from etl_engine.domain.model import DomainConfig, Record
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.columns import Readings
 from etl_engine.domain.stats.common import (
     DAY_MS,
@@ -564,6 +564,253 @@ def narrative(s: Stats, period: str) -> str:
     return text
 
 
+# --- the published shape of the statistics, and the drawing -----------------------------------
+STATISTICS_SCHEMA = StatisticsSchema(
+    name="glucoseStatistics",
+    schema={
+        "type": "object",
+        "description": "BloodGlucoseRecord statistics (domain/records/glucose.py).",
+        "required": [
+            "reading_count", "days", "readings_per_day", "mean_mg_dl", "sd_mg_dl", "cv_percent",
+            "min_mg_dl", "max_mg_dl", "percentiles_mg_dl", "time_in_ranges_percent",
+            "below_70_percent", "above_180_percent", "gmi_percent", "gmi_insufficient_data",
+            "episodes", "targets_met", "control_assessment", "control_assessment_insufficient_data",
+            "day_basis", "sufficiency", "variability", "origins", "origin_by_day",
+            "days_with_multiple_origins",
+        ],
+        "properties": {
+            "reading_count": {"type": "integer", "minimum": 1},
+            "days": {"type": "integer", "minimum": 1},
+            "readings_per_day": {"type": "number"},
+            "mean_mg_dl": {"type": "number"},
+            "sd_mg_dl": {"type": ["number", "null"]},
+            "cv_percent": {"type": ["number", "null"]},
+            "min_mg_dl": {"type": "number"},
+            "max_mg_dl": {"type": "number"},
+            "percentiles_mg_dl": {
+                "type": "object",
+                "required": ["p5", "p25", "p50", "p75", "p95"],
+                "properties": {
+                    "p5": {"type": "number"},
+                    "p25": {"type": "number"},
+                    "p50": {"type": "number"},
+                    "p75": {"type": "number"},
+                    "p95": {"type": "number"},
+                },
+                "additionalProperties": False,
+            },
+            "time_in_ranges_percent": {
+                "type": "object",
+                "description": (
+                    "Shares of readings per consensus band, rounded to add up to exactly 100."
+                ),
+                "required": [
+                    "very_low_below_54", "low_54_69", "in_range_70_180", "high_181_250",
+                    "very_high_above_250",
+                ],
+                "properties": {
+                    "very_low_below_54": {"type": "number", "minimum": 0, "maximum": 100},
+                    "low_54_69": {"type": "number", "minimum": 0, "maximum": 100},
+                    "in_range_70_180": {"type": "number", "minimum": 0, "maximum": 100},
+                    "high_181_250": {"type": "number", "minimum": 0, "maximum": 100},
+                    "very_high_above_250": {"type": "number", "minimum": 0, "maximum": 100},
+                },
+                "additionalProperties": False,
+            },
+            "below_70_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "above_180_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "gmi_percent": {
+                "type": "number",
+                "description": (
+                    "Glucose management indicator, % = 3.31 + 0.02392 x mean mg/dL (Bergenstal "
+                    "2018; Battelino 2019). Always computed; flagged by gmi_insufficient_data. "
+                    "Replaces the estimated A1c, which is not reported."
+                ),
+            },
+            "gmi_insufficient_data": {
+                "type": "boolean",
+                "description": (
+                    "True exactly when sufficiency.consensus_minimum_met is false: GMI is then not "
+                    "a meaningful figure and the narrative does not quote it."
+                ),
+            },
+            "episodes": {
+                "type": "object",
+                "description": (
+                    "Consensus episodes (Battelino 2019): start when consecutive readings beyond "
+                    "the limit cover >= 15 min (each reading stands for the sampling interval), "
+                    "end when readings back within it cover >= 15 min; a gap > 2 x the interval "
+                    "ends a run or episode. Level 2 is counted on its own limit (a level-2 episode "
+                    "also lies inside a level-1 one). null for intermittent (meter) readings."
+                ),
+                "required": [
+                    "low_level_1_below_70", "low_level_2_below_54", "high_level_1_above_180",
+                    "high_level_2_above_250",
+                ],
+                "properties": {
+                    "low_level_1_below_70": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "Level 1 low episodes, < 70 mg/dL.",
+                    },
+                    "low_level_2_below_54": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "Level 2 low episodes, < 54 mg/dL.",
+                    },
+                    "high_level_1_above_180": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "Level 1 high episodes, > 180 mg/dL.",
+                    },
+                    "high_level_2_above_250": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "Level 2 high episodes, > 250 mg/dL.",
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "control_assessment_insufficient_data": {
+                "type": "boolean",
+                "description": (
+                    "True exactly when sufficiency.consensus_minimum_met is false: targets_met and "
+                    "control_assessment are then kept as computed but no verdict is stated."
+                ),
+            },
+            "day_basis": {
+                "enum": ["utc", "local"],
+                "description": (
+                    "utc when every chosen reading is stamped Z or has no zone (offset 0): its "
+                    "days, origin_by_day and days, are UTC days; else local."
+                ),
+            },
+            "sufficiency": {
+                "type": "object",
+                "description": (
+                    "What the figures rest on, against the consensus minimum of >= 14 days with >= "
+                    "70 % sensor wear (Battelino 2019; Danne 2017)."
+                ),
+                "required": [
+                    "sampling", "sampling_interval_minutes", "days_covered", "hours_covered",
+                    "expected_readings", "received_readings", "wear_percent", "consensus_minimum",
+                    "consensus_minimum_met",
+                ],
+                "properties": {
+                    "sampling": {
+                        "enum": ["continuous", "intermittent"],
+                        "description": (
+                            "continuous (a CGM) when the sampling interval is at most 15 min, else "
+                            "intermittent (e.g. a meter, or a single reading)."
+                        ),
+                    },
+                    "sampling_interval_minutes": {
+                        "type": ["number", "null"],
+                        "exclusiveMinimum": 0,
+                        "description": (
+                            "Median gap between consecutive chosen readings, minutes to 0.1; null "
+                            "with one reading."
+                        ),
+                    },
+                    "days_covered": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": (
+                            "Covered time in days to 0.1 (not calendar days): continuous, last - "
+                            "first reading + one interval; intermittent, last - first."
+                        ),
+                    },
+                    "hours_covered": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "The same covered time in hours, to 0.1.",
+                    },
+                    "expected_readings": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "description": (
+                            "Readings the covered time holds at the sampling interval (at least "
+                            "those received); null for intermittent readings."
+                        ),
+                    },
+                    "received_readings": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": (
+                            "Chosen readings (one per timestamp), equal to reading_count."
+                        ),
+                    },
+                    "wear_percent": {
+                        "type": ["number", "null"],
+                        "minimum": 0,
+                        "maximum": 100,
+                        "description": (
+                            "received / expected x 100, to 0.1; null for intermittent readings."
+                        ),
+                    },
+                    "consensus_minimum": {
+                        "type": "object",
+                        "required": ["days", "wear_percent"],
+                        "properties": {"days": {"const": 14}, "wear_percent": {"const": 70}},
+                        "additionalProperties": False,
+                    },
+                    "consensus_minimum_met": {
+                        "type": "boolean",
+                        "description": (
+                            "continuous sampling, days_covered >= 14 and wear_percent >= 70 "
+                            "(rounded figures)."
+                        ),
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "targets_met": {
+                "type": "object",
+                "required": [
+                    "in_range_above_70_percent", "below_70_under_4_percent",
+                    "below_54_under_1_percent", "above_180_under_25_percent",
+                    "above_250_under_5_percent",
+                ],
+                "properties": {
+                    "in_range_above_70_percent": {"type": "boolean"},
+                    "below_70_under_4_percent": {"type": "boolean"},
+                    "below_54_under_1_percent": {"type": "boolean"},
+                    "above_180_under_25_percent": {"type": "boolean"},
+                    "above_250_under_5_percent": {"type": "boolean"},
+                },
+                "additionalProperties": False,
+            },
+            "control_assessment": {
+                "enum": ["meets_targets", "partially_meets_targets", "below_targets"],
+            },
+            "variability": {"enum": ["stable", "variable", None]},
+            "origins": {
+                "type": "object",
+                "description": "Figures per dataOriginPackageName, all of that origin's records.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["readings", "mean_mg_dl"],
+                    "properties": {
+                        "readings": {"type": "integer", "minimum": 0},
+                        "mean_mg_dl": {"type": "number"},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "origin_by_day": {
+                "type": "object",
+                "description": "Local date -> the origin used for that day.",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+)
+CHART = Chart(kind="glucose", heading="Blood glucose", unit="mg/dL")
+
+
 SPEC = RecordTypeSpec(
     name="BloodGlucoseRecord",
     category="metabolic_diabetes",
@@ -576,5 +823,7 @@ SPEC = RecordTypeSpec(
     column_statistics=statistics,
     narrative=narrative,
     instructions=INSTRUCTIONS,
+    chart=CHART,
+    statistics_schema=STATISTICS_SCHEMA,
     order=10,
 )

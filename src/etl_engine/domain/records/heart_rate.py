@@ -40,7 +40,7 @@ from typing import Any
 
 from etl_engine.domain.checks import CheckResult, get, is_num
 from etl_engine.domain.model import DomainConfig, Record
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.columns import Samples
 from etl_engine.domain.stats.common import (
     DAY_MS,
@@ -448,6 +448,140 @@ def narrative(s: Stats, period: str) -> str:
     )
 
 
+# --- the published shape of the statistics, and the drawing -----------------------------------
+STATISTICS_SCHEMA = StatisticsSchema(
+    name="heartRateStatistics",
+    schema={
+        "type": "object",
+        "description": "HeartRateRecord statistics (domain/records/heart_rate.py).",
+        "required": [
+            "sample_count", "record_count", "days", "first_sample", "last_sample", "span_minutes",
+            "mean_bpm", "median_bpm", "sd_bpm", "min_bpm", "max_bpm", "lowest_sustained_bpm",
+            "lowest_sustained_method", "sufficiency", "hr_max_reference_bpm",
+            "zone_lower_bounds_bpm", "time_in_zones_percent", "time_in_zones_minutes", "origins",
+            "origin_by_day", "days_with_multiple_origins",
+        ],
+        "properties": {
+            "sample_count": {"type": "integer", "minimum": 1},
+            "record_count": {"type": "integer", "minimum": 1},
+            "days": {"type": "integer", "minimum": 1},
+            "first_sample": {"$ref": "#/$defs/utcTimestamp"},
+            "last_sample": {"$ref": "#/$defs/utcTimestamp"},
+            "span_minutes": {"type": "number", "minimum": 0},
+            "mean_bpm": {"type": "number"},
+            "median_bpm": {"type": "number"},
+            "sd_bpm": {"type": ["number", "null"]},
+            "min_bpm": {"type": "number"},
+            "max_bpm": {"type": "number"},
+            "lowest_sustained_bpm": {
+                "type": "number",
+                "description": (
+                    "5th percentile (linear interpolation) of all samples of the chosen origins, "
+                    "sleep included. Not a resting heart rate: the engine cannot tell awake "
+                    "samples from asleep ones, so this is never compared with awake resting norms."
+                ),
+            },
+            "lowest_sustained_method": {
+                "const": "p5_of_all_samples_sleep_included",
+                "description": "How lowest_sustained_bpm was computed.",
+            },
+            "sufficiency": {
+                "type": "object",
+                "description": "How much the figures rest on (chosen origin of each day only).",
+                "required": ["days_covered", "hours_covered", "samples_per_hour"],
+                "properties": {
+                    "days_covered": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": (
+                            "Local calendar days (record start zone offset) holding samples."
+                        ),
+                    },
+                    "hours_covered": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "Union of the chosen records' intervals, hours, 1 decimal.",
+                    },
+                    "samples_per_hour": {
+                        "type": ["number", "null"],
+                        "minimum": 0,
+                        "description": (
+                            "Samples / covered hours, 1 decimal; null when the records cover no "
+                            "time."
+                        ),
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "hr_max_reference_bpm": {"type": "integer"},
+            "zone_lower_bounds_bpm": {
+                "type": "object",
+                "required": ["zone_1", "zone_2", "zone_3", "zone_4", "zone_5"],
+                "properties": {
+                    "zone_1": {"type": "integer"},
+                    "zone_2": {"type": "integer"},
+                    "zone_3": {"type": "integer"},
+                    "zone_4": {"type": "integer"},
+                    "zone_5": {"type": "integer"},
+                },
+                "additionalProperties": False,
+            },
+            "time_in_zones_percent": {
+                "type": "object",
+                "description": "Time-weighted shares, rounded to add up to exactly 100.",
+                "required": ["below_zone_1", "zone_1", "zone_2", "zone_3", "zone_4", "zone_5"],
+                "properties": {
+                    "below_zone_1": {"type": "number", "minimum": 0, "maximum": 100},
+                    "zone_1": {"type": "number", "minimum": 0, "maximum": 100},
+                    "zone_2": {"type": "number", "minimum": 0, "maximum": 100},
+                    "zone_3": {"type": "number", "minimum": 0, "maximum": 100},
+                    "zone_4": {"type": "number", "minimum": 0, "maximum": 100},
+                    "zone_5": {"type": "number", "minimum": 0, "maximum": 100},
+                },
+                "additionalProperties": False,
+            },
+            "time_in_zones_minutes": {
+                "type": "object",
+                "required": ["below_zone_1", "zone_1", "zone_2", "zone_3", "zone_4", "zone_5"],
+                "properties": {
+                    "below_zone_1": {"type": "number", "minimum": 0},
+                    "zone_1": {"type": "number", "minimum": 0},
+                    "zone_2": {"type": "number", "minimum": 0},
+                    "zone_3": {"type": "number", "minimum": 0},
+                    "zone_4": {"type": "number", "minimum": 0},
+                    "zone_5": {"type": "number", "minimum": 0},
+                },
+                "additionalProperties": False,
+            },
+            "origins": {
+                "type": "object",
+                "description": "Figures per dataOriginPackageName, all of that origin's records.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["samples", "mean_bpm"],
+                    "properties": {
+                        "samples": {"type": "integer", "minimum": 0},
+                        "mean_bpm": {"type": "number"},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "origin_by_day": {
+                "type": "object",
+                "description": "Local date -> the origin used for that day.",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+)
+CHART = Chart(kind="samples", heading="Heart rate", unit="bpm", color="#c0392b",
+              caption="{count} samples (local time), broken at gaps over 10 minutes",
+              gap_minutes=10)
+
+
 SPEC = RecordTypeSpec(
     name="HeartRateRecord",
     category="cardiovascular_fitness",
@@ -461,5 +595,7 @@ SPEC = RecordTypeSpec(
     column_statistics=statistics,
     narrative=narrative,
     instructions=INSTRUCTIONS,
+    chart=CHART,
+    statistics_schema=STATISTICS_SCHEMA,
     order=20,
 )

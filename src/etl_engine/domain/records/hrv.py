@@ -36,7 +36,7 @@ from typing import Any
 
 from etl_engine.domain.checks import number_check, number_chunk_check
 from etl_engine.domain.model import DomainConfig, Record
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.common import (
     DAY_MS,
     HOUR_MS,
@@ -233,6 +233,151 @@ def narrative(s: Stats, period: str) -> str:
     return " ".join(out) + origin_note(s["nights_with_multiple_origins"], "nights")
 
 
+# --- the published shape of the statistics, and the drawing -----------------------------------
+STATISTICS_SCHEMA = StatisticsSchema(
+    name="hrvStatistics",
+    schema={
+        "type": "object",
+        "description": ("HeartRateVariabilityRmssdRecord statistics (domain/records/hrv.py), "
+                        "per night."),
+        "required": [
+            "reading_count", "span_days", "mean_ms", "median_ms", "sd_ms", "min_ms", "max_ms",
+            "nights", "nights_detail", "period_first_day", "period_last_day", "trend_basis",
+            "trend_ms_per_day", "trend_direction", "sufficiency", "origins",
+            "nights_with_multiple_origins",
+        ],
+        "properties": {
+            "reading_count": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Readings of the chosen origins, one per timestamp.",
+            },
+            "span_days": {
+                "type": "number",
+                "minimum": 0,
+                "description": "First to last reading, days.",
+            },
+            "mean_ms": {"type": "number", "description": "Mean RMSSD over all chosen readings."},
+            "median_ms": {"type": "number"},
+            "sd_ms": {
+                "type": ["number", "null"],
+                "description": "Sample SD; null with one reading.",
+            },
+            "min_ms": {"type": "number"},
+            "max_ms": {"type": "number"},
+            "nights": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Number of nights (reading clusters split by gaps over 3 h).",
+            },
+            "nights_detail": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "description": (
+                        "One night: a run of readings with no gap over 3 h (all origins), figures "
+                        "from the night's chosen origin."
+                    ),
+                    "required": [
+                        "night_of", "readings", "mean_ms", "median_ms", "first_reading_local",
+                        "last_reading_local", "origin", "origins_present",
+                    ],
+                    "properties": {
+                        "night_of": {
+                            "$ref": "#/$defs/localDate",
+                            "description": "Local date 12 h before the night's first reading.",
+                        },
+                        "readings": {"type": "integer", "minimum": 1},
+                        "mean_ms": {"type": "number"},
+                        "median_ms": {"type": "number"},
+                        "first_reading_local": {
+                            "type": "string",
+                            "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$",
+                            "description": "Local clock time (HH:MM), own offset.",
+                        },
+                        "last_reading_local": {
+                            "type": "string",
+                            "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$",
+                            "description": "Local clock time (HH:MM), own offset.",
+                        },
+                        "origin": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": (
+                                "Origin used for this night (priority, else most readings)."
+                            ),
+                        },
+                        "origins_present": {"type": "integer", "minimum": 1},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "period_first_day": {"$ref": "#/$defs/localDate", "description": "Earliest night_of."},
+            "period_last_day": {"$ref": "#/$defs/localDate", "description": "Latest night_of."},
+            "trend_basis": {"const": "nightly_means"},
+            "trend_ms_per_day": {
+                "type": ["number", "null"],
+                "description": (
+                    "Least-squares slope of nightly means against night midpoints; null unless at "
+                    "least 3 nights whose midpoints span at least 24 h."
+                ),
+            },
+            "trend_direction": {
+                "enum": ["rising", "falling", "stable", None],
+                "description": "stable: fitted change over the span under 5 % of mean_ms.",
+            },
+            "sufficiency": {
+                "type": "object",
+                "required": ["nights_covered", "hours_covered", "readings_per_hour"],
+                "properties": {
+                    "nights_covered": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Distinct night_of dates.",
+                    },
+                    "hours_covered": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": (
+                            "Sum of each night's first-to-last reading span, hours, 1 decimal."
+                        ),
+                    },
+                    "readings_per_hour": {
+                        "type": ["number", "null"],
+                        "minimum": 0,
+                        "description": (
+                            "Readings of the nights with a span / hours_covered; null when no "
+                            "night has a span."
+                        ),
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "origins": {
+                "type": "object",
+                "description": "Figures per dataOriginPackageName, all of that origin's records.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["readings", "mean_ms"],
+                    "properties": {
+                        "readings": {"type": "integer", "minimum": 0},
+                        "mean_ms": {"type": "number"},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "nights_with_multiple_origins": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+)
+CHART = Chart(kind="readings", heading="Heart-rate variability (RMSSD)", title="HRV",
+              unit="ms", color="#8e6cc0", gap_minutes=180, value_field=VALUE_KEY, dots=True,
+              caption="{count} readings (local time); a line within a night (gaps under 3 "
+                      "hours)")
+
+
 SPEC = RecordTypeSpec(
     name="HeartRateVariabilityRmssdRecord",
     category="autonomic_health",
@@ -243,5 +388,7 @@ SPEC = RecordTypeSpec(
     statistics=compute_statistics,
     narrative=narrative,
     instructions=INSTRUCTIONS,
+    chart=CHART,
+    statistics_schema=STATISTICS_SCHEMA,
     order=30,
 )

@@ -52,7 +52,7 @@ from etl_engine.domain.checks import (
     CheckResult,
 )
 from etl_engine.domain.model import DomainConfig, Record
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.common import (
     HOUR_MS,
     MINUTE_MS,
@@ -404,6 +404,252 @@ def narrative(s: Stats, period: str) -> str:
 
 
 # Sessions are few per file and carry stages: always record by record (no chunk check).
+# --- the published shape of the statistics, and the drawing -----------------------------------
+STATISTICS_SCHEMA = StatisticsSchema(
+    name="sleepStatistics",
+    schema={
+        "type": "object",
+        "description": "SleepSessionRecord statistics (domain/records/sleep.py).",
+        "required": [
+            "nights", "naps", "nap_minutes_total", "averages_over", "session_count",
+            "period_first_day", "period_last_day", "average_time_in_bed_minutes",
+            "average_total_sleep_minutes", "average_efficiency_percent", "average_awakenings",
+            "average_brief_awakenings", "average_waso_minutes", "average_bedtime_local",
+            "bedtime_sd_minutes", "total_sleep_definition", "awakening_min_minutes", "sufficiency",
+            "nights_detail", "origins", "nights_with_multiple_origins",
+        ],
+        "properties": {
+            "nights": {"type": "integer", "minimum": 0},
+            "naps": {"type": "integer", "minimum": 0},
+            "nap_minutes_total": {"type": "number", "minimum": 0},
+            "averages_over": {"enum": ["nights", "naps"]},
+            "session_count": {"type": "integer", "minimum": 1},
+            "period_first_day": {
+                "$ref": "#/$defs/localDate",
+                "description": (
+                    "Earliest night_of over nights and naps; the day the narrative's period starts."
+                ),
+            },
+            "period_last_day": {
+                "$ref": "#/$defs/localDate",
+                "description": (
+                    "Latest night_of over nights and naps; the day the narrative's period ends."
+                ),
+            },
+            "average_time_in_bed_minutes": {"type": "number", "minimum": 0},
+            "average_total_sleep_minutes": {"type": "number", "minimum": 0},
+            "average_efficiency_percent": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": 100,
+            },
+            "average_awakenings": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": (
+                    "Mean awakenings (wake bouts of at least 5 min between sleep) over the "
+                    "averaged periods with stages; null if none has stages."
+                ),
+            },
+            "average_brief_awakenings": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": (
+                    "Mean brief awakenings (wake bouts under 5 min between sleep) over the "
+                    "averaged periods with stages; null if none has stages."
+                ),
+            },
+            "average_waso_minutes": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": (
+                    "Mean wake after sleep onset, minutes, over the averaged periods with stages; "
+                    "null if none has stages."
+                ),
+            },
+            "awakening_min_minutes": {
+                "const": 5,
+                "description": (
+                    "Shortest wake bout, in minutes, counted as an awakening; shorter ones are "
+                    "brief awakenings."
+                ),
+            },
+            "sufficiency": {
+                "type": "object",
+                "description": "What the figures rest on.",
+                "required": ["nights_covered", "hours_covered", "nights_with_stages"],
+                "properties": {
+                    "nights_covered": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Nights (not naps) with data.",
+                    },
+                    "hours_covered": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": (
+                            "Time in bed of the chosen sessions of all nights and naps, hours, 1 "
+                            "decimal."
+                        ),
+                    },
+                    "nights_with_stages": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": (
+                            "Nights (not naps) where every chosen session has sleep stages."
+                        ),
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "average_bedtime_local": {"type": "string", "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$"},
+            "bedtime_sd_minutes": {"type": ["number", "null"], "minimum": 0},
+            "total_sleep_definition": {"const": "LIGHT+DEEP+REM+SLEEPING"},
+            "nights_detail": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "description": "One sleep period (night or nap) from its chosen origin.",
+                    "required": [
+                        "night_of", "kind", "origin", "origins_present", "sessions",
+                        "bedtime_local", "wake_time_local", "time_in_bed_minutes",
+                        "total_sleep_minutes", "efficiency_percent", "stages_available",
+                        "stage_minutes", "stage_percent_of_sleep", "stage_percent_of_time_in_bed",
+                        "awakenings", "brief_awakenings", "waso_minutes",
+                    ],
+                    "properties": {
+                        "night_of": {
+                            "$ref": "#/$defs/localDate",
+                            "description": (
+                                "Night: local date 12 h before bedtime (a 00:30 bedtime belongs to "
+                                "the previous evening). Nap: local date of its start."
+                            ),
+                        },
+                        "kind": {"enum": ["night", "nap"]},
+                        "origin": {"type": "string", "minLength": 1},
+                        "origins_present": {"type": "integer", "minimum": 1},
+                        "sessions": {"type": "integer", "minimum": 1},
+                        "bedtime_local": {
+                            "type": "string",
+                            "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$",
+                        },
+                        "wake_time_local": {
+                            "type": "string",
+                            "pattern": "^([01]\\d|2[0-3]):[0-5]\\d$",
+                        },
+                        "time_in_bed_minutes": {"type": "number", "minimum": 0},
+                        "total_sleep_minutes": {"type": "number", "minimum": 0},
+                        "efficiency_percent": {
+                            "type": ["number", "null"],
+                            "minimum": 0,
+                            "maximum": 100,
+                        },
+                        "stages_available": {"type": "boolean"},
+                        "stage_minutes": {
+                            "type": "object",
+                            "required": [
+                                "light", "deep", "rem", "sleeping", "awake", "out_of_bed",
+                                "unknown", "unrecorded",
+                            ],
+                            "properties": {
+                                "light": {"type": "number", "minimum": 0},
+                                "deep": {"type": "number", "minimum": 0},
+                                "rem": {"type": "number", "minimum": 0},
+                                "sleeping": {"type": "number", "minimum": 0},
+                                "awake": {"type": "number", "minimum": 0},
+                                "out_of_bed": {"type": "number", "minimum": 0},
+                                "unknown": {"type": "number", "minimum": 0},
+                                "unrecorded": {"type": "number", "minimum": 0},
+                            },
+                            "additionalProperties": False,
+                        },
+                        "stage_percent_of_sleep": {
+                            "type": ["object", "null"],
+                            "description": (
+                                "Stage shares of total sleep time (LIGHT+DEEP+REM+SLEEPING), "
+                                "rounded to add up to exactly 100 (all zero if no sleep stage was "
+                                "recorded); null unless every session has stages."
+                            ),
+                            "required": ["light", "deep", "rem", "sleeping"],
+                            "properties": {
+                                "light": {"type": "number", "minimum": 0, "maximum": 100},
+                                "deep": {"type": "number", "minimum": 0, "maximum": 100},
+                                "rem": {"type": "number", "minimum": 0, "maximum": 100},
+                                "sleeping": {"type": "number", "minimum": 0, "maximum": 100},
+                            },
+                            "additionalProperties": False,
+                        },
+                        "stage_percent_of_time_in_bed": {
+                            "type": "object",
+                            "description": (
+                                "Shares of time in bed, including time not covered by any stage "
+                                "(unrecorded), rounded to add up to exactly 100 (all zero for a "
+                                "zero-length session)."
+                            ),
+                            "required": [
+                                "light", "deep", "rem", "sleeping", "awake", "out_of_bed",
+                                "unknown", "unrecorded",
+                            ],
+                            "properties": {
+                                "light": {"type": "number", "minimum": 0, "maximum": 100},
+                                "deep": {"type": "number", "minimum": 0, "maximum": 100},
+                                "rem": {"type": "number", "minimum": 0, "maximum": 100},
+                                "sleeping": {"type": "number", "minimum": 0, "maximum": 100},
+                                "awake": {"type": "number", "minimum": 0, "maximum": 100},
+                                "out_of_bed": {"type": "number", "minimum": 0, "maximum": 100},
+                                "unknown": {"type": "number", "minimum": 0, "maximum": 100},
+                                "unrecorded": {"type": "number", "minimum": 0, "maximum": 100},
+                            },
+                            "additionalProperties": False,
+                        },
+                        "awakenings": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": (
+                                "Wake bouts (adjacent AWAKE/OUT_OF_BED stages, plus breaks between "
+                                "sessions) of at least 5 min with sleep before and after."
+                            ),
+                        },
+                        "brief_awakenings": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Wake bouts under 5 min with sleep before and after.",
+                        },
+                        "waso_minutes": {
+                            "type": ["number", "null"],
+                            "minimum": 0,
+                            "description": (
+                                "Wake after sleep onset: AWAKE/OUT_OF_BED stage minutes after the "
+                                "first sleep stage (breaks between sessions excluded); null unless "
+                                "every session has stages."
+                            ),
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "origins": {
+                "type": "object",
+                "description": "Figures per dataOriginPackageName, all of that origin's records.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["sessions", "time_in_bed_minutes"],
+                    "properties": {
+                        "sessions": {"type": "integer", "minimum": 0},
+                        "time_in_bed_minutes": {"type": "number", "minimum": 0},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "nights_with_multiple_origins": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+)
+CHART = Chart(kind="hypnogram", heading="Sleep", title="Sleep stages")
+
+
 SPEC = RecordTypeSpec(
     name="SleepSessionRecord",
     category="sleep_recovery",
@@ -415,5 +661,7 @@ SPEC = RecordTypeSpec(
     statistics=compute_statistics,
     narrative=narrative,
     instructions=INSTRUCTIONS,
+    chart=CHART,
+    statistics_schema=STATISTICS_SCHEMA,
     order=40,
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 from etl_engine.domain.checks import number_check, number_chunk_check
 from etl_engine.domain.model import DomainConfig, Record
-from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.records.spec import Chart, RecordTypeSpec, StatisticsSchema
 from etl_engine.domain.stats.columns import Intervals
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.stats.daily import complete_values, day_details, over_complete, sufficiency
@@ -155,6 +155,115 @@ def narrative(s: Stats, period: str) -> str:
     return text + origin_note(s["days_with_multiple_origins"], "days")
 
 
+# --- the published shape of the statistics, and the drawing -----------------------------------
+STATISTICS_SCHEMA = StatisticsSchema(
+    name="stepsStatistics",
+    schema={
+        "type": "object",
+        "description": "StepsRecord statistics (domain/records/steps.py); days are local dates.",
+        "required": [
+            "days", "total_steps", "average_daily_steps", "max_daily_steps", "min_daily_steps",
+            "best_day", "daily_steps", "days_at_or_above_7000", "days_at_or_above_10000",
+            "sedentary_days_below_5000", "origin_by_day", "days_with_multiple_origins", "origins",
+            "complete_days", "partial_days", "partial", "days_detail", "sufficiency",
+        ],
+        "properties": {
+            "days": {"type": "integer", "minimum": 1},
+            "total_steps": {"type": "integer", "minimum": 0},
+            "average_daily_steps": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Over complete days only; null when no day is complete.",
+            },
+            "max_daily_steps": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "Over complete days only; null when no day is complete.",
+            },
+            "min_daily_steps": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "Over complete days only; null when no day is complete.",
+            },
+            "best_day": {
+                "anyOf": [{"$ref": "#/$defs/localDate"}, {"type": "null"}],
+                "description": (
+                    "The complete day with the most steps; null when no day is complete."
+                ),
+            },
+            "daily_steps": {
+                "type": "object",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "days_at_or_above_7000": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Complete days only.",
+            },
+            "days_at_or_above_10000": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Complete days only.",
+            },
+            "sedentary_days_below_5000": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Complete days only.",
+            },
+            "origin_by_day": {
+                "type": "object",
+                "description": "Local date -> the origin used for that day.",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
+            "origins": {
+                "type": "object",
+                "description": "Figures per dataOriginPackageName, all of that origin's records.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["days", "total_steps", "daily_steps"],
+                    "properties": {
+                        "days": {"type": "integer", "minimum": 0},
+                        "total_steps": {"type": "integer", "minimum": 0},
+                        "daily_steps": {
+                            "type": "object",
+                            "propertyNames": {"$ref": "#/$defs/localDate"},
+                            "additionalProperties": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "complete_days": {
+                "type": "integer",
+                "minimum": 0,
+                "description": (
+                    "Days that had ended when exported; averages, extremes and grades use these "
+                    "only."
+                ),
+            },
+            "partial_days": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Days still in progress at their export.",
+            },
+            "partial": {"type": "boolean"},
+            "days_detail": {
+                "type": "object",
+                "propertyNames": {"$ref": "#/$defs/localDate"},
+                "additionalProperties": {"$ref": "#/$defs/dayDetail"},
+            },
+            "sufficiency": {"$ref": "#/$defs/daySufficiency"},
+        },
+        "additionalProperties": False,
+    },
+)
+CHART = Chart(kind="hourly_bars", heading="Steps", unit="steps", color="#4a9a5b",
+              daily_key="daily_steps")
+
+
 SPEC = RecordTypeSpec(
     name="StepsRecord",
     category="physical_activity",
@@ -167,5 +276,7 @@ SPEC = RecordTypeSpec(
     column_statistics=statistics,
     narrative=narrative,
     instructions=INSTRUCTIONS,
+    chart=CHART,
+    statistics_schema=STATISTICS_SCHEMA,
     order=50,
 )
