@@ -202,12 +202,71 @@ async def queue_counts(settings: Settings, name: str) -> tuple[int, int]:
 
 
 async def delete_topology(settings: Settings) -> None:
-    from etl_engine.adapters.topology import delete_all
+    from etl_devtools.topology_cleanup import delete_all
 
     with contextlib.suppress(Exception):
         conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
         async with conn:
             await delete_all(await conn.channel(), settings)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process, from /proc/<pid>/stat."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def _is_forkserver(pid: int) -> bool:
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from each process's parent in /proc/<pid>/stat: a
+    child forked from one of its threads (the forkserver a helper thread starts) counts
+    too, which /proc/<pid>/task/<pid>/children (the main thread's) misses."""
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in _process_table().items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        kids = children.get(frontier.pop(), [])
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def decode_children(pid: int) -> list[int]:
+    """The live decode children of process ``pid`` (a worker, or this test process).
+
+    Seen from outside, as an operator sees them: the package keeps no list of them for
+    tests. The pool forks them from a multiprocessing forkserver, itself a child of
+    ``pid``, so they are the descendants whose parent is a forkserver (the forkserver and
+    the resource tracker are not decode children). A zombie counts as gone.
+    """
+    children: dict[int, list[int]] = {}
+    states: dict[int, str] = {}
+    for child, (parent, state) in _process_table().items():
+        children.setdefault(parent, []).append(child)
+        states[child] = state
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = children.get(parent, [])
+        frontier.extend(kids)
+        if parent != pid and _is_forkserver(parent):
+            found.extend(k for k in kids if states[k] != "Z")
+    return sorted(found)
 
 
 FAULTY_WORKER = ROOT / "tests" / "chaos" / "faulty_worker.py"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,18 @@ from etl_engine.domain.model import DomainConfig, Lineage
 from etl_engine.errors import PermanentError
 from etl_engine.runtime import compute
 from etl_engine.runtime.compute import ComputePool, CpuResult, Limits
+from helpers import decode_children, wait_for
+
+Children = Callable[[], list[int]]
+
+
+@pytest.fixture
+def children() -> Children:
+    """The decode children this test started, seen from outside (helpers.decode_children),
+    less any an earlier test's pool still had running: the package keeps no list of them
+    for tests."""
+    before = set(decode_children(os.getpid()))
+    return lambda: sorted(set(decode_children(os.getpid())) - before)
 
 
 def fake_stages(data: bytes, *_: object) -> CpuResult:
@@ -54,38 +68,37 @@ async def test_a_crash_is_pinned_on_its_own_file(monkeypatch: pytest.MonkeyPatch
         pool.close()
 
 
-async def test_child_pids_are_the_live_children_of_the_current_pool(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_restart_leaves_only_the_children_of_the_current_pool(
+    monkeypatch: pytest.MonkeyPatch, children: Children,
 ) -> None:
-    """What a restart kills: the pool's children that are running, each as it reported
-    itself. A dead child drops out; a crash replaces the pool (the file runs again in a
-    single-use child, gone once it is done); the next file starts a new child."""
+    """Children start on first use; a crash replaces the pool (the file runs again in a
+    single-use child, killed once it is done) and the next file starts a new child: no
+    child of an earlier pool is left running."""
     monkeypatch.setattr(compute, "run_cpu_stages", pid_stages)
     pool = ComputePool(1, 512, 30)
     args = (Lineage("b", "raw/k", "m", "c", "StepsRecord", "ik"), Limits(10, 1024),
             DomainConfig(), datetime.now(UTC))
     try:
-        assert pool.child_pids() == []
+        assert children() == []
         first = (await pool.run(b"x", *args)).records
         assert first != os.getpid()
-        assert pool.child_pids() == [first]
+        assert children() == [first]
         os.kill(first, signal.SIGKILL)
-        for _ in range(100):
-            if not pool.child_pids():
-                break
-            await asyncio.sleep(0.05)
-        assert pool.child_pids() == []
+        await wait_for(lambda: children() == [], 10, "the killed child to go")
         alone = (await pool.run(b"x", *args)).records
         assert alone not in (first, os.getpid())
-        assert pool.child_pids() == []  # the broken pool was replaced, its successor idle
+        # the broken pool was replaced, its successor idle; the single-use child killed
+        await wait_for(lambda: children() == [], 10, "the single-use child to go")
         third = (await pool.run(b"x", *args)).records
         assert third not in (first, alone)
-        assert pool.child_pids() == [third]
+        assert children() == [third]
     finally:
         pool.close()
 
 
-async def test_small_files_run_in_the_worker_big_ones_in_a_child(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_small_files_run_in_the_worker_big_ones_in_a_child(
+    tmp_path: Path, children: Children,
+) -> None:
     """ETL_DECODE_INLINE_MAX_BYTES: a daily export stays in process; a file that
     decompresses past the cap (here a deflate file 30x smaller on disk) goes to a child."""
     from etl_devtools.samples import generate_large
@@ -103,12 +116,12 @@ async def test_small_files_run_in_the_worker_big_ones_in_a_child(tmp_path) -> No
     pool = ComputePool(1, 1024, 60, inline_max_bytes=256 << 10)
     try:
         await pool.warm()
-        assert pool.child_pids() == []  # children start on first use
+        assert children() == []  # children start on first use
         got = await pool.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
-        assert pool.child_pids() == []
+        assert children() == []
         assert got.output is not None and got.records == 300
         got = await pool.run(big.read_bytes(), lineage, limits, DomainConfig(), now)
-        assert len(pool.child_pids()) == 1
+        assert len(children()) == 1
         assert got.output is not None and got.records == 6_000
     finally:
         pool.close()
@@ -117,7 +130,9 @@ async def test_small_files_run_in_the_worker_big_ones_in_a_child(tmp_path) -> No
     assert inline.output == got.output and inline.report == got.report
 
 
-async def test_a_file_refused_by_the_prescan_is_refused_inline_with_its_reason() -> None:
+async def test_a_file_refused_by_the_prescan_is_refused_inline_with_its_reason(
+    children: Children,
+) -> None:
     pool = ComputePool(1, 512, 30, inline_max_bytes=1 << 20)
     lineage = Lineage("b", "raw/k", "m", "c", "StepsRecord", "ik")
     try:
@@ -125,13 +140,13 @@ async def test_a_file_refused_by_the_prescan_is_refused_inline_with_its_reason()
             await pool.run(b"not an avro file", lineage, Limits(10, 1024), DomainConfig(),
                            datetime.now(UTC))
         assert info.value.reason == "not_avro"
-        assert pool.child_pids() == []
+        assert children() == []
     finally:
         pool.close()
 
 
 async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
-    tmp_path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, children: Children,
 ) -> None:
     """ETL_DECODE_ON_LOOP_MAX_BYTES: no thread hand-off for the smallest files."""
     import threading
@@ -160,7 +175,7 @@ async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
     finally:
         pool.close()
     assert ran_on[0] == threading.get_ident() != ran_on[1]
-    assert pool.child_pids() == []
+    assert children() == []
     assert on_loop.records == 200 and on_thread.records == 3_000
     assert on_loop.output is not None and on_thread.output is not None
     # the same file gives the same result on the thread
@@ -176,7 +191,7 @@ async def test_a_daily_export_runs_on_the_event_loop_bigger_files_on_the_thread(
     isolated = ComputePool(1, 512, 30, inline_max_bytes=0, on_loop_max_bytes=64 << 10)
     try:
         got = await isolated.run(small.read_bytes(), lineage, limits, DomainConfig(), now)
-        assert isolated.child_pids() == [got.records]
+        assert children() == [got.records]
     finally:
         isolated.close()
     assert got.records != os.getpid()  # ran in the child

@@ -236,7 +236,7 @@ _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
 
 def assert_numbers_from_statistics(text: str, stats: dict[str, Any], period: str) -> None:
     """Every number is a statistic as printed, or a documented threshold (dates aside)."""
-    body = text.replace(narratives._cap(period), "", 1)
+    body = text.replace(narratives.cap(period), "", 1)
     assert body != text, "the period phrase opens the narrative"
     allowed = _numbers(stats) | _thresholds()
     for token in _NUMBER.findall(body):

@@ -24,7 +24,7 @@ from etl_engine.adapters.publisher import Publisher, Upload, describe_upload, up
 from etl_engine.adapters.storage import Storage, make_client
 from etl_engine.domain.messages import upload_idempotency_key
 from etl_engine.settings import Settings, load_settings
-from helpers import WorkerProcess, labelled_user, sample_files, upload_key
+from helpers import WorkerProcess, descendants, labelled_user, sample_files, upload_key
 
 from .ledger import Ledger, Verdict, render, write_summary
 
@@ -34,22 +34,6 @@ LONG = os.environ.get("ETL_CHAOS_LONG", "") not in ("", "0")
 def scale(ci: int, long: int) -> int:
     """Message counts: small for CI, larger with ``--long`` (ETL_CHAOS_LONG=1)."""
     return long if LONG else ci
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes (recursively) of ``pid``, from /proc."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        for k in kids:
-            out.append(int(k))
-            todo.append(int(k))
-    return out
 
 
 class Fleet:

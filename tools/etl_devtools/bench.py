@@ -133,9 +133,9 @@ def cmdline(pid: int) -> str:
 
 # --- small helpers ---------------------------------------------------------------------------
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pctl(values: Sequence[float], p: float) -> float:
@@ -322,14 +322,15 @@ def _ceiling_child(spec: dict[str, Any]) -> dict[str, Any]:
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.settings import load_settings
 
-    s = load_settings()
-    store = Storage(make_client(s, pool=spec["concurrency"]))
+    settings = load_settings()
+    store = Storage(make_client(settings, pool=spec["concurrency"]))
     keys: list[str] = spec["keys"]
     body = b"x" * spec["out_bytes"]
     tag = spec["tag"]
 
     def pair(i: int) -> None:
-        store.download(s.bucket, keys[i % len(keys)], max_bytes=s.max_object_bytes)
+        store.download(settings.bucket, keys[i % len(keys)],
+                       max_bytes=settings.max_object_bytes)
         store.put_if_absent(spec["out_bucket"], f"training/ceiling/{tag}-{i}.jsonl", body,
                             content_type="application/x-ndjson",
                             metadata={"message-id": str(i), "record-type": "bench"})
@@ -514,14 +515,14 @@ class Fleet:
         from etl_engine.domain.messages import upload_routing_key
         from etl_engine.settings import load_settings
 
-        s = load_settings(**{k[4:].lower(): v for k, v in self.env.items()
-                             if k.startswith("ETL_") and k != "ETL_SIDECAR_PORT"})
+        settings = load_settings(**{k[4:].lower(): v for k, v in self.env.items()
+                                    if k.startswith("ETL_") and k != "ETL_SIDECAR_PORT"})
         bodies = await asyncio.to_thread(_bodies, self.env, self.inputs, self.in_bucket, tag, n)
         sent: dict[str, float] = {}
-        conn = await aio_pika.connect(s.amqp_url.get_secret_value(), timeout=10)
+        conn = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
         async with conn:
             channel = await conn.channel(publisher_confirms=True)
-            exchange = (await declare(channel, s)).exchange
+            exchange = (await declare(channel, settings)).exchange
             window = asyncio.Semaphore(256)
             pending: set[asyncio.Task[None]] = set()
 
@@ -572,9 +573,9 @@ def _results(env: dict[str, str], bucket: str) -> list[str]:
     from etl_engine.adapters.storage import Storage, make_client
     from etl_engine.settings import load_settings
 
-    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
-                      s3_secret_access_key="test")
-    return list(Storage(make_client(s)).list_keys(bucket, "training/"))
+    settings = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"],
+                             s3_access_key_id="test", s3_secret_access_key="test")
+    return list(Storage(make_client(settings)).list_keys(bucket, "training/"))
 
 
 @dataclass
@@ -639,9 +640,9 @@ def _start_fleet(plan: Plan, env0: dict[str, str], inputs: list[Input], workdir:
     env = {**env0, "ETL_BUCKET": out_bucket,
            "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"],
            **decode_env(decode_mode)}
-    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
-                      s3_secret_access_key="test")
-    Storage(make_client(s)).ensure_bucket(out_bucket)
+    settings = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"],
+                             s3_access_key_id="test", s3_secret_access_key="test")
+    Storage(make_client(settings)).ensure_bucket(out_bucket)
     fleet = Fleet(env, inputs, env0["ETL_BUCKET"])
     procs = [WorkerProc(env, workdir / f"{tag}-worker-{i + 1}.log") for i in range(workers)]
     return _FleetRun(tag, f"{plan.run_id}-{tag}", decode_mode, env, out_bucket, fleet, procs)
@@ -848,9 +849,9 @@ def instruction_counts(plan: Plan, env0: dict[str, str], inputs: list[Input],
     out_bucket = f"bench-{plan.run_id}-instr"
     env = {**env0, "ETL_BUCKET": out_bucket, "ETL_ALLOWED_BUCKETS": env0["ETL_BUCKET"],
            **decode_env("1"), "ETL_MESSAGE_TIMEOUT_S": "600", "ETL_LEASE_TTL_S": "600"}
-    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
-                      s3_secret_access_key="test")
-    Storage(make_client(s)).ensure_bucket(out_bucket)
+    settings = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"],
+                             s3_access_key_id="test", s3_secret_access_key="test")
+    Storage(make_client(settings)).ensure_bucket(out_bucket)
     fleet = Fleet(env, inputs, env0["ETL_BUCKET"])
     dump = workdir / "instr-worker.callgrind"
     proc = WorkerProc(env, workdir / "instr-worker.log",
@@ -1271,9 +1272,9 @@ def _inputs(env: dict[str, str], workdir: Path) -> tuple[list[Input], list[tuple
 
     sample_dir = workdir / "samples"
     generate_samples(sample_dir, seed=7, bad=False)
-    s = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"], s3_access_key_id="test",
-                      s3_secret_access_key="test")
-    store = Storage(make_client(s))
+    settings = load_settings(s3_endpoint_url=env["ETL_S3_ENDPOINT_URL"],
+                             s3_access_key_id="test", s3_secret_access_key="test")
+    store = Storage(make_client(settings))
     bucket = env["ETL_BUCKET"]
     store.ensure_bucket(bucket)
     inputs, files = [], []
@@ -1290,14 +1291,14 @@ def _cleanup(env: dict[str, str], buckets: list[str]) -> None:
     async def broker() -> None:
         import aio_pika
 
-        from etl_engine.adapters.topology import delete_all
+        from etl_devtools.topology_cleanup import delete_all
         from etl_engine.settings import load_settings
 
-        s = load_settings(amqp_url=env["ETL_AMQP_URL"], exchange=env["ETL_EXCHANGE"],
-                          queue=env["ETL_QUEUE"])
-        conn = await aio_pika.connect(s.amqp_url.get_secret_value(), timeout=10)
+        settings = load_settings(amqp_url=env["ETL_AMQP_URL"], exchange=env["ETL_EXCHANGE"],
+                                 queue=env["ETL_QUEUE"])
+        conn = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
         async with conn:
-            await delete_all(await conn.channel(), s)
+            await delete_all(await conn.channel(), settings)
 
     async def redis() -> None:
         import redis.asyncio as aioredis

@@ -167,17 +167,6 @@ async def legacy_retry_queues(connection: AbstractConnection, settings: Settings
     return found
 
 
-async def delete_all(channel: AbstractChannel, settings: Settings) -> None:
-    """Remove everything ``declare`` made (test clean-up)."""
-    names = [settings.queue, settings.dlq_name] + [
-        settings.retry_queue_name(t) for t in range(len(settings.retry_delays))
-    ]
-    for name in names:
-        await channel.queue_delete(name)
-    await channel.exchange_delete(settings.exchange)
-    await channel.exchange_delete(settings.dlx_name)
-
-
 def header_int(headers: dict[str, Any], name: str, default: int = 0) -> tuple[int, bool]:
     """(value, well-formed) of a counter header. Headers come from publishers: a missing
     one is ``default``; junk (text, a float, NaN, infinity, out of range) is ``default``

@@ -23,7 +23,6 @@ from etl_engine.domain.wording import (
     cap,
     clock,
     duration,
-    join,
     long_date,
     num,
     origin_note,
@@ -36,12 +35,6 @@ from etl_engine.domain.wording import (
 __all__ = ["Stats", "build", "clock", "duration", "generic_narrative", "instruction",
            "long_date", "narrative", "num", "origin_note", "partial_days", "period_phrase",
            "plural", "readable_type"]
-
-# The old private names of the shared helpers (tests and older callers use them).
-_cap = cap
-_join = join
-_origin_note = origin_note
-_partial_days = partial_days
 
 _GENERIC_INSTRUCTIONS = (
     "Can you summarize my {thing} data {period}?",

@@ -208,8 +208,9 @@ def _file_limits(on_timeout: Callable[[], None] | None = None) -> Iterator[None]
 
 
 class _Children:
-    """A process pool, and the pids its children report from the pool's initializer: the
-    executor's own table of processes is private."""
+    """A process pool, and the pids its children report from the pool's initializer (the
+    executor's own table of processes is private): a restart kills them, and a submit
+    that would start one is made off the event loop."""
 
     def __init__(self, workers: int, memory_limit_bytes: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
@@ -300,10 +301,6 @@ class ComputePool:
             executor = self._children().executor
             await asyncio.gather(*(loop.run_in_executor(executor, _preload)
                                    for _ in range(self._workers)))
-
-    def child_pids(self) -> list[int]:
-        """The pids of the running decode children (none before the first big file)."""
-        return self._pool.pids() if self._pool is not None else []
 
     async def run(
         self, data: bytes, lineage: Lineage, limits: Limits, config: DomainConfig,
