@@ -186,22 +186,24 @@ async def test_dlq_replay_whose_copy_is_not_confirmed_leaves_the_entry_and_stops
         async with conn:
             channel = await conn.channel()
             await declare(channel, settings)
-            await channel.default_exchange.publish(aio_pika.Message(
-                orjson.dumps(u.message()), message_id="m-stuck",
-                headers={"x-etl-reason": "attempts_exhausted:io_error"}),
-                routing_key=settings.dlq_name)
+            for mid in ("m-stuck", "m-next"):
+                await channel.default_exchange.publish(aio_pika.Message(
+                    orjson.dumps(u.message()), message_id=mid,
+                    headers={"x-etl-reason": "attempts_exhausted:io_error"}),
+                    routing_key=settings.dlq_name)
             await channel.queue_delete(settings.queue)
-        done = await dlq.replay(settings, None)
-        assert [(k, dlq.was_kept(rk)) for k, rk in done] == [("m-stuck", True)]
-        assert "unroutable" in done[0][1]
-        assert (await queue_counts(settings, settings.dlq_name))[0] == 1
+        done = dict(await dlq.replay(settings, None))
+        assert set(done) == {"m-stuck", "m-next"}
+        assert all(dlq.was_kept(rk) for rk in done.values())
+        assert "unroutable" in done["m-stuck"] and "not attempted" in done["m-next"]
+        assert (await queue_counts(settings, settings.dlq_name))[0] == 2
         conn = await aio_pika.connect(settings.amqp_url.get_secret_value())
         async with conn:
             await declare(await conn.channel(), settings)
         again = await dlq.replay(settings, None)
-        assert [dlq.was_kept(rk) for _, rk in again] == [False]
+        assert [dlq.was_kept(rk) for _, rk in again] == [False, False]
         assert (await queue_counts(settings, settings.dlq_name))[0] == 0
-        assert (await queue_counts(settings, settings.queue))[0] == 1
+        assert (await queue_counts(settings, settings.queue))[0] == 2
     finally:
         await delete_topology(settings)
 

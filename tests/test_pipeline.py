@@ -371,13 +371,57 @@ async def test_an_owner_frozen_before_its_reason_file_does_not_write_a_second_ve
     rig.dedup.fail_next("claim", ConnectionError("dedup down"), times=2)
     resume = rig.store.hold("copy", rig.settings.quarantine_prefix)
     owner = asyncio.create_task(rig.run(u.message()))
-    while not rig.store.keys(BUCKET, rig.settings.outcome_prefix):
-        await asyncio.sleep(0)
+    async with asyncio.timeout(10):  # the owner has created its record and is held
+        while not rig.store.keys(BUCKET, rig.settings.outcome_prefix):
+            await asyncio.sleep(0)
     completed = await other.run(delivery(u.message(), attempt=2))
     resume.set()
     resumed = await owner
     assert (completed.kind, resumed.kind) == ("quarantined", "duplicate")
     assert rig.store.writes.count(reason_key) == 1
+
+
+async def test_an_owner_frozen_past_a_release_leaves_the_newer_outcome_alone(rig: Rig) -> None:
+    """Owner A is held before its reason file; B completes A's outcome; an operator
+    releases it (deletes the record); C decides a new outcome and replaces the file. A,
+    resumed, finds a file of another outcome, but its own record is gone: it writes
+    nothing (the newer outcome's file stays, named by the stored record)."""
+    u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
+    record_key = outcome_key(rig.settings, u.idempotency_key)
+    others = [Pipeline(rig.settings, rig.store, rig.dedup, rig.pipeline.compute, owner=o)
+              for o in ("b", "c")]
+    rig.dedup.fail_next("claim", ConnectionError("dedup down"), times=3)
+    resume = rig.store.hold("copy", rig.settings.quarantine_prefix)
+    owner = asyncio.create_task(rig.run(u.message()))
+    async with asyncio.timeout(10):
+        while not rig.store.keys(BUCKET, rig.settings.outcome_prefix):
+            await asyncio.sleep(0)
+    assert (await others[0].run(delivery(u.message(), attempt=2))).kind == "quarantined"
+    rig.store.delete_object(BUCKET, record_key)  # the release
+    assert (await others[1].run(delivery(u.message(), attempt=3))).kind == "quarantined"
+    newer = rig.record(u)["outcome_id"]
+    resume.set()
+    assert (await owner).kind == "duplicate"
+    assert rig.reason_file(u)["outcome_id"] == newer
+
+
+async def test_a_retry_of_the_new_owner_replaces_the_leftover_it_could_not(rig: Rig) -> None:
+    """After a release the new owner fails between its record and the reason file (here:
+    reading the leftover): its retry, no longer the record's creator, replaces the
+    leftover and reports the outcome, so the new outcome gets its file."""
+    u = rig.upload_bytes("StepsRecord", "junk.avro", b"not avro at all")
+    assert (await rig.run(u.message())).kind == "quarantined"
+    old_id = rig.reason_file(u)["outcome_id"]
+    rig.store.delete_object(BUCKET, outcome_key(rig.settings, u.idempotency_key))
+    await rig.flush_dedup(u)
+    reason_key = qkey(rig.settings, u) + outcomes.REASON_SUFFIX
+    rig.store.trip("download", reason_key,
+                   TransientError("storage_unavailable", stage="quarantine"))
+    first = await rig.run(u.message())
+    assert (first.kind, first.reason) == ("retry", "storage_unavailable")
+    again = await rig.run(u.message(), attempt=2)
+    assert again.kind == "quarantined"
+    assert rig.reason_file(u)["outcome_id"] == rig.record(u)["outcome_id"] != old_id
 
 
 async def test_a_leftover_reason_file_of_a_released_outcome_is_replaced(rig: Rig) -> None:

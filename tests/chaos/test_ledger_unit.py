@@ -194,6 +194,11 @@ def test_artefacts_of_no_input_fail_the_run() -> None:
     v = _judge(_seen(results=result,
                      dead=[DeadLetter("m-nobody", "invalid_json", "k-nobody", 10, "")]))
     assert v.classes[IKEY] == "processed" and v.stray_dead == 1 and not v.passed
+    nobody = {"reason": "not_avro", "message_id": "m-nobody", "idempotency_key": "k-nobody"}
+    reason = _version("quarantine/StepsRecord/k-nobody/x.avro.reason.json", "r1", True)
+    v = _judge(_seen(results=result, reasons=[reason],
+                     docs={(reason["Key"], "r1"): nobody}))
+    assert v.classes[IKEY] == "processed" and len(v.stray_reasons) == 1 and not v.passed
 
 
 def test_the_ledger_functions_fit_a_screen() -> None:

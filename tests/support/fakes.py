@@ -18,8 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from etl_engine.adapters.dedup import OUTCOME_TTL_S
-from etl_engine.adapters.ports import Claim, Download
+from etl_engine.adapters.ports import OUTCOME_TTL_S, Claim, Download
 from etl_engine.adapters.storage import safe_metadata
 from etl_engine.errors import PermanentError
 

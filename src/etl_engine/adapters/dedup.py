@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from etl_engine.adapters.ports import Claim, DedupStore
+from etl_engine.adapters.ports import OUTCOME_TTL_S, Claim, DedupStore
 
 __all__ = ["OUTCOME_TTL_S", "Claim", "DedupStore", "RedisDedup", "SqliteDedup", "open_store"]
 
@@ -39,7 +39,6 @@ if KEYS[3] then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4]) end
 return 1
 """
 # How long a per-delivery outcome stays readable (publishers waiting for their messages).
-OUTCOME_TTL_S = 24 * 3600
 _RENEW = """
 local n = 0
 for i, key in ipairs(KEYS) do

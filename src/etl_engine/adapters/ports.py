@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+# How long the final outcome per message id is kept (status and the tools read it).
+OUTCOME_TTL_S = 24 * 3600
+
 
 @dataclass(frozen=True, slots=True)
 class Download:

@@ -244,12 +244,13 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
     wanted = set(ids or [])
     done: list[tuple[str, str]] = []
     kept: list[str] = []
-    unconfirmed: dict[str, str] = {}
+    left: list[tuple[str, str]] = []  # (key, why) once a copy was not confirmed
     storage = storage or Storage(make_client(settings))
     gate = ConfirmGate(settings.publish_confirm_timeout_s)
     async with _dlq(settings, confirms=True) as (channel, queue, count):
         exchange = await channel.get_exchange(settings.exchange, ensure=True)
-        for msg in await _fetch(queue, count):
+        fetched = await _fetch(queue, count)
+        for at, msg in enumerate(fetched):
             key = message_key(msg)
             if ids is not None and not selected(msg, wanted):
                 continue  # left unacked: returns to the DLQ when the connection closes
@@ -269,30 +270,32 @@ async def replay(settings: Settings, ids: list[str] | None, storage: Storage | N
                     await gate.publish(exchange, copy_message(msg, headers), rk)
                 except PublishFailed as exc:
                     # left unacked (back to the DLQ); the broker is in trouble: stop here
-                    kept.append(key)
-                    unconfirmed[key] = exc.failure.value
+                    left.append((key, UNCONFIRMED_ROUTE.format(exc.failure.value)))
+                    left += [(message_key(m), NOT_ATTEMPTED_ROUTE) for m in fetched[at + 1:]
+                             if ids is None or selected(m, wanted)]
                     break
             await msg.ack()  # only now: the copy is safely in the work queue
             shown = describe(msg).id  # masked if the publisher put a user id into it
             done.append((next((w for w in (key, msg.message_id) if w in wanted), shown), rk))
-    for key in kept:
-        done.append((key, UNCONFIRMED_ROUTE.format(unconfirmed[key]) if key in unconfirmed
-                     else KEPT_ROUTE))
-    return done
+    return done + [(key, KEPT_ROUTE) for key in kept] + left
 
 
 KEPT_ROUTE = "(kept in the DLQ: its outcome record could not be reopened; check ETL_* "
 "settings match the fleet's)"
 # Within ETL_PUBLISH_CONFIRM_TIMEOUT_S (a memory alarm must not hang the tool). A copy
-# whose confirm was lost may still have reached the work queue: it is processed once, and
-# the next replay of the entry left here is answered "duplicate" and acked.
+# whose confirm was lost may still have reached the work queue and be decided afresh (its
+# dead-letter record was reopened): the entry left here then stands beside that outcome
+# until the next replay, which is answered "duplicate" and acks it (or, had the copy
+# failed again, finds its new DLQ entry beside this one).
 UNCONFIRMED_ROUTE = ("(left in the DLQ: the broker did not confirm the copy ({}); the "
                      "replay stopped here. Run it again once the broker is well)")
+NOT_ATTEMPTED_ROUTE = "(left in the DLQ: not attempted, the replay stopped before it)"
 
 
 def was_kept(route: str) -> bool:
     """A route ``replay`` gives for a message it left in the DLQ."""
-    return route == KEPT_ROUTE or route.startswith(UNCONFIRMED_ROUTE[:20])
+    return route in (KEPT_ROUTE, NOT_ATTEMPTED_ROUTE) or route.startswith(
+        UNCONFIRMED_ROUTE[:20])
 
 
 def age(ts: int | None) -> str:

@@ -25,8 +25,7 @@ from typing import Any
 import orjson
 
 from etl_engine import __version__
-from etl_engine.adapters.dedup import OUTCOME_TTL_S
-from etl_engine.adapters.ports import DedupStore, Download, ObjectStore
+from etl_engine.adapters.ports import OUTCOME_TTL_S, DedupStore, Download, ObjectStore
 from etl_engine.adapters.topology import RELEASED_HEADER, REPLAYED_HEADER, header_int
 from etl_engine.domain import lineage as pseudonyms
 from etl_engine.domain import outcomes, registry
@@ -81,7 +80,8 @@ class Delivery:
 class Outcome:
     """One delivery's end: ``kind`` is an ``OutcomeKind``. For a ``duplicate``,
     ``recorded_kind`` is the outcome the input has (when known); for a recorded
-    ``dead_letter``, ``dlq_marker`` is the object the worker creates once the DLQ has it."""
+    ``dead_letter``, ``dlq_marker`` is the object ``copy_confirmed`` creates once the DLQ
+    has it."""
 
     kind: OutcomeKind
     reason: str | None = None
@@ -202,7 +202,9 @@ class Pipeline:
     async def copy_confirmed(self, outcome: Outcome, broker_message_id: str | None) -> None:
         """What the stores keep once the broker confirmed the outcome's copy (or it had
         none), before the ack: the DLQ marker, then the final outcome per message id.
-        Best effort: a crash or failure here redelivers or republishes, at least once."""
+        Best effort: without the marker a later delivery of the input publishes its DLQ
+        copy once more (at least once); an outcome per message id that fails to record
+        is dropped (it only informs status and the tools)."""
         if outcome.dlq_marker is not None:
             try:
                 async with asyncio.timeout(10):
@@ -462,7 +464,7 @@ class Pipeline:
         if kind is OutcomeKind.PROCESSED:
             outcome = await self._write_result(record, msg)
         else:
-            outcome = await self._write_quarantine(record, msg, own=own)
+            outcome = await self._write_quarantine(record, msg)
         # the delivery's own outcome goes with the done marker only when it is the input's
         outcome.recorded = await self._finish(msg, kind, own=outcome.kind is kind)
         run.leased = False
@@ -486,12 +488,15 @@ class Pipeline:
         return Outcome(OutcomeKind.DUPLICATE, message=msg, result_key=record["result_key"],
                        recorded_kind=OutcomeKind.PROCESSED)
 
-    async def _write_quarantine(self, record: dict[str, Any], msg: HealthDataMessage, *,
-                                own: bool) -> Outcome:
+    async def _write_quarantine(self, record: dict[str, Any], msg: HealthDataMessage
+                                ) -> Outcome:
         """The raw object copied to the input's quarantine path, then its reason file (the
         marker the tools list), created only if missing, so one outcome has one version.
-        A reason file of another outcome that the owner finds there is a leftover of an
-        earlier outcome an operator released (it deleted that record): replaced."""
+        A reason file of another outcome is a leftover of one an operator released (the
+        release deleted its record, then keeps the file until a new outcome exists): any
+        delivery applying the current record replaces it, unless this record was itself
+        released meanwhile (a delivery frozen past a release must not write over the
+        newer outcome's file)."""
         qkey = str(record["quarantine_key"])
         source = record["binding"]
         copied = await self._copy_raw(str(source["bucket"]), str(source["key"]), qkey)
@@ -501,7 +506,8 @@ class Pipeline:
         created = await self.storage.put_if_absent(
             self.settings.bucket, reason_key, document, content_type="application/json",
             metadata={})
-        if not created and own and await self._leftover_reason(reason_key, record):
+        if (not created and await self._leftover_reason(reason_key, record)
+                and await self._still_current(msg, record)):
             await self.storage.put(self.settings.bucket, reason_key, document,
                                    content_type="application/json")
             created = True
@@ -511,6 +517,16 @@ class Pipeline:
         return Outcome(OutcomeKind.QUARANTINED, reason=record["reason"], stage=record["stage"],
                        message=msg, result_key=qkey, records=int(record.get("records") or 0),
                        quality_score=record.get("quality_score"))
+
+    async def _still_current(self, msg: HealthDataMessage, record: dict[str, Any]) -> bool:
+        """Whether the stored outcome record is still ``record`` (not released since)."""
+        try:
+            stored = await self._read_record(outcome_key(self.settings, msg.idempotency_key))
+        except PermanentError as exc:
+            if exc.reason == "object_missing":
+                return False
+            raise
+        return stored is not None and stored.get("outcome_id") == record.get("outcome_id")
 
     async def _leftover_reason(self, reason_key: str, record: dict[str, Any]) -> bool:
         """True when the reason file there names another outcome (a released one's); one
@@ -538,8 +554,9 @@ class Pipeline:
 
     async def _dead_letter(self, record: dict[str, Any], msg: HealthDataMessage, *,
                            own: bool) -> Outcome:
-        """The worker publishes it, then creates the DLQ marker; a later delivery finds
-        the marker and publishes nothing (without it: once more, at least once)."""
+        """The worker publishes it, then ``copy_confirmed`` creates the DLQ marker; a later
+        delivery finds the marker and publishes nothing (without it: once more, at least
+        once)."""
         marker = outcomes.dlq_marker_key(self.settings.outcome_prefix, msg.idempotency_key,
                                          str(record.get("outcome_id", "")))
         if not own and await self.storage.exists(self.settings.bucket, marker):
