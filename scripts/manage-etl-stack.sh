@@ -301,7 +301,7 @@ run_tests() {
   local test_rc=$?
   set -e
   (( rc != 0 )) || rc=$test_rc
-  # With no arguments, the whole suite: then the fault-injection suite (CI variant, ~5 min).
+  # With no arguments, the whole suite: then the fault-injection suite (CI variant, ~7 min).
   # ETL_TEST_CHAOS=0 skips it.
   if [[ $# -eq 0 && "${ETL_TEST_CHAOS:-1}" != 0 ]]; then
     say "running the fault-injection suite (scripts/chaos.sh)"
