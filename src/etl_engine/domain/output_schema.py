@@ -23,6 +23,7 @@ from typing import Any
 
 from etl_engine.domain import registry
 from etl_engine.domain.records.spec import RecordTypeSpec
+from etl_engine.domain.stats.schema import COUNT, closed, per_origin
 from etl_engine.domain.transform import GENERIC_CATEGORY
 
 __all__ = ["BASE", "COMMON_DEFS", "GENERIC_DEFINITION", "SCHEMA_FILE", "main", "schema_text",
@@ -31,6 +32,7 @@ __all__ = ["BASE", "COMMON_DEFS", "GENERIC_DEFINITION", "SCHEMA_FILE", "main", "
 SCHEMA_FILE = "training-record.schema.json"
 GENERIC_DEFINITION = "genericStatistics"
 DEFS = "#/$defs/"
+NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 
 # --- the parts no record type owns ---------------------------------------------------------------
 BASE: dict[str, Any] = {
@@ -266,28 +268,12 @@ GENERIC_STATISTICS: dict[str, Any] = {
         "days": {"type": "integer", "minimum": 1},
         "fields": {
             "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["count", "min", "max", "mean"],
-                "properties": {
-                    "count": {"type": "integer", "minimum": 0},
-                    "min": {"type": ["number", "null"]},
-                    "max": {"type": ["number", "null"]},
-                    "mean": {"type": ["number", "null"]},
-                },
-                "additionalProperties": False,
-            },
+            "additionalProperties": closed({
+                "count": COUNT, "min": NUMBER_OR_NULL, "max": NUMBER_OR_NULL,
+                "mean": NUMBER_OR_NULL,
+            }),
         },
-        "origins": {
-            "type": "object",
-            "description": "Figures per dataOriginPackageName, all of that origin's records.",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["records"],
-                "properties": {"records": {"type": "integer", "minimum": 0}},
-                "additionalProperties": False,
-            },
-        },
+        "origins": per_origin({"records": COUNT}),
     },
     "additionalProperties": False,
 }

@@ -18,6 +18,14 @@ from etl_engine.domain.stats.columns import Intervals
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.stats.daily import complete_values, day_details, over_complete, sufficiency
 from etl_engine.domain.stats.origins import interval_daily_totals
+from etl_engine.domain.stats.schema import (
+    AMOUNT,
+    COUNT,
+    DAY_COVERAGE,
+    ORIGIN_BY_DAY,
+    by_local_date,
+    per_origin,
+)
 from etl_engine.domain.wording import Stats, cap, clock, num, origin_note, partial_days, plural
 
 VALUE_KEY = "energyInKilocalories"
@@ -130,56 +138,12 @@ STATISTICS_SCHEMA = StatisticsSchema(
                 "minimum": 0,
                 "description": "Over complete days only; null when no day is complete.",
             },
-            "daily_kcal": {
-                "type": "object",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"type": "number", "minimum": 0},
-            },
-            "origin_by_day": {
-                "type": "object",
-                "description": "Local date -> the origin used for that day.",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"type": "string", "minLength": 1},
-            },
-            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
-            "origins": {
-                "type": "object",
-                "description": "Figures per dataOriginPackageName, all of that origin's records.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["days", "total_kcal", "daily_kcal"],
-                    "properties": {
-                        "days": {"type": "integer", "minimum": 0},
-                        "total_kcal": {"type": "number", "minimum": 0},
-                        "daily_kcal": {
-                            "type": "object",
-                            "propertyNames": {"$ref": "#/$defs/localDate"},
-                            "additionalProperties": {"type": "number", "minimum": 0},
-                        },
-                    },
-                    "additionalProperties": False,
-                },
-            },
-            "complete_days": {
-                "type": "integer",
-                "minimum": 0,
-                "description": (
-                    "Days that had ended when exported; averages, extremes and grades use these "
-                    "only."
-                ),
-            },
-            "partial_days": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Days still in progress at their export.",
-            },
-            "partial": {"type": "boolean"},
-            "days_detail": {
-                "type": "object",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"$ref": "#/$defs/dayDetail"},
-            },
-            "sufficiency": {"$ref": "#/$defs/daySufficiency"},
+            "daily_kcal": by_local_date(AMOUNT),
+            **ORIGIN_BY_DAY,
+            "origins": per_origin({
+                "days": COUNT, "total_kcal": AMOUNT, "daily_kcal": by_local_date(AMOUNT),
+            }),
+            **DAY_COVERAGE,
         },
         "additionalProperties": False,
     },

@@ -65,6 +65,7 @@ from etl_engine.domain.stats.common import (
     sample_sd,
 )
 from etl_engine.domain.stats.origins import choose_origin
+from etl_engine.domain.stats.schema import COUNT, ORIGIN_BY_DAY, per_origin
 from etl_engine.domain.wording import Stats, cap, join, num, origin_note, plural
 
 VALUE_KEY = "levelInMilligramsPerDeciliter"
@@ -784,26 +785,8 @@ STATISTICS_SCHEMA = StatisticsSchema(
                 "enum": ["meets_targets", "partially_meets_targets", "below_targets"],
             },
             "variability": {"enum": ["stable", "variable", None]},
-            "origins": {
-                "type": "object",
-                "description": "Figures per dataOriginPackageName, all of that origin's records.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["readings", "mean_mg_dl"],
-                    "properties": {
-                        "readings": {"type": "integer", "minimum": 0},
-                        "mean_mg_dl": {"type": "number"},
-                    },
-                    "additionalProperties": False,
-                },
-            },
-            "origin_by_day": {
-                "type": "object",
-                "description": "Local date -> the origin used for that day.",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"type": "string", "minLength": 1},
-            },
-            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
+            "origins": per_origin({"readings": COUNT, "mean_mg_dl": {"type": "number"}}),
+            **ORIGIN_BY_DAY,
         },
         "additionalProperties": False,
     },

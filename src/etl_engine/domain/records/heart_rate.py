@@ -55,6 +55,15 @@ from etl_engine.domain.stats.common import (
     sample_sd,
 )
 from etl_engine.domain.stats.origins import choose_origin, covered_length, union_length
+from etl_engine.domain.stats.schema import (
+    AMOUNT,
+    COUNT,
+    ORIGIN_BY_DAY,
+    PERCENT,
+    closed,
+    each,
+    per_origin,
+)
 from etl_engine.domain.wording import Stats, cap, join, num, origin_note, plural
 
 HR_MAX_BPM = 190
@@ -514,65 +523,14 @@ STATISTICS_SCHEMA = StatisticsSchema(
                 "additionalProperties": False,
             },
             "hr_max_reference_bpm": {"type": "integer"},
-            "zone_lower_bounds_bpm": {
-                "type": "object",
-                "required": ["zone_1", "zone_2", "zone_3", "zone_4", "zone_5"],
-                "properties": {
-                    "zone_1": {"type": "integer"},
-                    "zone_2": {"type": "integer"},
-                    "zone_3": {"type": "integer"},
-                    "zone_4": {"type": "integer"},
-                    "zone_5": {"type": "integer"},
-                },
-                "additionalProperties": False,
-            },
-            "time_in_zones_percent": {
-                "type": "object",
-                "description": "Time-weighted shares, rounded to add up to exactly 100.",
-                "required": ["below_zone_1", "zone_1", "zone_2", "zone_3", "zone_4", "zone_5"],
-                "properties": {
-                    "below_zone_1": {"type": "number", "minimum": 0, "maximum": 100},
-                    "zone_1": {"type": "number", "minimum": 0, "maximum": 100},
-                    "zone_2": {"type": "number", "minimum": 0, "maximum": 100},
-                    "zone_3": {"type": "number", "minimum": 0, "maximum": 100},
-                    "zone_4": {"type": "number", "minimum": 0, "maximum": 100},
-                    "zone_5": {"type": "number", "minimum": 0, "maximum": 100},
-                },
-                "additionalProperties": False,
-            },
-            "time_in_zones_minutes": {
-                "type": "object",
-                "required": ["below_zone_1", "zone_1", "zone_2", "zone_3", "zone_4", "zone_5"],
-                "properties": {
-                    "below_zone_1": {"type": "number", "minimum": 0},
-                    "zone_1": {"type": "number", "minimum": 0},
-                    "zone_2": {"type": "number", "minimum": 0},
-                    "zone_3": {"type": "number", "minimum": 0},
-                    "zone_4": {"type": "number", "minimum": 0},
-                    "zone_5": {"type": "number", "minimum": 0},
-                },
-                "additionalProperties": False,
-            },
-            "origins": {
-                "type": "object",
-                "description": "Figures per dataOriginPackageName, all of that origin's records.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["samples", "mean_bpm"],
-                    "properties": {
-                        "samples": {"type": "integer", "minimum": 0},
-                        "mean_bpm": {"type": "number"},
-                    },
-                    "additionalProperties": False,
-                },
-            },
-            "origin_by_day": {
-                "type": "object",
-                "description": "Local date -> the origin used for that day.",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"type": "string", "minLength": 1},
-            },
-            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
+            "zone_lower_bounds_bpm": closed(each(ZONE_NAMES[1:], {"type": "integer"})),
+            "time_in_zones_percent": closed(
+                each(ZONE_NAMES, PERCENT),
+                "Time-weighted shares, rounded to add up to exactly 100.",
+            ),
+            "time_in_zones_minutes": closed(each(ZONE_NAMES, AMOUNT)),
+            "origins": per_origin({"samples": COUNT, "mean_bpm": {"type": "number"}}),
+            **ORIGIN_BY_DAY,
         },
         "additionalProperties": False,
     },

@@ -52,6 +52,7 @@ from etl_engine.domain.stats.common import (
     start_offset_ms,
 )
 from etl_engine.domain.stats.origins import by_origin, choose_origin, clusters, reading_coverage
+from etl_engine.domain.stats.schema import COUNT, per_origin
 from etl_engine.domain.wording import Stats, cap, long_date, num, origin_note, plural
 
 VALUE_KEY = "heartRateVariabilityRmssd"
@@ -354,19 +355,7 @@ STATISTICS_SCHEMA = StatisticsSchema(
                 },
                 "additionalProperties": False,
             },
-            "origins": {
-                "type": "object",
-                "description": "Figures per dataOriginPackageName, all of that origin's records.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["readings", "mean_ms"],
-                    "properties": {
-                        "readings": {"type": "integer", "minimum": 0},
-                        "mean_ms": {"type": "number"},
-                    },
-                    "additionalProperties": False,
-                },
-            },
+            "origins": per_origin({"readings": COUNT, "mean_ms": {"type": "number"}}),
             "nights_with_multiple_origins": {"type": "integer", "minimum": 0},
         },
         "additionalProperties": False,

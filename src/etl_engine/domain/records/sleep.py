@@ -76,6 +76,7 @@ from etl_engine.domain.stats.origins import (
     non_overlapping,
     union_length,
 )
+from etl_engine.domain.stats.schema import AMOUNT, COUNT, PERCENT, closed, each, per_origin
 from etl_engine.domain.wording import Stats, cap, duration, join, num, origin_note, plural
 
 NIGHT_GAP_MS = 2 * HOUR_MS
@@ -546,63 +547,20 @@ STATISTICS_SCHEMA = StatisticsSchema(
                             "maximum": 100,
                         },
                         "stages_available": {"type": "boolean"},
-                        "stage_minutes": {
-                            "type": "object",
-                            "required": [
-                                "light", "deep", "rem", "sleeping", "awake", "out_of_bed",
-                                "unknown", "unrecorded",
-                            ],
-                            "properties": {
-                                "light": {"type": "number", "minimum": 0},
-                                "deep": {"type": "number", "minimum": 0},
-                                "rem": {"type": "number", "minimum": 0},
-                                "sleeping": {"type": "number", "minimum": 0},
-                                "awake": {"type": "number", "minimum": 0},
-                                "out_of_bed": {"type": "number", "minimum": 0},
-                                "unknown": {"type": "number", "minimum": 0},
-                                "unrecorded": {"type": "number", "minimum": 0},
-                            },
-                            "additionalProperties": False,
-                        },
-                        "stage_percent_of_sleep": {
-                            "type": ["object", "null"],
-                            "description": (
-                                "Stage shares of total sleep time (LIGHT+DEEP+REM+SLEEPING), "
-                                "rounded to add up to exactly 100 (all zero if no sleep stage was "
-                                "recorded); null unless every session has stages."
-                            ),
-                            "required": ["light", "deep", "rem", "sleeping"],
-                            "properties": {
-                                "light": {"type": "number", "minimum": 0, "maximum": 100},
-                                "deep": {"type": "number", "minimum": 0, "maximum": 100},
-                                "rem": {"type": "number", "minimum": 0, "maximum": 100},
-                                "sleeping": {"type": "number", "minimum": 0, "maximum": 100},
-                            },
-                            "additionalProperties": False,
-                        },
-                        "stage_percent_of_time_in_bed": {
-                            "type": "object",
-                            "description": (
-                                "Shares of time in bed, including time not covered by any stage "
-                                "(unrecorded), rounded to add up to exactly 100 (all zero for a "
-                                "zero-length session)."
-                            ),
-                            "required": [
-                                "light", "deep", "rem", "sleeping", "awake", "out_of_bed",
-                                "unknown", "unrecorded",
-                            ],
-                            "properties": {
-                                "light": {"type": "number", "minimum": 0, "maximum": 100},
-                                "deep": {"type": "number", "minimum": 0, "maximum": 100},
-                                "rem": {"type": "number", "minimum": 0, "maximum": 100},
-                                "sleeping": {"type": "number", "minimum": 0, "maximum": 100},
-                                "awake": {"type": "number", "minimum": 0, "maximum": 100},
-                                "out_of_bed": {"type": "number", "minimum": 0, "maximum": 100},
-                                "unknown": {"type": "number", "minimum": 0, "maximum": 100},
-                                "unrecorded": {"type": "number", "minimum": 0, "maximum": 100},
-                            },
-                            "additionalProperties": False,
-                        },
+                        "stage_minutes": closed(each(STAGE_KEYS, AMOUNT)),
+                        "stage_percent_of_sleep": closed(
+                            each(SLEEP_KEYS, PERCENT),
+                            "Stage shares of total sleep time (LIGHT+DEEP+REM+SLEEPING), rounded "
+                            "to add up to exactly 100 (all zero if no sleep stage was recorded); "
+                            "null unless every session has stages.",
+                            nullable=True,
+                        ),
+                        "stage_percent_of_time_in_bed": closed(
+                            each(STAGE_KEYS, PERCENT),
+                            "Shares of time in bed, including time not covered by any stage "
+                            "(unrecorded), rounded to add up to exactly 100 (all zero for a "
+                            "zero-length session).",
+                        ),
                         "awakenings": {
                             "type": "integer",
                             "minimum": 0,
@@ -629,19 +587,7 @@ STATISTICS_SCHEMA = StatisticsSchema(
                     "additionalProperties": False,
                 },
             },
-            "origins": {
-                "type": "object",
-                "description": "Figures per dataOriginPackageName, all of that origin's records.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["sessions", "time_in_bed_minutes"],
-                    "properties": {
-                        "sessions": {"type": "integer", "minimum": 0},
-                        "time_in_bed_minutes": {"type": "number", "minimum": 0},
-                    },
-                    "additionalProperties": False,
-                },
-            },
+            "origins": per_origin({"sessions": COUNT, "time_in_bed_minutes": AMOUNT}),
             "nights_with_multiple_origins": {"type": "integer", "minimum": 0},
         },
         "additionalProperties": False,

@@ -101,7 +101,8 @@ class StatisticsSchema:
     Why on the spec: the file closes each statistics object (``additionalProperties``
     false), so the shape belongs next to the code that makes it. The fragment may ``$ref``
     the shared ``#/$defs/`` entries of ``output_schema.COMMON_DEFS`` (``localDate``,
-    ``utcTimestamp``, ``dayDetail``, ``daySufficiency``).
+    ``utcTimestamp``, ``dayDetail``, ``daySufficiency``); the keys the shared helpers make
+    (day coverage, per-origin figures) come from ``domain/stats/schema.py``.
     """
 
     name: str

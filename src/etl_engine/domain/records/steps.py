@@ -23,6 +23,13 @@ from etl_engine.domain.stats.columns import Intervals
 from etl_engine.domain.stats.common import mean, rnd
 from etl_engine.domain.stats.daily import complete_values, day_details, over_complete, sufficiency
 from etl_engine.domain.stats.origins import interval_daily_totals
+from etl_engine.domain.stats.schema import (
+    COUNT,
+    DAY_COVERAGE,
+    ORIGIN_BY_DAY,
+    by_local_date,
+    per_origin,
+)
 from etl_engine.domain.wording import (
     Stats,
     cap,
@@ -191,71 +198,15 @@ STATISTICS_SCHEMA = StatisticsSchema(
                     "The complete day with the most steps; null when no day is complete."
                 ),
             },
-            "daily_steps": {
-                "type": "object",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"type": "integer", "minimum": 0},
-            },
-            "days_at_or_above_7000": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Complete days only.",
-            },
-            "days_at_or_above_10000": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Complete days only.",
-            },
-            "sedentary_days_below_5000": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Complete days only.",
-            },
-            "origin_by_day": {
-                "type": "object",
-                "description": "Local date -> the origin used for that day.",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"type": "string", "minLength": 1},
-            },
-            "days_with_multiple_origins": {"type": "integer", "minimum": 0},
-            "origins": {
-                "type": "object",
-                "description": "Figures per dataOriginPackageName, all of that origin's records.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["days", "total_steps", "daily_steps"],
-                    "properties": {
-                        "days": {"type": "integer", "minimum": 0},
-                        "total_steps": {"type": "integer", "minimum": 0},
-                        "daily_steps": {
-                            "type": "object",
-                            "propertyNames": {"$ref": "#/$defs/localDate"},
-                            "additionalProperties": {"type": "integer", "minimum": 0},
-                        },
-                    },
-                    "additionalProperties": False,
-                },
-            },
-            "complete_days": {
-                "type": "integer",
-                "minimum": 0,
-                "description": (
-                    "Days that had ended when exported; averages, extremes and grades use these "
-                    "only."
-                ),
-            },
-            "partial_days": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Days still in progress at their export.",
-            },
-            "partial": {"type": "boolean"},
-            "days_detail": {
-                "type": "object",
-                "propertyNames": {"$ref": "#/$defs/localDate"},
-                "additionalProperties": {"$ref": "#/$defs/dayDetail"},
-            },
-            "sufficiency": {"$ref": "#/$defs/daySufficiency"},
+            "daily_steps": by_local_date(COUNT),
+            "days_at_or_above_7000": {**COUNT, "description": "Complete days only."},
+            "days_at_or_above_10000": {**COUNT, "description": "Complete days only."},
+            "sedentary_days_below_5000": {**COUNT, "description": "Complete days only."},
+            **ORIGIN_BY_DAY,
+            "origins": per_origin({
+                "days": COUNT, "total_steps": COUNT, "daily_steps": by_local_date(COUNT),
+            }),
+            **DAY_COVERAGE,
         },
         "additionalProperties": False,
     },
